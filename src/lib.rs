@@ -1,0 +1,26 @@
+//! Keyway: a stateless sharding proxy for Redis.
+//!
+//! Applications point any Redis client at Keyway; Keyway spreads their keys over a pool of
+//! ordinary `redis-server` processes with rendezvous hashing and answers as if the pool were one
+//! server.
+//!
+//! # Layout
+//!
+//! Each module owns one layer of the request path and talks only to its neighbours:
+//!
+//! - [`protocol`]: RESP frames: incremental, bounded, zero-copy decoding, and encoding. Bytes only.
+//! - [`command`]: the one command table: flags, key positions, how a command is routed and merged.
+//! - [`routing`]: pure functions: key -> slot, rendezvous ranking, the slot table.
+//! - [`config`]: the configuration file, its layering (defaults < file < `KEYWAY_*`) and checks.
+//! - [`topology`]: the immutable snapshot the request path reads, behind one `ArcSwap`.
+//! - [`backend`]: pipelined, multiplexed connections to each server, FIFO reply matching.
+//! - [`server`]: the listener, the per-client session, the planner that splits and merges.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod command;
+pub mod config;
+pub mod protocol;
+pub mod routing;
+pub mod server;
+pub mod topology;

@@ -1,0 +1,228 @@
+//! Test support: real `redis-server` processes and an in-process Keyway.
+//!
+//! Every test talks to real servers: [`RedisServer`] starts `redis-server` on a free loopback
+//! port in its own temporary directory (no persistence) and kills it on drop. [`Proxy`] runs
+//! Keyway in the test process on its own runtime. Helpers wait for conditions instead of
+//! sleeping ([`wait_until`]).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `redis-server` child process on 127.0.0.1, killed (and its directory removed) on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server with no persistence and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line arguments (`["--maxmemory", "10mb"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        for _attempt in 0..5 {
+            let port = free_port();
+            if let Some(server) = Self::try_start(port, extra) {
+                return server;
+            }
+        }
+        panic!("could not start redis-server (is it installed? see README)");
+    }
+
+    /// Starts a server on a given port (used to bring a killed server back on its address).
+    pub fn start_on(port: u16) -> RedisServer {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = Self::try_start(port, &[]) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "redis-server would not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_start(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--dir", dir.path().to_str()?])
+            .args(["--logfile", log.to_str()?])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (is it installed? see README)");
+        let mut server = RedisServer { child: Some(child), port, dir };
+        let up = wait_until(Duration::from_secs(5), || {
+            if let Some(c) = server.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return true; // exited: stop waiting, reported below
+                }
+            }
+            raw_command(server.addr(), &["PING"]).is_ok_and(|r| r == b"+PONG\r\n")
+        });
+        let alive = server.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if up && alive {
+            Some(server)
+        } else {
+            None
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn addr_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// A synchronous redis-rs connection straight to this server (bypassing Keyway).
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://{}/", self.addr_string()))
+            .and_then(|c| c.get_connection())
+            .expect("connect to redis-server")
+    }
+
+    /// `DBSIZE` straight from the server.
+    pub fn dbsize(&self) -> i64 {
+        redis::cmd("DBSIZE").query(&mut self.client()).expect("DBSIZE")
+    }
+
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"KILL"`) to the server process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Kills the server with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A stopped process cannot die of SIGKILL until it is continued on some kernels.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends one command as a RESP array over a fresh TCP connection and returns the raw reply bytes
+/// read until the first complete line (enough for simple replies).
+pub fn raw_command(addr: SocketAddr, args: &[&str]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    s.write_all(out.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.ends_with(b"\r\n") {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
+/// A raw TCP client for byte-level tests (malformed frames, pipelines).
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream.set_nodelay(true).ok();
+        RawClient { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads until exactly `n` bytes arrived or the peer closed; returns what arrived.
+    pub fn read_exact_or_eof(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+
+    /// Reads until the peer closes the connection (or the read timeout passes).
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = self.stream.read_to_end(&mut buf);
+        buf
+    }
+}
