@@ -1,1 +1,409 @@
-//! placeholder
+//! The configuration: its schema, its layering and its checks.
+//!
+//! Layering follows figment: built-in defaults < the TOML file < `KEYWAY_*` environment variables
+//! (`KEYWAY_LISTEN`, and `__` for nesting: `KEYWAY_POOL__TIMEOUT=2s`). Unknown keys are errors at
+//! every level, and every error names the key and, when it comes from the file, its line: an
+//! operator who mistypes `conections` learns it from `keyway check`, not from a silent default.
+//!
+//! Every key is documented here and in the annotated example `config/keyway.toml`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::routing::HashTag;
+
+/// Everything wrong with a configuration, as a message that names the key and where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type (the message
+    /// carries the line and column).
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// An environment variable could not be applied.
+    #[error("environment: {0}")]
+    Env(String),
+    /// The values parse but do not make a usable pool.
+    #[error("{location}key `{key}`: {message}")]
+    Invalid {
+        key: String,
+        location: String,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect (`host:port`). Default `127.0.0.1:6380`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Admin HTTP address (metrics, health, topology). Default `127.0.0.1:9380`.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// The pool of redis-servers and how keys are spread over it.
+    pub pool: PoolConfig,
+    /// Limits on what clients may make Keyway hold.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[pool]`: the servers and the policies applied to them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Copies of each slot: each slot lives on the first `replicas` servers of its ranking.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Hash tag delimiters, two characters (`"{}"` as Redis Cluster); `""` disables tags.
+    #[serde(default = "default_hash_tag")]
+    pub hash_tag: String,
+    /// Pipelined connections per server, shared by all clients.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Per-request deadline on a server; also the connect timeout.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The servers. Order does not matter: keys follow names, not positions.
+    #[serde(default)]
+    pub servers: Vec<ServerConfig>,
+}
+
+/// `[[pool.servers]]`: one redis-server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Identity used for hashing. Keep it when the address changes and the keys stay put.
+    pub name: String,
+    /// `host:port` of the redis-server.
+    pub addr: String,
+    /// Relative share of the slots (rendezvous weight), > 0. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+/// `[limits]`: protocol limits applied to client input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest bulk string a client may send, in bytes (Redis's proto-max-bulk-len). Default 512 MiB.
+    #[serde(default = "default_max_bulk")]
+    pub max_bulk_len: usize,
+    /// Most arguments in one command. Default 1,048,576.
+    #[serde(default = "default_max_args")]
+    pub max_args: usize,
+    /// Longest inline command line, in bytes. Default 64 KiB.
+    #[serde(default = "default_max_inline")]
+    pub max_inline_len: usize,
+    /// Most commands of one client waiting for their replies; past it Keyway stops reading
+    /// from that client until replies drain. Default 4096.
+    #[serde(default = "default_max_pipeline")]
+    pub max_pipeline: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_bulk_len: default_max_bulk(),
+            max_args: default_max_args(),
+            max_inline_len: default_max_inline(),
+            max_pipeline: default_max_pipeline(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6380".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:9380".into()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_hash_tag() -> String {
+    "{}".into()
+}
+fn default_connections() -> usize {
+    2
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_weight() -> f64 {
+    1.0
+}
+fn default_max_bulk() -> usize {
+    512 * 1024 * 1024
+}
+fn default_max_args() -> usize {
+    1024 * 1024
+}
+fn default_max_inline() -> usize {
+    64 * 1024
+}
+fn default_max_pipeline() -> usize {
+    4096
+}
+
+impl Config {
+    /// Loads `path`, applies `KEYWAY_*` environment variables, and validates the result.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the offending key (and its line when it is in the file).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_with_env(&text, path)
+    }
+
+    /// Parses TOML text (as if read from `path`) with environment overrides, then validates.
+    ///
+    /// # Errors
+    ///
+    /// See [`Config::load`].
+    pub fn from_toml_with_env(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        // The toml crate reports line and column for syntax errors, unknown keys and type
+        // errors, which figment's merged view no longer knows: check the file alone first.
+        toml::from_str::<Config>(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .merge(Env::prefixed("KEYWAY_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Env(e.to_string()))?;
+        config.validate(Some(text))?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: a usable, unambiguous pool.
+    ///
+    /// `text` is the file the config came from, used to point at the line of a bad value.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for the first problem found.
+    pub fn validate(&self, text: Option<&str>) -> Result<(), ConfigError> {
+        let invalid = |key: String, needle: Option<&str>, message: String| {
+            let line = needle.and_then(|n| text.and_then(|t| line_of(t, n)));
+            ConfigError::Invalid {
+                key,
+                location: line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+                message,
+            }
+        };
+        check_addr(&self.listen).map_err(|m| invalid("listen".into(), Some("listen"), m))?;
+        check_addr(&self.admin).map_err(|m| invalid("admin".into(), Some("admin"), m))?;
+        self.pool.validate(text)?;
+        if self.limits.max_pipeline == 0 {
+            return Err(invalid(
+                "limits.max_pipeline".into(),
+                Some("max_pipeline"),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl PoolConfig {
+    /// See [`Config::validate`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for the first problem found.
+    pub fn validate(&self, text: Option<&str>) -> Result<(), ConfigError> {
+        let invalid = |key: String, needle: Option<String>, message: String| {
+            let line = needle.and_then(|n| text.and_then(|t| line_of(t, &n)));
+            ConfigError::Invalid {
+                key,
+                location: line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+                message,
+            }
+        };
+        if self.servers.is_empty() {
+            return Err(invalid(
+                "pool.servers".into(),
+                None,
+                "the pool has no servers: add at least one [[pool.servers]] with a name and an addr"
+                    .into(),
+            ));
+        }
+        if self.servers.len() > usize::from(u16::MAX) {
+            return Err(invalid(
+                "pool.servers".into(),
+                None,
+                format!("at most {} servers", u16::MAX),
+            ));
+        }
+        if self.replicas == 0 || self.replicas > self.servers.len() {
+            return Err(invalid(
+                "pool.replicas".into(),
+                Some("replicas".into()),
+                format!(
+                    "must be between 1 and the number of servers ({}), got {}",
+                    self.servers.len(),
+                    self.replicas
+                ),
+            ));
+        }
+        if self.connections == 0 || self.connections > 64 {
+            return Err(invalid(
+                "pool.connections".into(),
+                Some("connections".into()),
+                format!("must be between 1 and 64, got {}", self.connections),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid(
+                "pool.timeout".into(),
+                Some("timeout".into()),
+                "must be greater than zero".into(),
+            ));
+        }
+        HashTag::parse(&self.hash_tag).map_err(|e| {
+            invalid(
+                "pool.hash_tag".into(),
+                Some("hash_tag".into()),
+                e.to_string(),
+            )
+        })?;
+        let mut names = HashSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let key = |field: &str| format!("pool.servers[{i}].{field}");
+            if s.name.is_empty() {
+                return Err(invalid(key("name"), None, "must not be empty".into()));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(
+                    key("name"),
+                    Some(format!("\"{}\"", s.name)),
+                    format!("duplicate server name \"{}\": names must be unique", s.name),
+                ));
+            }
+            check_addr(&s.addr).map_err(|m| invalid(key("addr"), Some(s.addr.clone()), m))?;
+            if !(s.weight.is_finite() && s.weight > 0.0) {
+                return Err(invalid(
+                    key("weight"),
+                    Some(format!("\"{}\"", s.name)),
+                    format!("must be a positive number, got {}", s.weight),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` with a numeric port; the host may be a name resolved at connect time.
+fn check_addr(addr: &str) -> Result<(), String> {
+    let bad = || format!("\"{addr}\" is not a host:port address");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// 1-based line of the last occurrence of `needle` in `text` (the last one, because a duplicate
+/// is found after its first use).
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            !l.starts_with('#') && l.contains(needle)
+        })
+        .map(|(i, _)| i + 1)
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:6380"
+[pool]
+replicas = 1
+timeout = "250ms"
+[[pool.servers]]
+name = "a"
+addr = "127.0.0.1:7001"
+[[pool.servers]]
+name = "b"
+addr = "127.0.0.1:7002"
+weight = 2
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.pool.timeout, Duration::from_millis(250));
+        assert_eq!(c.pool.connections, 2);
+        assert_eq!(c.pool.hash_tag, "{}");
+        assert_eq!(c.pool.servers[1].weight, 2.0);
+        assert_eq!(c.admin, "127.0.0.1:9380");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("replicas = 1", "replicas = 1\nconections = 4");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("conections"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_name_names_line() {
+        let text = GOOD.replace("name = \"b\"", "name = \"a\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("pool.servers[1].name"), "{e}");
+        assert!(e.contains("line 10"), "{e}");
+        assert!(e.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (from, to, key) in [
+            ("addr = \"127.0.0.1:7002\"", "addr = \"nowhere\"", "addr"),
+            ("weight = 2", "weight = 0", "weight"),
+            ("replicas = 1", "replicas = 3", "replicas"),
+            ("timeout = \"250ms\"", "timeout = \"soon\"", "timeout"),
+            ("replicas = 1", "hash_tag = \"{\"", "hash_tag"),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
+            assert!(e.contains(key), "{to}: {e}");
+        }
+        let e = parse("[pool]\n").unwrap_err().to_string();
+        assert!(e.contains("no servers"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let e = parse(&GOOD.replace("weight = 2", "weight = \"heavy\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 12"), "{e}");
+    }
+}

@@ -1,1 +1,132 @@
-fn main() {}
+//! The `keyway` command: parses arguments, sets up logging, and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use keyway::config::Config;
+use keyway::routing::{key_slot, HashTag, SlotTable};
+
+/// Keyway: a sharding proxy for Redis.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit: 0 if valid, 1 with a message naming the problem.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print each key's slot and its servers in rendezvous order (replicas first).
+    Route {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Keys to locate.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: ok ({} servers, replicas {})",
+                config.display(),
+                c.pool.servers.len(),
+                c.pool.replicas
+            );
+            Ok(())
+        }
+        Command::Route { config, keys } => {
+            let c = Config::load(&config)?;
+            let tag = HashTag::parse(&c.pool.hash_tag)?;
+            let mut servers: Vec<_> = c.pool.servers.iter().collect();
+            servers.sort_by(|a, b| a.name.cmp(&b.name));
+            let ranked: Vec<(&str, f64)> = servers
+                .iter()
+                .map(|s| (s.name.as_str(), s.weight))
+                .collect();
+            let table = SlotTable::build(&ranked, ranked.len())?;
+            for key in keys {
+                let slot = key_slot(key.as_bytes(), tag);
+                let names: Vec<&str> = table
+                    .ranked(slot)
+                    .iter()
+                    .filter_map(|&i| servers.get(usize::from(i)).map(|s| s.name.as_str()))
+                    .collect();
+                let (replicas, rest) = names.split_at(c.pool.replicas.min(names.len()));
+                println!(
+                    "{key}\tslot {}\treplicas {}\tthen {}",
+                    slot.0,
+                    replicas.join(","),
+                    if rest.is_empty() {
+                        "-".to_string()
+                    } else {
+                        rest.join(",")
+                    }
+                );
+            }
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let c = Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            runtime.block_on(async {
+                let running = keyway::server::start(&c).await?;
+                tracing::info!(listen = %running.addr, servers = c.pool.servers.len(), "keyway is serving");
+                running.task.await.context("accept loop ended")?;
+                Ok(())
+            })
+        }
+    }
+}

@@ -1,1 +1,352 @@
-//! placeholder
+//! Pipelined, multiplexed connections to the redis-servers.
+//!
+//! Each server has a [`Pool`] of `connections` TCP connections shared by every client session.
+//! A connection is one task that owns its socket: it takes [`Job`]s (a request frame and a
+//! one-shot reply slot) from a bounded channel, writes them in batches (one syscall per batch),
+//! and matches replies to jobs in FIFO order, the order Redis answers a connection's requests in.
+//!
+//! The connection task is a small state machine:
+//!
+//! - **Connecting**: dial with the request timeout as connect timeout.
+//! - **Connected**: forward jobs, match replies. If the oldest job waits longer than the timeout
+//!   (a hung or SIGSTOPped server) or the socket fails, every job in flight fails with an error
+//!   naming the server, and the connection is dropped: once a reply is missing, FIFO matching
+//!   can no longer be trusted, so the socket must go.
+//! - **Backoff**: wait before redialling (doubling from 20 ms up to 1 s); jobs arriving meanwhile
+//!   fail at once with "unavailable", so a dead server never makes a client wait.
+//!
+//! Nothing here parses commands: a job is opaque bytes, and a reply is the raw frame the server
+//! sent, forwarded as it came.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::protocol::{Limits, ReplyDecoder};
+
+/// Jobs queued per connection before senders wait (backpressure to the sessions).
+const QUEUE: usize = 1024;
+/// Most jobs written and not yet answered on one connection.
+const MAX_IN_FLIGHT: usize = 16 * 1024;
+/// Jobs taken from the queue per batch write.
+const BATCH: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Why a request to a server got no reply. Every variant names the server.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The server could not be reached (refused, reset, in backoff after a failure).
+    #[error("server '{server}' ({addr}) is unavailable: {reason}")]
+    Unavailable {
+        server: Arc<str>,
+        addr: Arc<str>,
+        reason: Arc<str>,
+    },
+    /// No reply within the timeout; the connection was dropped.
+    #[error("server '{server}' ({addr}) did not answer within {timeout:?}")]
+    Timeout {
+        server: Arc<str>,
+        addr: Arc<str>,
+        timeout: Duration,
+    },
+    /// The server sent bytes that are not RESP.
+    #[error("server '{server}' ({addr}) sent a malformed reply: {reason}")]
+    Protocol {
+        server: Arc<str>,
+        addr: Arc<str>,
+        reason: Arc<str>,
+    },
+}
+
+/// The result of one request: the raw reply frame, or why there is none.
+pub type Reply = Result<Bytes, BackendError>;
+
+/// One request for a connection task.
+pub struct Job {
+    /// A complete RESP request frame.
+    pub frame: Bytes,
+    /// Where the reply goes. A dropped receiver (client gone) is fine: the reply is discarded.
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// How a pool reaches and times its server.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Pipelined connections to open.
+    pub connections: usize,
+    /// Per-request deadline and connect timeout.
+    pub timeout: Duration,
+}
+
+/// Identity and liveness shared between a pool and its connection tasks.
+struct Shared {
+    name: Arc<str>,
+    addr: Arc<str>,
+    timeout: Duration,
+    /// Connections currently established (for INFO and metrics).
+    open: AtomicU64,
+}
+
+/// The connections to one server.
+pub struct Pool {
+    shared: Arc<Shared>,
+    conns: Box<[mpsc::Sender<Job>]>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.shared.name)
+            .field("addr", &self.shared.addr)
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Opens `options.connections` connection tasks to `addr` on the current tokio runtime.
+    pub fn spawn(name: &str, addr: &str, options: &PoolOptions) -> Pool {
+        let shared = Arc::new(Shared {
+            name: Arc::from(name),
+            addr: Arc::from(addr),
+            timeout: options.timeout,
+            open: AtomicU64::new(0),
+        });
+        let conns = (0..options.connections.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(connection_task(shared.clone(), rx));
+                tx
+            })
+            .collect();
+        Pool { shared, conns }
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+
+    /// Connections currently established.
+    pub fn open_connections(&self) -> u64 {
+        self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// Sends `frame` on connection `pick % connections` and returns where its reply will come.
+    ///
+    /// Sessions pass a number of their own (their id) so that one session's requests stay on
+    /// one connection without any shared counter on the request path.
+    pub async fn send(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job { frame, reply: tx };
+        // `conns` is never empty (spawn opens at least one); `get` keeps this panic-free anyway.
+        if let Some(conn) = self.conns.get(pick % self.conns.len().max(1)) {
+            if let Err(mpsc::error::SendError(job)) = conn.send(job).await {
+                let _ = job
+                    .reply
+                    .send(Err(self.unavailable("connection task stopped")));
+            }
+        }
+        rx
+    }
+
+    fn unavailable(&self, reason: &str) -> BackendError {
+        BackendError::Unavailable {
+            server: self.shared.name.clone(),
+            addr: self.shared.addr.clone(),
+            reason: Arc::from(reason),
+        }
+    }
+}
+
+/// A job written to the server and waiting for its reply.
+struct InFlight {
+    reply: oneshot::Sender<Reply>,
+    deadline: Instant,
+}
+
+/// Runs one connection for its whole life: connect, serve, back off, repeat. It ends when the
+/// pool is dropped (the server left the topology): the queue closes, in-flight jobs are
+/// answered, and the socket is closed.
+async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let reason =
+            match tokio::time::timeout(shared.timeout, TcpStream::connect(shared.addr.as_ref()))
+                .await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    shared.open.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(server = %shared.name, addr = %shared.addr, "connected");
+                    let end = serve(&shared, stream, &mut rx, &mut backoff).await;
+                    shared.open.fetch_sub(1, Ordering::Relaxed);
+                    match end {
+                        End::Closed => return,
+                        End::Failed(reason) => reason,
+                    }
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("connect timed out after {:?}", shared.timeout),
+            };
+        tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?backoff, "server connection failed");
+        // Backoff: fail whatever arrives until it is time to dial again.
+        let until = Instant::now() + backoff;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                job = rx.recv() => match job {
+                    Some(job) => {
+                        let _ = job.reply.send(Err(BackendError::Unavailable {
+                            server: shared.name.clone(),
+                            addr: shared.addr.clone(),
+                            reason: Arc::from(reason.as_str()),
+                        }));
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+enum End {
+    /// The pool is gone and nothing is left to answer.
+    Closed,
+    /// The connection failed; reconnect after backoff.
+    Failed(String),
+}
+
+/// The Connected state: forward jobs and match replies until the socket fails or times out.
+async fn serve(
+    shared: &Shared,
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<Job>,
+    backoff: &mut Duration,
+) -> End {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut decoder = ReplyDecoder::new(Limits::for_replies());
+    let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    let mut outbuf = BytesMut::with_capacity(16 * 1024);
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut rx_open = true;
+    let fail_all = |in_flight: &mut VecDeque<InFlight>, err: BackendError| {
+        for f in in_flight.drain(..) {
+            let _ = f.reply.send(Err(err.clone()));
+        }
+    };
+    loop {
+        if !rx_open && in_flight.is_empty() {
+            return End::Closed;
+        }
+        let deadline = in_flight.front().map(|f| f.deadline);
+        tokio::select! {
+            biased;
+            read = rd.read_buf(&mut inbuf) => {
+                match read {
+                    Ok(0) | Err(_) => {
+                        let reason = match read {
+                            Err(e) => e.to_string(),
+                            _ => "connection closed by server".to_string(),
+                        };
+                        fail_all(&mut in_flight, BackendError::Unavailable {
+                            server: shared.name.clone(),
+                            addr: shared.addr.clone(),
+                            reason: Arc::from(reason.as_str()),
+                        });
+                        return End::Failed(reason);
+                    }
+                    Ok(_) => loop {
+                        match decoder.decode(&mut inbuf) {
+                            Ok(Some(frame)) => match in_flight.pop_front() {
+                                Some(f) => {
+                                    *backoff = BACKOFF_MIN;
+                                    let _ = f.reply.send(Ok(frame));
+                                }
+                                None => {
+                                    return End::Failed("reply without a request".into());
+                                }
+                            },
+                            Ok(None) => break,
+                            Err(e) => {
+                                let reason = e.to_string();
+                                fail_all(&mut in_flight, BackendError::Protocol {
+                                    server: shared.name.clone(),
+                                    addr: shared.addr.clone(),
+                                    reason: Arc::from(reason.as_str()),
+                                });
+                                return End::Failed(reason);
+                            }
+                        }
+                    },
+                }
+            }
+            _ = sleep_until_opt(deadline) => {
+                tracing::warn!(server = %shared.name, addr = %shared.addr, in_flight = in_flight.len(), "server request timed out; dropping the connection");
+                fail_all(&mut in_flight, BackendError::Timeout {
+                    server: shared.name.clone(),
+                    addr: shared.addr.clone(),
+                    timeout: shared.timeout,
+                });
+                return End::Failed(format!("request timed out after {:?}", shared.timeout));
+            }
+            n = rx.recv_many(&mut batch, BATCH), if rx_open && in_flight.len() < MAX_IN_FLIGHT => {
+                if n == 0 {
+                    rx_open = false;
+                    continue;
+                }
+                let deadline = Instant::now() + shared.timeout;
+                for job in batch.drain(..) {
+                    outbuf.extend_from_slice(&job.frame);
+                    in_flight.push_back(InFlight { reply: job.reply, deadline });
+                }
+                // One write per batch, bounded by the oldest job's deadline so that a server
+                // that stopped reading cannot hold this task.
+                let oldest = in_flight.front().map(|f| f.deadline).unwrap_or(deadline);
+                match tokio::time::timeout_at(oldest, wr.write_all(&outbuf)).await {
+                    Ok(Ok(())) => outbuf.clear(),
+                    Ok(Err(e)) => {
+                        let reason = e.to_string();
+                        fail_all(&mut in_flight, BackendError::Unavailable {
+                            server: shared.name.clone(),
+                            addr: shared.addr.clone(),
+                            reason: Arc::from(reason.as_str()),
+                        });
+                        return End::Failed(reason);
+                    }
+                    Err(_) => {
+                        fail_all(&mut in_flight, BackendError::Timeout {
+                            server: shared.name.clone(),
+                            addr: shared.addr.clone(),
+                            timeout: shared.timeout,
+                        });
+                        return End::Failed("write timed out".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -63,7 +63,10 @@ impl RedisServer {
             if let Some(s) = Self::try_start(port, &[]) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "redis-server would not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server would not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -84,7 +87,11 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (is it installed? see README)");
-        let mut server = RedisServer { child: Some(child), port, dir };
+        let mut server = RedisServer {
+            child: Some(child),
+            port,
+            dir,
+        };
         let up = wait_until(Duration::from_secs(5), || {
             if let Some(c) = server.child.as_mut() {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -93,7 +100,10 @@ impl RedisServer {
             }
             raw_command(server.addr(), &["PING"]).is_ok_and(|r| r == b"+PONG\r\n")
         });
-        let alive = server.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let alive = server
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
         if up && alive {
             Some(server)
         } else {
@@ -122,7 +132,9 @@ impl RedisServer {
 
     /// `DBSIZE` straight from the server.
     pub fn dbsize(&self) -> i64 {
-        redis::cmd("DBSIZE").query(&mut self.client()).expect("DBSIZE")
+        redis::cmd("DBSIZE")
+            .query(&mut self.client())
+            .expect("DBSIZE")
     }
 
     /// Sends a signal (`"STOP"`, `"CONT"`, `"KILL"`) to the server process.
@@ -156,7 +168,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // A stopped process cannot die of SIGKILL until it is continued on some kernels.
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -196,7 +210,9 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         stream.set_nodelay(true).ok();
         RawClient { stream }
     }
@@ -224,5 +240,88 @@ impl RawClient {
         let mut buf = Vec::new();
         let _ = self.stream.read_to_end(&mut buf);
         buf
+    }
+}
+
+/// The `[pool]` config of a test: servers named `s0`, `s1`, ... in the order given, with
+/// extra `[pool]` lines (`"timeout = \"200ms\""`).
+pub fn config_toml(servers: &[&RedisServer], pool_extra: &str) -> String {
+    let mut t = String::from("listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[pool]\n");
+    t.push_str(pool_extra);
+    t.push('\n');
+    for (i, s) in servers.iter().enumerate() {
+        t.push_str(&format!(
+            "[[pool.servers]]\nname = \"s{i}\"\naddr = \"{}\"\n",
+            s.addr_string()
+        ));
+    }
+    t
+}
+
+/// Keyway running inside the test process on its own runtime; stopped on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub shared: std::sync::Arc<keyway::server::Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Proxy {
+    /// Keyway over `servers` (named `s0`, `s1`, ...) with default settings.
+    pub fn start(servers: &[&RedisServer]) -> Proxy {
+        Self::start_toml(&config_toml(servers, ""))
+    }
+
+    /// Keyway on a full TOML config (its `listen` should be `127.0.0.1:0`).
+    pub fn start_toml(toml: &str) -> Proxy {
+        let config =
+            keyway::config::Config::from_toml_with_env(toml, std::path::Path::new("test.toml"))
+                .expect("test config is valid");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let running = runtime
+            .block_on(keyway::server::start(&config))
+            .expect("keyway starts");
+        let proxy = Proxy {
+            addr: running.addr,
+            shared: running.shared,
+            runtime: Some(runtime),
+        };
+        // Ready when every server connection is up (the pool connects eagerly).
+        let topo = proxy.shared.topology.load();
+        let want: u64 = topo
+            .servers
+            .iter()
+            .map(|_| topo.config.connections as u64)
+            .sum();
+        wait_until(Duration::from_secs(5), || {
+            topo.servers
+                .iter()
+                .map(|s| s.pool.open_connections())
+                .sum::<u64>()
+                >= want
+        });
+        proxy
+    }
+
+    /// A synchronous redis-rs connection through Keyway.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://{}/", self.addr))
+            .and_then(|c| c.get_connection())
+            .expect("connect to keyway")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }

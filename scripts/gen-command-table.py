@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Generates src/command/table.rs, Keyway's command table, from a live redis-server.
+
+The facts (name, arity, flags, key positions) come from the server's `COMMAND` reply; the
+routing policy (how Keyway serves each command: its `Kind`) is written out below in KINDS,
+REFUSED and the rules of `kind_of`. A command the server lists that has keys and no explicit
+policy is `Keyed`; a keyless one with no explicit policy stops the script, so a new Redis
+version forces a decision instead of a silent default.
+
+Usage (redis-server 7.0.x on port 6399, from the repository root):
+
+    redis-server --port 6399 --save '' --appendonly no &
+    python3 scripts/gen-command-table.py --port 6399
+
+Then run `cargo test --test command_table`, which checks the table against a live server.
+Edit this script, not table.rs: table.rs is overwritten.
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+
+# ---------------------------------------------------------------------------------------------
+# Routing policy.
+
+# Reasons shown to clients after "command 'x' is not supported by keyway: ".
+REASONS = {
+    "ADMIN": "it administers a single server; run it against each backend server directly",
+    "ACL": "users and ACLs are managed on each backend server directly",
+    "AUTH": "keyway does not authenticate clients yet; it authenticates to the backend servers "
+    "with the credentials in its configuration",
+    "BLOCKING": "blocking commands are not supported yet",
+    "CLIENT": "it would act on keyway's backend connections, which many clients share",
+    "CLUSTER": "keyway is not a Redis Cluster node; it routes keys to servers itself",
+    "DATABASES": "keyway shards keys over several servers and serves database 0 only",
+    "MIGRATE": "keyway decides where keys live; MIGRATE would move keys between servers "
+    "behind its back",
+    "PUBSUB": "publish/subscribe is not supported yet",
+    "REPLICATION": "replication between the backend servers is managed outside keyway",
+    "SCRIPT_DEBUG": "the Lua debugger needs a dedicated connection to one server",
+    "SCRIPT_KILL": "keyway cannot tell which backend server runs the script; run it against "
+    "that server directly",
+    "TRANSACTIONS": "MULTI/EXEC transactions are not supported yet (the keys of one transaction "
+    "may live on different servers)",
+    "WAIT": "replica acknowledgements are per server; choose keyway's write policy "
+    "(write = all, quorum or two_phase) instead",
+}
+
+SPLIT_ARRAY_1 = "split(Array, 1)"
+SPLIT_OK_2 = "split(Ok, 2)"
+SPLIT_SUM_1 = "split(SumInt, 1)"
+
+# Explicit decisions. Anything not listed: see kind_of().
+KINDS = {
+    # Multi-key commands split per server.
+    "mget": SPLIT_ARRAY_1,
+    "mset": SPLIT_OK_2,
+    "del": SPLIT_SUM_1,
+    "unlink": SPLIT_SUM_1,
+    "exists": SPLIT_SUM_1,
+    "touch": SPLIT_SUM_1,
+    # Keyless, sent to every server.
+    "dbsize": "AllServers(SumInt)",
+    "flushall": "AllServers(AllOk)",
+    "flushdb": "AllServers(AllOk)",
+    "keys": "AllServers(Concat)",
+    "script|load": "AllServers(SameReply)",
+    "script|flush": "AllServers(AllOk)",
+    "script|exists": "AllServers(LogicalAnd)",
+    "function|load": "AllServers(SameReply)",
+    "function|delete": "AllServers(AllOk)",
+    "function|flush": "AllServers(AllOk)",
+    "function|restore": "AllServers(AllOk)",
+    # Keyless, any one server answers (scripts and functions are loaded on all of them).
+    "config|get": "AnyServer",
+    "function|dump": "AnyServer",
+    "function|list": "AnyServer",
+    "function|stats": "AnyServer",
+    "lastsave": "AnyServer",
+    "lolwut": "AnyServer",
+    "time": "AnyServer",
+    "acl|cat": "AnyServer",
+    "acl|genpass": "AnyServer",
+    "randomkey": "RandomKey",
+    "scan": "Scan",
+    # Answered by the proxy itself.
+    "client|getname": "Local",
+    "client|id": "Local",
+    "client|setname": "Local",
+    "command": "Local",
+    "command|count": "Local",
+    "command|docs": "Local",
+    "command|getkeys": "Local",
+    "command|getkeysandflags": "Local",
+    "command|info": "Local",
+    "command|list": "Local",
+    "echo": "Local",
+    "hello": "Local",
+    "info": "Local",
+    "ping": "Local",
+    "quit": "Local",
+    "reset": "Local",
+    "select": "Local",
+    # XREAD/XREADGROUP are flagged blocking, but only block with BLOCK: the session decides.
+    "xread": "Keyed",
+    "xreadgroup": "Keyed",
+}
+
+REFUSED = {
+    "ADMIN": """bgrewriteaof bgsave config|resetstat config|rewrite config|set debug
+        latency|doctor latency|graph latency|histogram latency|history latency|latest latency|reset
+        memory|doctor memory|malloc-stats memory|purge memory|stats module|list module|load
+        module|loadex module|unload monitor pfdebug pfselftest save shutdown slowlog|get
+        slowlog|len slowlog|reset""",
+    "ACL": """acl|deluser acl|dryrun acl|getuser acl|list acl|load acl|log acl|save acl|setuser
+        acl|users""",
+    "AUTH": "auth acl|whoami",
+    "CLIENT": """client|caching client|getredir client|info client|kill client|list client|no-evict
+        client|pause client|reply client|tracking client|trackinginfo client|unblock
+        client|unpause""",
+    "CLUSTER": "asking readonly readwrite restore-asking",
+    "DATABASES": "move swapdb",
+    "MIGRATE": "migrate",
+    "REPLICATION": "failover psync replconf replicaof role slaveof sync",
+    "SCRIPT_DEBUG": "script|debug",
+    "SCRIPT_KILL": "function|kill script|kill",
+    "TRANSACTIONS": "discard exec multi unwatch watch",
+    "WAIT": "wait",
+}
+for _reason, _names in REFUSED.items():
+    for _name in _names.split():
+        assert _name not in KINDS, _name
+        KINDS[_name] = f"Refused(why::{_reason})"
+
+
+def kind_of(name, flags, has_keys, is_container):
+    if is_container:
+        return "Container"
+    if name in KINDS:
+        return KINDS[name]
+    if name.endswith("|help"):
+        return "AnyServer"
+    container = name.split("|")[0]
+    if container == "cluster":
+        return "Refused(why::CLUSTER)"
+    if "pubsub" in flags or container == "pubsub":
+        return "Refused(why::PUBSUB)"
+    if "blocking" in flags:
+        return "Refused(why::BLOCKING)"
+    if has_keys:
+        return "Keyed"
+    sys.exit(f"no routing decision for keyless command {name!r}: add it to KINDS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Key positions.
+
+# Movable-key commands whose extra keys need their own parser in key_indexes().
+CUSTOM_KEYS = {
+    "sort": "Sort",
+    "georadius": "GeoStore",
+    "georadiusbymember": "GeoStore",
+    "xread": "Streams",
+    "xreadgroup": "Streams",
+}
+# Movable-key commands kept on their legacy range: SORT_RO's BY/GET patterns name keys that
+# only the server can know; MIGRATE is refused, so its KEYS form does not matter.
+LEGACY_MOVABLE = {"sort_ro", "migrate"}
+
+
+def spec_fields(spec):
+    return dict(zip(spec[::2], spec[1::2]))
+
+
+def keys_of(name, flags, first, last, step, key_specs):
+    if name in CUSTOM_KEYS:
+        return CUSTOM_KEYS[name]
+    specs = [spec_fields(k) for k in key_specs]
+    keynum = [k for k in specs if k["find_keys"][1] == "keynum"]
+    if keynum:
+        begin = spec_fields(keynum[0]["begin_search"][3])["index"]
+        fk = spec_fields(keynum[0]["find_keys"][3])
+        at, fst, stp = begin + fk["keynumidx"], begin + fk["firstkey"], fk["keystep"]
+        if len(specs) == 1:
+            return f"numkeys({at}, {fst}, {stp})"
+        if len(specs) == 2 and (first, last, step) == (1, 1, 1) and stp == 1:
+            return f"dest_numkeys(1, {at}, {fst})"
+    elif "movablekeys" not in flags or name in LEGACY_MOVABLE:
+        if first == 0:
+            return "NOKEYS"
+        return f"range({first}, {last}, {step})"
+    sys.exit(f"unhandled movable keys for {name!r}: {key_specs}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Talking to redis.
+
+
+class Resp:
+    def __init__(self, host, port):
+        self.sock = socket.create_connection((host, port))
+        self.file = self.sock.makefile("rb")
+
+    def call(self, *args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a.encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        self.sock.sendall(out)
+        return self.read()
+
+    def read(self):
+        line = self.file.readline()
+        t, rest = line[:1], line[1:-2]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            raise RuntimeError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            return None if n < 0 else self.file.read(n + 2)[:-2].decode()
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.read() for _ in range(n)]
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+
+FLAG_CONSTS = {
+    "write": "WRITE", "readonly": "READONLY", "denyoom": "DENYOOM", "module": "MODULE",
+    "admin": "ADMIN", "pubsub": "PUBSUB", "noscript": "NOSCRIPT", "blocking": "BLOCKING",
+    "loading": "LOADING", "stale": "STALE", "skip_monitor": "SKIP_MONITOR",
+    "skip_slowlog": "SKIP_SLOWLOG", "asking": "ASKING", "fast": "FAST", "no_auth": "NO_AUTH",
+    "may_replicate": "MAY_REPLICATE", "no_mandatory_keys": "NO_MANDATORY_KEYS",
+    "no_async_loading": "NO_ASYNC_LOADING", "no_multi": "NO_MULTI",
+    "movablekeys": "MOVABLEKEYS", "allow_busy": "ALLOW_BUSY",
+}
+
+HEADER = """\
+//! The command table: one line per Redis 7.0 command and subcommand.
+//!
+//! GENERATED by `scripts/gen-command-table.py` from `COMMAND` on redis-server {version}; do not
+//! edit by hand: change the script (its routing policy lives there) and regenerate. Columns: name
+//! as Redis 7 spells it (`container|sub` for subcommands), arity, key positions, kind, flags.
+//! Sorted by name: [`super::lookup`] binary-searches it.
+
+use super::keys::{{dest_numkeys, numkeys, range, GeoStore, Sort, Streams, NOKEYS}};
+use super::Kind::{{AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan}};
+use super::Merge::{{AllOk, Array, Concat, LogicalAnd, Ok, SameReply, SumInt}};
+use super::{{cmd, flag::*, split, CommandSpec}};
+
+/// Why a command is refused: the text after "command 'x' is not supported by keyway: ".
+mod why {{
+{reasons}}}
+
+/// Every command and subcommand redis-server {version} lists in `COMMAND`: name, arity, key
+/// positions, kind, flags.
+#[rustfmt::skip]
+pub(super) static COMMANDS: [CommandSpec; {count}] = [
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=6379)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--out", default=os.path.join(root, "src", "command", "table.rs"))
+    opts = ap.parse_args()
+
+    r = Resp(opts.host, opts.port)
+    info = r.call("INFO", "server")
+    version = next(l.split(":")[1] for l in info.splitlines() if l.startswith("redis_version:"))
+
+    rows = []
+
+    def walk(c, is_sub):
+        name, arity, flags, first, last, step, _cats, _tips, key_specs, subs = c[:10]
+        has_keys = first != 0 or bool(key_specs)
+        keys = keys_of(name, flags, first, last, step, key_specs)
+        kind = kind_of(name, flags, has_keys, bool(subs))
+        fl = "&[" + ", ".join(FLAG_CONSTS[f] for f in flags) + "]"
+        rows.append((name, arity, fl, keys, kind))
+        for s in subs or []:
+            walk(s, True)
+
+    for c in r.call("COMMAND"):
+        walk(c, False)
+    rows.sort(key=lambda row: row[0])
+
+    w_name = max(len(row[0]) for row in rows) + 3
+    w_keys = max(len(row[3]) for row in rows) + 1
+    w_kind = max(len(row[4]) for row in rows) + 1
+    reasons = "".join(f'    pub const {k}: &str = "{v}";\n' for k, v in sorted(REASONS.items()))
+    out = [HEADER.format(version=version, reasons=reasons, count=len(rows))]
+    out.append(
+        f"    //  {'name'.ljust(w_name)}arity {'keys'.ljust(w_keys)} {'kind'.ljust(w_kind)} flags\n"
+    )
+    for name, arity, fl, keys, kind in rows:
+        out.append(
+            f'    cmd({(chr(34) + name + chr(34) + ",").ljust(w_name)}{arity:>3}, '
+            f"{(keys + ',').ljust(w_keys)} {(kind + ',').ljust(w_kind)} {fl}),\n"
+        )
+    out.append("];\n")
+    with open(opts.out, "w") as f:
+        f.write("".join(out))
+    # The header and reasons follow rustfmt; the table itself is #[rustfmt::skip].
+    subprocess.run(["rustfmt", "--edition", "2021", opts.out], check=True)
+    print(f"wrote {len(rows)} commands from redis {version} to {opts.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs Keyway's whole test suite: unit, property and integration tests against real
+# redis-servers (installed first when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-redis.sh
+cargo test --locked --all-targets "$@"

@@ -1,0 +1,175 @@
+//! Encoding helpers: each appends one RESP2 item to a `BytesMut`.
+//!
+//! Replies are encoded synchronously into the session's output buffer and written with one
+//! syscall per batch, so these are small, allocation-free (beyond growing `out`) and format
+//! integers on the stack instead of through `format!`.
+
+use bytes::{BufMut, BytesMut};
+
+/// Appends the decimal digits of `n`.
+pub(crate) fn put_u64(out: &mut BytesMut, mut n: u64) {
+    // u64::MAX has 20 digits.
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+}
+
+/// Appends the decimal form of `n` (with `-` when negative).
+pub(crate) fn put_i64(out: &mut BytesMut, n: i64) {
+    if n < 0 {
+        out.put_u8(b'-');
+    }
+    put_u64(out, n.unsigned_abs());
+}
+
+/// Bytes `put_u64(n)` writes.
+pub(crate) fn decimal_len(mut n: u64) -> usize {
+    let mut len = 1;
+    while n >= 10 {
+        n /= 10;
+        len += 1;
+    }
+    len
+}
+
+/// Appends a line's text with every `\r` and `\n` turned into a space, so it cannot end the
+/// line early and desynchronise the peer.
+fn put_line_text(out: &mut BytesMut, text: &[u8]) {
+    if !text.iter().any(|&b| b == b'\r' || b == b'\n') {
+        out.extend_from_slice(text);
+        return;
+    }
+    out.reserve(text.len());
+    for &b in text {
+        out.put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
+    }
+}
+
+/// Appends a line reply (`+` or `-`) with `\r`/`\n` in `text` replaced by spaces.
+pub(crate) fn put_line(out: &mut BytesMut, kind: u8, text: &[u8]) {
+    out.reserve(text.len() + 3);
+    out.put_u8(kind);
+    put_line_text(out, text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `+s\r\n`; any `\r` or `\n` in `s` becomes a space.
+pub fn write_simple(out: &mut BytesMut, s: &str) {
+    put_line(out, b'+', s.as_bytes());
+}
+
+/// Appends `-msg\r\n`. `msg` is given without the leading `-` (e.g. `"ERR unknown command"`);
+/// any `\r` or `\n` in it becomes a space.
+pub fn write_error(out: &mut BytesMut, msg: &str) {
+    put_line(out, b'-', msg.as_bytes());
+}
+
+/// Appends `:n\r\n`.
+pub fn write_integer(out: &mut BytesMut, n: i64) {
+    out.reserve(23);
+    out.put_u8(b':');
+    put_i64(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `$len\r\nb\r\n`.
+pub fn write_bulk(out: &mut BytesMut, b: &[u8]) {
+    out.reserve(bulk_encoded_len(b.len()));
+    out.put_u8(b'$');
+    put_u64(out, b.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the nil bulk string `$-1\r\n`.
+pub fn write_nil(out: &mut BytesMut) {
+    out.extend_from_slice(b"$-1\r\n");
+}
+
+/// Appends `*n\r\n`; the caller then appends the `n` elements.
+pub fn write_array_header(out: &mut BytesMut, n: usize) {
+    out.reserve(23);
+    out.put_u8(b'*');
+    put_u64(out, n as u64);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a command: a RESP array of bulk strings, the form every server accepts.
+pub fn write_command<A: AsRef<[u8]>>(out: &mut BytesMut, args: &[A]) {
+    out.reserve(command_encoded_len(args));
+    write_array_header(out, args.len());
+    for a in args {
+        write_bulk(out, a.as_ref());
+    }
+}
+
+/// Bytes `write_bulk` appends for a body of `len` bytes.
+pub(crate) fn bulk_encoded_len(len: usize) -> usize {
+    1 + decimal_len(len as u64) + 2 + len + 2
+}
+
+/// Bytes `write_command(args)` appends.
+pub(crate) fn command_encoded_len<A: AsRef<[u8]>>(args: &[A]) -> usize {
+    let header = 1 + decimal_len(args.len() as u64) + 2;
+    args.iter()
+        .fold(header, |n, a| n + bulk_encoded_len(a.as_ref().len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        f(&mut out);
+        out.to_vec()
+    }
+
+    #[test]
+    fn integers_are_formatted_without_format() {
+        assert_eq!(enc(|o| write_integer(o, 0)), b":0\r\n");
+        assert_eq!(enc(|o| write_integer(o, 42)), b":42\r\n");
+        assert_eq!(enc(|o| write_integer(o, -7)), b":-7\r\n");
+        assert_eq!(
+            enc(|o| write_integer(o, i64::MIN)),
+            b":-9223372036854775808\r\n"
+        );
+        assert_eq!(
+            enc(|o| write_integer(o, i64::MAX)),
+            b":9223372036854775807\r\n"
+        );
+        for n in [0u64, 9, 10, 99, 100, u64::MAX] {
+            assert_eq!(decimal_len(n), n.to_string().len());
+        }
+    }
+
+    #[test]
+    fn lines_cannot_break_the_stream() {
+        assert_eq!(enc(|o| write_simple(o, "OK")), b"+OK\r\n");
+        assert_eq!(
+            enc(|o| write_error(o, "ERR bad\r\nthing\n")),
+            b"-ERR bad  thing \r\n"
+        );
+    }
+
+    #[test]
+    fn bulks_nil_arrays_and_commands() {
+        assert_eq!(enc(|o| write_bulk(o, b"a\r\nb")), b"$4\r\na\r\nb\r\n");
+        assert_eq!(enc(|o| write_bulk(o, b"")), b"$0\r\n\r\n");
+        assert_eq!(enc(write_nil), b"$-1\r\n");
+        assert_eq!(enc(|o| write_array_header(o, 12)), b"*12\r\n");
+        let cmd = enc(|o| write_command(o, &["SET", "k", "v"]));
+        assert_eq!(cmd, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
+        assert_eq!(command_encoded_len(&["SET", "k", "v"]), cmd.len());
+        assert_eq!(enc(|o| write_command::<&[u8]>(o, &[])), b"*0\r\n");
+    }
+}

@@ -1,0 +1,167 @@
+//! Key -> slot: `CRC16-XMODEM(key or its hash tag) mod 16384`, Redis Cluster's function.
+
+use super::RoutingError;
+
+/// Number of slots. A power of two, so `mod SLOTS` is a mask.
+pub const SLOTS: usize = 16384;
+
+/// `SLOTS - 1` as a mask over a `u16`.
+const SLOT_MASK: u16 = (SLOTS - 1) as u16;
+
+/// One of the [`SLOTS`] slots a key hashes to.
+///
+/// The field is public for pattern matching and literals in tests; values built through
+/// [`Slot::new`] or [`key_slot`] are always `< SLOTS`. Consumers that index by a slot
+/// ([`Slot::index`]) mask it, so even a hand-built `Slot(60000)` cannot index out of bounds: it
+/// names slot `60000 & 16383`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(pub u16);
+
+impl Slot {
+    /// The slot `n mod 16384`.
+    #[inline]
+    pub const fn new(n: u16) -> Slot {
+        Slot(n & SLOT_MASK)
+    }
+
+    /// The slot as an array index, always `< SLOTS` (masked, so this holds for any `Slot`).
+    #[inline]
+    pub const fn index(self) -> usize {
+        (self.0 & SLOT_MASK) as usize
+    }
+
+    /// Every slot, in order.
+    pub fn all() -> impl Iterator<Item = Slot> {
+        (0..SLOTS as u16).map(Slot)
+    }
+}
+
+/// Hash tag delimiters, from config `hash_tag = "{}"` (two characters); `""` disables tags.
+///
+/// When a key holds a tag (`open`, then later a `close`, with at least one byte between), only the
+/// bytes between them are hashed, so `{user1000}.following` and `{user1000}.followers` share a
+/// slot. The rules are Redis Cluster's (see [`key_slot`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HashTag {
+    open: u8,
+    close: u8,
+}
+
+impl HashTag {
+    /// Redis Cluster's tag: `{...}`.
+    pub const REDIS: HashTag = HashTag {
+        open: b'{',
+        close: b'}',
+    };
+
+    /// Parses the `hash_tag` setting: `""` gives `None` (tags disabled, the whole key is always
+    /// hashed); two ASCII characters give the opening and the closing delimiter (they may be
+    /// equal, like `"::"`).
+    ///
+    /// # Errors
+    ///
+    /// [`RoutingError::InvalidHashTag`] for anything else (one character, three, non-ASCII).
+    pub fn parse(s: &str) -> Result<Option<HashTag>, RoutingError> {
+        match s.as_bytes() {
+            [] => Ok(None),
+            &[open, close] if open.is_ascii() && close.is_ascii() => {
+                Ok(Some(HashTag { open, close }))
+            }
+            _ => Err(RoutingError::InvalidHashTag(s.to_owned())),
+        }
+    }
+
+    /// The opening delimiter byte.
+    pub const fn open(self) -> u8 {
+        self.open
+    }
+
+    /// The closing delimiter byte.
+    pub const fn close(self) -> u8 {
+        self.close
+    }
+
+    /// The bytes of `key` that are hashed: the tag's content if `key` holds a non-empty tag,
+    /// otherwise the whole key. Redis Cluster's `keyHashSlot` rules: the first `open`; then the
+    /// first `close` after it; if there is none, or nothing between them, the whole key.
+    #[inline]
+    pub fn hashed_part(self, key: &[u8]) -> &[u8] {
+        let Some(start) = key.iter().position(|&b| b == self.open) else {
+            return key;
+        };
+        let rest = key.get(start + 1..).unwrap_or_default();
+        match rest.iter().position(|&b| b == self.close) {
+            Some(len) if len > 0 => rest.get(..len).unwrap_or(key),
+            _ => key,
+        }
+    }
+}
+
+/// The slot of `key`: `CRC16-XMODEM(k) mod 16384`, where `k` is the tag content when `tag` is
+/// set and `key` holds a non-empty tag, else the whole key ([`HashTag::hashed_part`]). With
+/// [`HashTag::REDIS`] this equals `CLUSTER KEYSLOT` of Redis Cluster for every key.
+#[inline]
+pub fn key_slot(key: &[u8], tag: Option<HashTag>) -> Slot {
+    let hashed = match tag {
+        Some(tag) => tag.hashed_part(key),
+        None => key,
+    };
+    Slot::new(crc16::State::<crc16::XMODEM>::calculate(hashed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_xmodem_check_value() {
+        // The CRC catalogue's check value for CRC-16/XMODEM, also in Redis's crc16.c.
+        assert_eq!(
+            crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
+            0x31C3
+        );
+    }
+
+    #[test]
+    fn slot_new_masks() {
+        assert_eq!(Slot::new(16384), Slot(0));
+        assert_eq!(Slot::new(u16::MAX), Slot(16383));
+        assert_eq!(Slot(60000).index(), 60000 & 16383);
+    }
+
+    #[test]
+    fn hashed_part_follows_redis_rules() {
+        let t = HashTag::REDIS;
+        assert_eq!(t.hashed_part(b"{user1000}.following"), b"user1000");
+        assert_eq!(t.hashed_part(b"foo{}{bar}"), b"foo{}{bar}");
+        assert_eq!(t.hashed_part(b"foo{{bar}}zap"), b"{bar");
+        assert_eq!(t.hashed_part(b"foo{bar}{zap}"), b"bar");
+        assert_eq!(t.hashed_part(b"foo{bar"), b"foo{bar");
+        assert_eq!(t.hashed_part(b"foo}bar{"), b"foo}bar{");
+        assert_eq!(t.hashed_part(b"}{x}"), b"x");
+        assert_eq!(t.hashed_part(b""), b"");
+        assert_eq!(t.hashed_part(b"{"), b"{");
+    }
+
+    #[test]
+    fn equal_delimiters() {
+        let t = HashTag::parse("::").unwrap().unwrap();
+        assert_eq!(t.hashed_part(b"a:b:c"), b"b");
+        assert_eq!(t.hashed_part(b"a::c"), b"a::c");
+    }
+
+    #[test]
+    fn parse_hash_tag() {
+        assert_eq!(HashTag::parse("{}"), Ok(Some(HashTag::REDIS)));
+        assert_eq!(HashTag::parse(""), Ok(None));
+        let angle = HashTag::parse("<>").unwrap().unwrap();
+        assert_eq!((angle.open(), angle.close()), (b'<', b'>'));
+        for bad in ["{", "{}}", "«»", "é}", "é"] {
+            assert_eq!(
+                HashTag::parse(bad),
+                Err(RoutingError::InvalidHashTag(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+    }
+}
