@@ -53,6 +53,10 @@ pub struct Config {
     /// Admin HTTP address (metrics, health, topology). Default `127.0.0.1:9380`.
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// On SIGTERM/SIGINT: how long to wait for clients to get their in-flight replies before
+    /// exiting anyway. Default `10s`.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// The pool of redis-servers and how keys are spread over it.
     pub pool: PoolConfig,
     /// Limits on what clients may make Keyway hold.
@@ -111,6 +115,18 @@ pub struct LimitsConfig {
     /// from that client until replies drain. Default 4096.
     #[serde(default = "default_max_pipeline")]
     pub max_pipeline: usize,
+    /// Most client connections at once; past it a new client gets an error and is closed.
+    /// Default 10000.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Most reply bytes waiting for a client that does not read them; past it the client is
+    /// disconnected (like redis-server's client-output-buffer-limit). Default 64 MiB.
+    #[serde(default = "default_max_client_output")]
+    pub max_client_output: usize,
+    /// Close a client connection idle this long (nothing pending, nothing received); `0s`
+    /// disables. Default `0s`.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -120,6 +136,9 @@ impl Default for LimitsConfig {
             max_args: default_max_args(),
             max_inline_len: default_max_inline(),
             max_pipeline: default_max_pipeline(),
+            max_clients: default_max_clients(),
+            max_client_output: default_max_client_output(),
+            idle_timeout: Duration::ZERO,
         }
     }
 }
@@ -156,6 +175,15 @@ fn default_max_inline() -> usize {
 }
 fn default_max_pipeline() -> usize {
     4096
+}
+fn default_max_clients() -> usize {
+    10_000
+}
+fn default_max_client_output() -> usize {
+    64 * 1024 * 1024
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Config {
@@ -212,6 +240,13 @@ impl Config {
         check_addr(&self.listen).map_err(|m| invalid("listen".into(), Some("listen"), m))?;
         check_addr(&self.admin).map_err(|m| invalid("admin".into(), Some("admin"), m))?;
         self.pool.validate(text)?;
+        if self.limits.max_clients == 0 {
+            return Err(invalid(
+                "limits.max_clients".into(),
+                Some("max_clients"),
+                "must be at least 1".into(),
+            ));
+        }
         if self.limits.max_pipeline == 0 {
             return Err(invalid(
                 "limits.max_pipeline".into(),

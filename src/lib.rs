@@ -15,11 +15,15 @@
 //! - [`topology`]: the immutable snapshot the request path reads, behind one `ArcSwap`.
 //! - [`backend`]: pipelined, multiplexed connections to each server, FIFO reply matching.
 //! - [`server`]: the listener, the per-client session, the planner that splits and merges.
+//! - [`metrics`]: every metric, in Keyway's own registry.
+//! - [`admin`]: the admin HTTP server: metrics, health, readiness, topology.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod routing;
 pub mod server;

@@ -60,6 +60,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Waits for SIGTERM or SIGINT and names it.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -123,9 +134,31 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .context("cannot start the runtime")?;
             runtime.block_on(async {
                 let running = keyway::server::start(&c).await?;
-                tracing::info!(listen = %running.addr, servers = c.pool.servers.len(), "keyway is serving");
-                running.task.await.context("accept loop ended")?;
-                Ok(())
+                tracing::info!(
+                    listen = %running.addr,
+                    admin = %running.admin_addr,
+                    servers = c.pool.servers.len(),
+                    "keyway is serving"
+                );
+                let signal = shutdown_signal().await?;
+                tracing::info!(%signal, drain_timeout = ?c.drain_timeout, "draining");
+                running.shared.begin_drain();
+                tokio::select! {
+                    all_gone = running.shared.drained(c.drain_timeout) => {
+                        let left = running.shared.clients.load(std::sync::atomic::Ordering::Relaxed);
+                        if all_gone {
+                            tracing::info!("drained; exiting");
+                        } else {
+                            tracing::warn!(clients = left, "drain deadline passed; exiting");
+                        }
+                        Ok(())
+                    }
+                    second = shutdown_signal() => {
+                        let signal = second?;
+                        tracing::warn!(%signal, "second signal; exiting at once");
+                        std::process::exit(1);
+                    }
+                }
             })
         }
     }

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::metrics::ServerMetrics;
 use crate::protocol::{Limits, ReplyDecoder};
 
 /// Jobs queued per connection before senders wait (backpressure to the sessions).
@@ -92,8 +93,9 @@ struct Shared {
     name: Arc<str>,
     addr: Arc<str>,
     timeout: Duration,
-    /// Connections currently established (for INFO and metrics).
+    /// Connections currently established (for INFO and readiness).
     open: AtomicU64,
+    metrics: ServerMetrics,
 }
 
 /// The connections to one server.
@@ -114,12 +116,13 @@ impl fmt::Debug for Pool {
 
 impl Pool {
     /// Opens `options.connections` connection tasks to `addr` on the current tokio runtime.
-    pub fn spawn(name: &str, addr: &str, options: &PoolOptions) -> Pool {
+    pub fn spawn(name: &str, addr: &str, options: &PoolOptions, metrics: ServerMetrics) -> Pool {
         let shared = Arc::new(Shared {
             name: Arc::from(name),
             addr: Arc::from(addr),
             timeout: options.timeout,
             open: AtomicU64::new(0),
+            metrics,
         });
         let conns = (0..options.connections.max(1))
             .map(|_| {
@@ -176,7 +179,7 @@ impl Pool {
 /// A job written to the server and waiting for its reply.
 struct InFlight {
     reply: oneshot::Sender<Reply>,
-    deadline: Instant,
+    sent: Instant,
 }
 
 /// Runs one connection for its whole life: connect, serve, back off, repeat. It ends when the
@@ -212,6 +215,7 @@ async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
                 _ = tokio::time::sleep_until(until) => break,
                 job = rx.recv() => match job {
                     Some(job) => {
+                        shared.metrics.unavailable.inc();
                         let _ = job.reply.send(Err(BackendError::Unavailable {
                             server: shared.name.clone(),
                             addr: shared.addr.clone(),
@@ -246,7 +250,15 @@ async fn serve(
     let mut outbuf = BytesMut::with_capacity(16 * 1024);
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut rx_open = true;
+    let m = &shared.metrics;
     let fail_all = |in_flight: &mut VecDeque<InFlight>, err: BackendError| {
+        let n = in_flight.len() as u64;
+        match err {
+            BackendError::Unavailable { .. } => m.unavailable.inc_by(n),
+            BackendError::Timeout { .. } => m.timeouts.inc_by(n),
+            BackendError::Protocol { .. } => m.protocol_errors.inc_by(n),
+        }
+        m.in_flight.sub(n as i64);
         for f in in_flight.drain(..) {
             let _ = f.reply.send(Err(err.clone()));
         }
@@ -255,7 +267,7 @@ async fn serve(
         if !rx_open && in_flight.is_empty() {
             return End::Closed;
         }
-        let deadline = in_flight.front().map(|f| f.deadline);
+        let deadline = in_flight.front().map(|f| f.sent + shared.timeout);
         tokio::select! {
             biased;
             read = rd.read_buf(&mut inbuf) => {
@@ -277,6 +289,8 @@ async fn serve(
                             Ok(Some(frame)) => match in_flight.pop_front() {
                                 Some(f) => {
                                     *backoff = BACKOFF_MIN;
+                                    m.in_flight.dec();
+                                    m.latency.observe(f.sent.elapsed().as_secs_f64());
                                     let _ = f.reply.send(Ok(frame));
                                 }
                                 None => {
@@ -311,14 +325,16 @@ async fn serve(
                     rx_open = false;
                     continue;
                 }
-                let deadline = Instant::now() + shared.timeout;
+                let sent = Instant::now();
+                m.requests.inc_by(n as u64);
+                m.in_flight.add(n as i64);
                 for job in batch.drain(..) {
                     outbuf.extend_from_slice(&job.frame);
-                    in_flight.push_back(InFlight { reply: job.reply, deadline });
+                    in_flight.push_back(InFlight { reply: job.reply, sent });
                 }
                 // One write per batch, bounded by the oldest job's deadline so that a server
                 // that stopped reading cannot hold this task.
-                let oldest = in_flight.front().map(|f| f.deadline).unwrap_or(deadline);
+                let oldest = in_flight.front().map_or(sent, |f| f.sent) + shared.timeout;
                 match tokio::time::timeout_at(oldest, wr.write_all(&outbuf)).await {
                     Ok(Ok(())) => outbuf.clear(),
                     Ok(Err(e)) => {

@@ -1,5 +1,5 @@
 //! Commands Keyway answers itself, because they concern the connection to Keyway rather than
-//! any key: PING, ECHO, QUIT, SELECT 0, HELLO 2, CLIENT SETNAME/GETNAME/ID/SETINFO, COMMAND,
+//! any key: PING, ECHO, QUIT, SELECT 0, HELLO 2, CLIENT SETNAME/GETNAME/ID, COMMAND,
 //! INFO.
 
 use std::sync::atomic::Ordering;
@@ -66,8 +66,6 @@ pub(crate) fn answer(
             None => ready(write_nil),
         },
         "client|id" => ready(|o| write_integer(o, planner.id as i64)),
-        // Client libraries announce themselves; Keyway has nowhere to show it, and says OK.
-        "client|setinfo" => ready(|o| write_simple(o, "OK")),
         "command" => ready(|o| {
             let specs: Vec<_> = command::all_specs()
                 .filter(|s| !s.name.contains('|'))
@@ -87,10 +85,7 @@ pub(crate) fn answer(
             let names = args.get(2..).unwrap_or_default();
             write_array_header(o, names.len());
             for name in names {
-                match command::resolve(std::slice::from_ref(name))
-                    .ok()
-                    .or_else(|| lookup_any(name))
-                {
+                match std::str::from_utf8(name).ok().and_then(command::lookup) {
                     Some(s) => command_info(o, s),
                     None => o.extend_from_slice(b"*-1\r\n"),
                 }
@@ -112,18 +107,10 @@ pub(crate) fn answer(
     }
 }
 
-/// A spec by name even when it is refused (COMMAND INFO reports refused commands too).
-fn lookup_any(name: &[u8]) -> Option<&'static CommandSpec> {
-    command::all_specs().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
-}
-
 /// The legacy six fields of a COMMAND INFO entry (name, arity, flags, first, last, step),
 /// followed by empty ACL categories, tips, key specs and subcommands.
 fn command_info(o: &mut BytesMut, s: &CommandSpec) {
-    let (first, last, step) = match s.keys {
-        command::KeySpec::Range { first, last, step } => (first, last, step),
-        _ => (0, 0, 0),
-    };
+    let (first, last, step) = s.keys.legacy_range();
     write_array_header(o, 10);
     write_bulk(o, s.name.as_bytes());
     write_integer(o, i64::from(s.arity));

@@ -18,6 +18,7 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::protocol::Limits;
 use crate::topology::{TopologyError, TopologyHandle};
 
@@ -26,10 +27,15 @@ use crate::topology::{TopologyError, TopologyHandle};
 pub struct Shared {
     /// The current topology.
     pub topology: TopologyHandle,
+    /// Every metric of this proxy.
+    pub metrics: Arc<Metrics>,
     /// Limits applied to client input.
     pub limits: Limits,
-    /// Most requests of one client waiting for replies before Keyway stops reading from it.
-    pub max_pipeline: usize,
+    /// Limits on each client connection.
+    pub client_limits: crate::config::LimitsConfig,
+    /// Cancelled when Keyway starts draining (SIGTERM): sessions answer what they received,
+    /// then close.
+    pub drain: tokio_util::sync::CancellationToken,
     /// When this process started (INFO uptime).
     pub started: Instant,
     /// Source of client ids.
@@ -46,6 +52,7 @@ impl Shared {
     ///
     /// [`TopologyError`] when the pool is invalid.
     pub fn new(config: &Config) -> Result<Arc<Shared>, TopologyError> {
+        let metrics = Arc::new(Metrics::new());
         let limits = Limits {
             max_bulk_len: config.limits.max_bulk_len,
             max_array_len: config.limits.max_args,
@@ -53,9 +60,11 @@ impl Shared {
             ..Limits::default()
         };
         Ok(Arc::new(Shared {
-            topology: TopologyHandle::new(&config.pool)?,
+            topology: TopologyHandle::new(&config.pool, metrics.clone())?,
+            metrics,
             limits,
-            max_pipeline: config.limits.max_pipeline,
+            client_limits: config.limits.clone(),
+            drain: tokio_util::sync::CancellationToken::new(),
             started: Instant::now(),
             next_client_id: AtomicU64::new(1),
             clients: AtomicU64::new(0),
@@ -63,20 +72,63 @@ impl Shared {
     }
 }
 
-/// Accepts clients on `listener` forever, one session task each.
+impl Shared {
+    /// Starts draining: stop accepting, fail readiness, let each session answer what it has
+    /// received and close.
+    pub fn begin_drain(&self) {
+        self.metrics.draining.set(1);
+        self.drain.cancel();
+    }
+
+    /// Waits until every client is gone or `deadline` passes; returns whether all are gone.
+    pub async fn drained(&self, deadline: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if self.clients.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Accepts clients on `listener`, one session task each, until Keyway drains.
+///
+/// A client over `limits.max_clients` gets `-ERR max number of clients reached` (redis-server's
+/// words) and is closed at once.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let max_clients = shared.client_limits.max_clients as u64;
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.drain.cancelled() => {
+                tracing::info!("draining: no longer accepting clients");
+                return;
+            }
+        };
+        match accepted {
             Ok((stream, peer)) => {
+                if shared.clients.load(Ordering::Relaxed) >= max_clients {
+                    shared.metrics.client_refused.inc();
+                    tracing::warn!(%peer, max_clients, "client refused: max_clients reached");
+                    tokio::spawn(refuse(stream));
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+                shared.clients.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.client_accepted.inc();
+                shared.metrics.client_connections.inc();
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    shared.clients.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = session::run(stream, shared.clone(), id).await {
-                        tracing::debug!(client = id, %peer, error = %e, "client connection ended with an error");
+                        tracing::info!(client = id, %peer, error = %e, "client connection error");
                     }
                     shared.clients.fetch_sub(1, Ordering::Relaxed);
+                    shared.metrics.client_connections.dec();
                 });
             }
             Err(e) => {
@@ -88,13 +140,23 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}
+
 /// A proxy started by [`start`]: its bound address, its shared state, its accept loop.
 pub struct Running {
     /// The address clients connect to (resolved, so port 0 in the config becomes the real port).
     pub addr: std::net::SocketAddr,
     /// State shared by the sessions (topology, limits, counters).
     pub shared: Arc<Shared>,
-    /// The accept loop.
+    /// The admin HTTP address.
+    pub admin_addr: std::net::SocketAddr,
+    /// The accept loop; ends when Keyway drains.
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -131,6 +193,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addr: config.listen.clone(),
         source,
     })?;
+    let (admin, admin_addr) =
+        crate::admin::bind(&config.admin)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.admin.clone(),
+                source,
+            })?;
+    tokio::spawn(crate::admin::serve(admin, shared.clone()));
     let task = tokio::spawn(serve(listener, shared.clone()));
-    Ok(Running { addr, shared, task })
+    Ok(Running {
+        addr,
+        admin_addr,
+        shared,
+        task,
+    })
 }

@@ -70,13 +70,30 @@ impl Planner {
         self.id as usize
     }
 
-    /// Plans one request and starts its server requests. Returns its pending reply and whether
-    /// the client asked to close (QUIT).
-    pub(crate) async fn dispatch(&mut self, request: Request) -> (Pending, bool) {
+    /// Plans one request and starts its server requests. Returns its pending reply, the
+    /// command it was (when the table knows it), and whether the client asked to close (QUIT).
+    pub(crate) async fn dispatch(
+        &mut self,
+        request: Request,
+    ) -> (Pending, Option<&'static command::CommandSpec>, bool) {
         let spec = match command::resolve(request.args()) {
             Ok(spec) => spec,
-            Err(e) => return (Pending::Ready(error_bytes(&e.to_string())), false),
+            Err(e) => {
+                let known = std::str::from_utf8(request.name())
+                    .ok()
+                    .and_then(command::lookup);
+                return (Pending::Ready(error_bytes(&e.to_string())), known, false);
+            }
         };
+        let (reply, quit) = self.plan(spec, request).await;
+        (reply, Some(spec), quit)
+    }
+
+    async fn plan(
+        &mut self,
+        spec: &'static command::CommandSpec,
+        request: Request,
+    ) -> (Pending, bool) {
         match spec.kind {
             Kind::Local => local::answer(self, spec, &request),
             Kind::Refused(_) => {

@@ -14,8 +14,9 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use super::plan::Planner;
 use super::Shared;
 use crate::backend::Reply;
+use crate::metrics::Metrics;
 use crate::protocol::{write_error, RequestDecoder};
 
 /// Bytes reserved for each read from a client.
@@ -74,56 +76,139 @@ pub(crate) fn error_bytes(msg: &str) -> Bytes {
     out.freeze()
 }
 
-/// Serves one client until it quits, disconnects or breaks the protocol.
+/// A pending reply with what its metrics need.
+pub(crate) struct Entry {
+    reply: Pending,
+    /// See [`crate::metrics::Metrics::command_index`].
+    command: u16,
+    started: Instant,
+}
+
+/// Why a session ended on Keyway's initiative (a metric label).
+#[derive(Clone, Copy)]
+enum Disconnect {
+    ProtocolError,
+    OutputLimit,
+    IdleTimeout,
+    Drain,
+}
+
+impl Disconnect {
+    fn label(self) -> &'static str {
+        match self {
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::OutputLimit => "output_limit",
+            Disconnect::IdleTimeout => "idle_timeout",
+            Disconnect::Drain => "drain",
+        }
+    }
+}
+
+/// Serves one client until it quits, disconnects, breaks the protocol, or Keyway drains.
+///
+/// The loop, in order of preference: collect replies that are ready (in request order), write
+/// what was collected, read more requests. Reading stops while `max_pipeline` replies are
+/// pending; a client whose unread replies pass `max_client_output` bytes is disconnected.
 ///
 /// # Errors
 ///
 /// The I/O error that ended the connection, if any.
 pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
+    let metrics = shared.metrics.clone();
+    let limits = &shared.client_limits;
     let mut decoder = RequestDecoder::new(shared.limits);
     let mut planner = Planner::new(shared.clone(), id);
     let mut inbuf = BytesMut::new();
     let mut out = BytesMut::new();
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    // Set once the client sent EOF, QUIT or a malformed frame: answer what is pending, then close.
-    let mut closing = false;
+    let mut pending: VecDeque<Entry> = VecDeque::new();
+    // Set once the client sent EOF, QUIT or a malformed frame, or Keyway drains: answer what
+    // is pending, then close.
+    let mut closing: Option<Option<Disconnect>> = None;
+    let mut draining = false;
+    let idle = limits.idle_timeout;
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
 
     loop {
         // Dispatch every whole frame already buffered, up to the pipeline limit.
-        while !closing && pending.len() < shared.max_pipeline {
+        while closing.is_none() && pending.len() < limits.max_pipeline {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(request)) => {
-                    let (reply, quit) = planner.dispatch(request).await;
-                    pending.push_back(reply);
-                    closing = quit;
+                    let started = Instant::now();
+                    let (reply, spec, quit) = planner.dispatch(request).await;
+                    let command = metrics.command_index(spec);
+                    pending.push_back(Entry {
+                        reply,
+                        command,
+                        started,
+                    });
+                    if quit {
+                        closing = Some(None);
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!(client = id, error = %e, "protocol error from client; closing");
                     let msg = format!("Protocol error: {e}");
-                    pending.push_back(Pending::Ready(error_bytes(&msg)));
-                    closing = true;
+                    pending.push_back(Entry {
+                        reply: Pending::Ready(error_bytes(&msg)),
+                        command: metrics.command_index(None),
+                        started: Instant::now(),
+                    });
+                    closing = Some(Some(Disconnect::ProtocolError));
                 }
             }
         }
-        if closing && pending.is_empty() {
-            let _ = wr.shutdown().await;
+        if draining && closing.is_none() && pending.is_empty() && out.is_empty() {
+            // Draining: everything received is answered; close between requests.
+            closing = Some(Some(Disconnect::Drain));
+        }
+        if let Some(why) = closing {
+            if pending.is_empty() && out.is_empty() {
+                if let Some(why) = why {
+                    metrics
+                        .client_disconnects
+                        .with_label_values(&[why.label()])
+                        .inc();
+                }
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+        }
+        if out.len() > limits.max_client_output {
+            tracing::info!(
+                client = id,
+                bytes = out.len(),
+                "client does not read its replies; disconnecting at the output limit"
+            );
+            metrics
+                .client_disconnects
+                .with_label_values(&[Disconnect::OutputLimit.label()])
+                .inc();
             return Ok(());
         }
-        let can_read = !closing && pending.len() < shared.max_pipeline;
+        let can_read = closing.is_none() && pending.len() < limits.max_pipeline;
+        let idle_armed =
+            !idle.is_zero() && closing.is_none() && pending.is_empty() && out.is_empty();
         tokio::select! {
             biased;
             first = poll_fn(|cx| front(&mut pending, cx)), if !pending.is_empty() => {
-                out.extend_from_slice(&first);
-                drain_ready(&mut pending, &mut out);
-                wr.write_all(&out).await?;
-                out.clear();
-                if pending.is_empty() && out.capacity() > KEEP_BUFFER {
-                    out = BytesMut::new();
+                account(&metrics, &first);
+                out.extend_from_slice(&first.1);
+                drain_ready(&mut pending, &mut out, &metrics);
+            }
+            written = wr.write(&out), if !out.is_empty() => {
+                let n = written?;
+                if n == 0 {
+                    return Ok(());
                 }
-                if inbuf.is_empty() && inbuf.capacity() > KEEP_BUFFER {
-                    inbuf = BytesMut::new();
+                out.advance(n);
+                if out.is_empty() {
+                    release(&mut out);
+                    if inbuf.is_empty() {
+                        release(&mut inbuf);
+                    }
                 }
             }
             ready = rd.readable(), if can_read => {
@@ -134,23 +219,69 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
                     inbuf.reserve(READ_CHUNK);
                 }
                 match rd.try_read_buf(&mut inbuf) {
-                    Ok(0) => closing = true,
-                    Ok(_) => planner.refresh(),
+                    Ok(0) => closing = Some(None),
+                    Ok(_) => {
+                        planner.refresh();
+                        if idle_armed {
+                            idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
+            _ = &mut idle_timer, if idle_armed => {
+                tracing::debug!(client = id, "idle timeout; closing");
+                closing = Some(Some(Disconnect::IdleTimeout));
+            }
+            _ = shared.drain.cancelled(), if !draining => {
+                draining = true;
+            }
+        }
+        if !idle.is_zero() && !pending.is_empty() {
+            idle_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + idle);
         }
     }
 }
 
+/// Gives a drained buffer's memory back when it grew past what a small request needs.
+fn release(buf: &mut BytesMut) {
+    if buf.capacity() > KEEP_BUFFER {
+        *buf = BytesMut::new();
+    }
+}
+
+/// Counts a finished request.
+fn account(metrics: &Metrics, (entry, reply): &(EntryDone, Bytes)) {
+    let m = metrics.command_at(entry.command);
+    if reply.first() == Some(&b'-') {
+        m.error.inc();
+    } else {
+        m.ok.inc();
+    }
+    metrics
+        .request_duration
+        .observe(entry.started.elapsed().as_secs_f64());
+}
+
+/// What is left of an [`Entry`] once its reply is out.
+pub(crate) struct EntryDone {
+    command: u16,
+    started: Instant,
+}
+
 /// Appends every reply at the front of the queue that is ready now, so that they go out in the
 /// same write as the one just awaited.
-fn drain_ready(pending: &mut VecDeque<Pending>, out: &mut BytesMut) {
+fn drain_ready(pending: &mut VecDeque<Entry>, out: &mut BytesMut, metrics: &Metrics) {
     let mut cx = Context::from_waker(Waker::noop());
     while !pending.is_empty() {
         match front(pending, &mut cx) {
-            Poll::Ready(next) => out.extend_from_slice(&next),
+            Poll::Ready(done) => {
+                account(metrics, &done);
+                out.extend_from_slice(&done.1);
+            }
             Poll::Pending => break,
         }
     }
@@ -158,13 +289,17 @@ fn drain_ready(pending: &mut VecDeque<Pending>, out: &mut BytesMut) {
 
 /// Polls the reply at the front of the queue; pops it when ready. The queue is never empty
 /// here (both callers check), and an empty queue stays pending rather than panicking.
-fn front(pending: &mut VecDeque<Pending>, cx: &mut Context<'_>) -> Poll<Bytes> {
+fn front(pending: &mut VecDeque<Entry>, cx: &mut Context<'_>) -> Poll<(EntryDone, Bytes)> {
     let Some(head) = pending.front_mut() else {
         return Poll::Pending;
     };
-    let ready = head.poll_bytes(cx);
-    if ready.is_ready() {
-        pending.pop_front();
-    }
-    ready
+    let Poll::Ready(reply) = head.reply.poll_bytes(cx) else {
+        return Poll::Pending;
+    };
+    let done = EntryDone {
+        command: head.command,
+        started: head.started,
+    };
+    pending.pop_front();
+    Poll::Ready((done, reply))
 }

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{Pool, PoolOptions};
 use crate::config::PoolConfig;
+use crate::metrics::Metrics;
 use crate::routing::{HashTag, SlotTable};
 
 /// Servers ranked per slot beyond the replicas, so that failover can find the next server of a
@@ -75,6 +76,7 @@ pub enum TopologyError {
 /// The current topology and the pools that outlive any one snapshot.
 pub struct TopologyHandle {
     current: ArcSwap<Topology>,
+    metrics: Arc<Metrics>,
     /// Pools by (name, address): reused by the next snapshot when both match.
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
 }
@@ -87,13 +89,23 @@ impl TopologyHandle {
     /// # Errors
     ///
     /// [`TopologyError`] when the pool configuration is invalid.
-    pub fn new(config: &PoolConfig) -> Result<TopologyHandle, TopologyError> {
+    pub fn new(
+        config: &PoolConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<TopologyHandle, TopologyError> {
         let pools = Mutex::new(HashMap::new());
-        let first = build(config, 1, &pools)?;
+        let first = build(config, 1, &pools, &metrics)?;
+        metrics.topology_version.set(1);
         Ok(TopologyHandle {
             current: ArcSwap::from_pointee(first),
+            metrics,
             pools,
         })
+    }
+
+    /// The metrics the pools report into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The current snapshot. Load it once and use it to the end of the request.
@@ -110,8 +122,11 @@ impl TopologyHandle {
     /// [`TopologyError`] when the configuration is invalid; the current snapshot stays.
     pub fn swap(&self, config: &PoolConfig) -> Result<Arc<Topology>, TopologyError> {
         let version = self.current.load().version + 1;
-        let next = Arc::new(build(config, version, &self.pools)?);
+        let next = Arc::new(build(config, version, &self.pools, &self.metrics)?);
         self.current.store(next.clone());
+        self.metrics
+            .topology_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
         Ok(next)
     }
 }
@@ -121,6 +136,7 @@ fn build(
     config: &PoolConfig,
     version: u64,
     pools: &Mutex<HashMap<(String, String), Arc<Pool>>>,
+    metrics: &Metrics,
 ) -> Result<Topology, TopologyError> {
     config.validate(None)?;
     let hash_tag =
@@ -143,10 +159,14 @@ fn build(
         .iter()
         .map(|s| {
             let key = (s.name.clone(), s.addr.clone());
-            let pool = pools
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Pool::spawn(&s.name, &s.addr, &options)));
+            let pool = pools.get(&key).cloned().unwrap_or_else(|| {
+                Arc::new(Pool::spawn(
+                    &s.name,
+                    &s.addr,
+                    &options,
+                    metrics.server(&s.name),
+                ))
+            });
             kept.insert(key, pool.clone());
             Server {
                 name: s.name.clone(),
@@ -156,6 +176,11 @@ fn build(
             }
         })
         .collect();
+    for (name, _) in pools.keys() {
+        if !kept.keys().any(|(n, _)| n == name) {
+            metrics.remove_server(name);
+        }
+    }
     *pools = kept;
 
     let ranked: Vec<(&str, f64)> = servers

@@ -261,6 +261,7 @@ pub fn config_toml(servers: &[&RedisServer], pool_extra: &str) -> String {
 /// Keyway running inside the test process on its own runtime; stopped on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub shared: std::sync::Arc<keyway::server::Shared>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -286,6 +287,7 @@ impl Proxy {
             .expect("keyway starts");
         let proxy = Proxy {
             addr: running.addr,
+            admin: running.admin_addr,
             shared: running.shared,
             runtime: Some(runtime),
         };
@@ -313,6 +315,11 @@ impl Proxy {
             .expect("connect to keyway")
     }
 
+    /// The current `/metrics` text.
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").1
+    }
+
     pub fn url(&self) -> String {
         format!("redis://{}/", self.addr)
     }
@@ -323,5 +330,125 @@ impl Drop for Proxy {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// A minimal HTTP/1.1 request over std TCP: returns (status code, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: keyway\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `GET` on the admin port.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "")
+}
+
+/// The value of one series in Prometheus text (`name{labels}` exactly as exported), or 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Keyway as a child process (the real binary), for signals and logs; killed on drop.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts `keyway serve` on a config whose `listen` and `admin` are replaced by free ports.
+    pub fn start(toml: &str, extra_args: &[&str]) -> ProxyProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let admin_port = free_port();
+        let toml = toml
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "admin = \"127.0.0.1:0\"",
+                &format!("admin = \"127.0.0.1:{admin_port}\""),
+            );
+        let path = dir.path().join("keyway.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_keyway"))
+            .args(extra_args)
+            .args(["serve", "--config", path.to_str().expect("utf-8 path")])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("spawn keyway");
+        let p = ProxyProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            dir,
+        };
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(p.admin).is_ok() && http_get(p.admin, "/readyz").0 == 200
+        });
+        assert!(up, "keyway did not become ready: {}", p.log());
+        p
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,348 @@
+{{/*
+Keyway chart helpers.
+
+Public named templates (for your own chart, sidecar mode):
+  keyway.sidecar         the Keyway container, an entry for the pod's initContainers (a native
+                         sidecar: restartPolicy Always)
+  keyway.sidecarVolume   the config volume, an entry for the pod's volumes
+  keyway.configMap       the ConfigMap manifest (rendered by this chart itself when it is a
+                         dependency; include it yourself only if you copy these templates)
+Each takes the root context ("."). The Keyway values are .Values.keyway when that key exists
+(this chart as a dependency named keyway), otherwise .Values. A dependency under another alias
+passes a dict instead: (dict "Values" .Values.myalias "Release" .Release "Chart" .Chart).
+
+Internal templates take a "kctx": a dict with Values (the Keyway values), Release, and
+AppVersion (Keyway's appVersion, the default image tag).
+
+Names do not depend on .Chart, so the parent chart and this chart compute the same ConfigMap
+name from the same values.
+*/}}
+
+{{/* The Keyway values seen from the root context (see above). */}}
+{{- define "keyway.kctx" -}}
+{{- $v := .Values -}}
+{{- if hasKey .Values "keyway" -}}
+{{- $v = .Values.keyway -}}
+{{- end -}}
+{{- $app := "" -}}
+{{- if and .Chart (eq .Chart.Name "keyway") -}}
+{{- $app = .Chart.AppVersion -}}
+{{- else if and .Subcharts (hasKey .Subcharts "keyway") -}}
+{{- $app = (index .Subcharts "keyway").Chart.AppVersion -}}
+{{- end -}}
+{{- dict "Values" $v "Release" .Release "AppVersion" $app | toJson -}}
+{{- end -}}
+
+{{- define "keyway.name" -}}
+{{- default "keyway" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "keyway.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "keyway.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap holding keyway.toml. */}}
+{{- define "keyway.configMapName" -}}
+{{- printf "%s-config" (include "keyway.fullname" . | trunc 56 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "keyway.version" -}}
+{{- .Values.image.tag | default .AppVersion | default "latest" -}}
+{{- end -}}
+
+{{- define "keyway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "keyway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "keyway.labels" -}}
+{{ include "keyway.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "keyway.version" . | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/component: proxy
+app.kubernetes.io/part-of: keyway
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "keyway.image" -}}
+{{- $img := .Values.image -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (include "keyway.version" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A TOML scalar from a values scalar: strings as JSON strings (a JSON string is a valid TOML basic
+string), booleans as is, whole numbers as integers (values arrive as float64: 512 MiB would
+print as 5.36870912e+08), other numbers as floats.
+*/}}
+{{- define "keyway.tomlScalar" -}}
+{{- $x := . -}}
+{{- if kindIs "string" $x -}}
+{{- toJson $x -}}
+{{- else if kindIs "bool" $x -}}
+{{- ternary "true" "false" $x -}}
+{{- else if or (kindIs "float64" $x) (kindIs "int" $x) (kindIs "int64" $x) -}}
+{{- if eq (float64 $x) (float64 (int64 $x)) -}}
+{{- int64 $x -}}
+{{- else -}}
+{{- $x -}}
+{{- end -}}
+{{- else -}}
+{{- fail (printf "keyway: cannot render %v (%s) as a TOML scalar" $x (kindOf $x)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Duration string ("10s", "1500ms", "2m", "1h") to whole seconds, rounded up; "" if unknown. */}}
+{{- define "keyway.durationSeconds" -}}
+{{- $d := toString . | trim -}}
+{{- if regexMatch "^[0-9]+ms$" $d -}}
+{{- div (add (trimSuffix "ms" $d | int64) 999) 1000 -}}
+{{- else if regexMatch "^[0-9]+s$" $d -}}
+{{- trimSuffix "s" $d | int64 -}}
+{{- else if regexMatch "^[0-9]+m$" $d -}}
+{{- mul (trimSuffix "m" $d | int64) 60 -}}
+{{- else if regexMatch "^[0-9]+h$" $d -}}
+{{- mul (trimSuffix "h" $d | int64) 3600 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "sidecar" or "standalone". */}}
+{{- define "keyway.mode" -}}
+{{- $m := .Values.mode | default "standalone" -}}
+{{- if not (has $m (list "standalone" "sidecar")) -}}
+{{- fail (printf "keyway: mode must be standalone or sidecar, got %q" $m) -}}
+{{- end -}}
+{{- $m -}}
+{{- end -}}
+
+{{- define "keyway.listen" -}}
+{{- if .Values.config.listen -}}
+{{- .Values.config.listen -}}
+{{- else if eq (include "keyway.mode" .) "sidecar" -}}
+{{- printf "127.0.0.1:%d" (int .Values.ports.client) -}}
+{{- else -}}
+{{- printf "0.0.0.0:%d" (int .Values.ports.client) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "keyway.admin" -}}
+{{- .Values.config.admin | default (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
+{{- end -}}
+
+{{/*
+keyway.toml. Only keys with a value are written: a null key keeps Keyway's built-in default, so
+the file stays valid for a Keyway that does not know that key yet.
+*/}}
+{{- define "keyway.toml" -}}
+{{- $c := .Values.config -}}
+{{- $pool := $c.pool -}}
+# Rendered by the keyway Helm chart (release {{ .Release.Name }}). Keys: config/keyway.toml.
+# Edit the chart values, not this file: Keyway reloads it when the ConfigMap changes.
+listen = {{ include "keyway.listen" . | toJson }}
+admin = {{ include "keyway.admin" . | toJson }}
+{{- if not (kindIs "invalid" $c.drain_timeout) }}
+drain_timeout = {{ include "keyway.tomlScalar" $c.drain_timeout }}
+{{- end }}
+
+[pool]
+{{- range $k := list "replicas" "hash_tag" "connections" "timeout" "read" "write" }}
+{{- $x := index $pool $k }}
+{{- if not (kindIs "invalid" $x) }}
+{{ $k }} = {{ include "keyway.tomlScalar" $x }}
+{{- end }}
+{{- end }}
+{{- with $pool.health }}
+
+[pool.health]
+{{- range $k, $x := . }}
+{{- if not (kindIs "invalid" $x) }}
+{{ $k }} = {{ include "keyway.tomlScalar" $x }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $pool.servers }}
+{{- fail "keyway: config.pool.servers is empty: list at least one redis-server (name, addr)" }}
+{{- end }}
+{{- range $s := $pool.servers }}
+
+[[pool.servers]]
+name = {{ required "keyway: every config.pool.servers entry needs a name" $s.name | toString | toJson }}
+addr = {{ required "keyway: every config.pool.servers entry needs an addr" $s.addr | toString | toJson }}
+{{- if not (kindIs "invalid" $s.weight) }}
+weight = {{ include "keyway.tomlScalar" $s.weight }}
+{{- end }}
+{{- end }}
+{{- $limits := dict }}
+{{- range $k, $x := $c.limits }}
+{{- if not (kindIs "invalid" $x) }}
+{{- $_ := set $limits $k $x }}
+{{- end }}
+{{- end }}
+{{- with $limits }}
+
+[limits]
+{{- range $k, $x := . }}
+{{ $k }} = {{ include "keyway.tomlScalar" $x }}
+{{- end }}
+{{- end }}
+{{ end -}}
+
+{{/* Fails when the grace period cannot cover the preStop sleep plus the drain. */}}
+{{- define "keyway.checkGrace" -}}
+{{- $drain := include "keyway.durationSeconds" (.Values.config.drain_timeout | default "10s") -}}
+{{- if $drain -}}
+{{- $need := add (int64 $drain) (int64 .preStop) -}}
+{{- if le (int64 .Values.terminationGracePeriodSeconds) $need -}}
+{{- fail (printf "keyway: terminationGracePeriodSeconds (%d) must exceed the preStop sleep (%d s) plus config.drain_timeout (%d s)" (int64 .Values.terminationGracePeriodSeconds) (int64 .preStop) (int64 $drain)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Keyway container, shared by both modes. kctx plus:
+  sidecar    true for the native sidecar (restartPolicy Always)
+  preStop    seconds of preStop sleep, 0 for none
+*/}}
+{{- define "keyway.container" -}}
+{{- $v := .Values -}}
+name: {{ ternary $v.sidecar.containerName "keyway" .sidecar }}
+image: {{ include "keyway.image" . | quote }}
+imagePullPolicy: {{ $v.image.pullPolicy }}
+{{- if .sidecar }}
+restartPolicy: Always
+{{- end }}
+command: ["/usr/local/bin/keyway"]
+args:
+  - serve
+  - --config
+  - {{ printf "%s/keyway.toml" (trimSuffix "/" $v.configDir) | quote }}
+  - --log-format
+  - {{ $v.logFormat | quote }}
+env:
+  - name: RUST_LOG
+    value: {{ $v.logLevel | quote }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+ports:
+  - name: keyway
+    containerPort: {{ int $v.ports.client }}
+    protocol: TCP
+  - name: keyway-admin
+    containerPort: {{ int $v.ports.admin }}
+    protocol: TCP
+{{- with $v.probes.startup }}
+{{- if .enabled }}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: keyway-admin
+  periodSeconds: {{ int .periodSeconds }}
+  failureThreshold: {{ int .failureThreshold }}
+  timeoutSeconds: {{ int .timeoutSeconds }}
+{{- end }}
+{{- end }}
+{{- with $v.probes.liveness }}
+{{- if .enabled }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: keyway-admin
+  periodSeconds: {{ int .periodSeconds }}
+  failureThreshold: {{ int .failureThreshold }}
+  timeoutSeconds: {{ int .timeoutSeconds }}
+{{- end }}
+{{- end }}
+{{- with $v.probes.readiness }}
+{{- if .enabled }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: keyway-admin
+  periodSeconds: {{ int .periodSeconds }}
+  failureThreshold: {{ int .failureThreshold }}
+  timeoutSeconds: {{ int .timeoutSeconds }}
+{{- end }}
+{{- end }}
+{{- if gt (int .preStop) 0 }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ int .preStop }}
+{{- end }}
+{{- with $v.resources }}
+resources:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.securityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumeMounts:
+  # The whole directory, never a subPath: Keyway watches the directory and reloads when
+  # Kubernetes swaps the ConfigMap's ..data symlink; a subPath mount would never change.
+  - name: {{ ternary $v.sidecar.volumeName "config" .sidecar }}
+    mountPath: {{ $v.configDir | quote }}
+    readOnly: true
+{{- end -}}
+
+{{- define "keyway.configMapFromKctx" -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "keyway.configMapName" . }}
+  labels:
+    {{- include "keyway.labels" . | nindent 4 }}
+data:
+  keyway.toml: |
+    {{- include "keyway.toml" . | nindent 4 }}
+{{- end -}}
+
+{{/* ---- Public templates ---- */}}
+
+{{/* The ConfigMap manifest. */}}
+{{- define "keyway.configMap" -}}
+{{- $k := include "keyway.kctx" . | fromJson -}}
+{{- $_ := set $k "Release" .Release -}}
+{{- include "keyway.configMapFromKctx" $k -}}
+{{- end -}}
+
+{{/*
+The Keyway native sidecar: one entry of the pod's initContainers (Kubernetes 1.29+).
+  initContainers:
+    {{- include "keyway.sidecar" . | nindent 8 }}
+*/}}
+{{- define "keyway.sidecar" -}}
+{{- $k := include "keyway.kctx" . | fromJson -}}
+{{- $_ := set $k "Release" .Release -}}
+{{- $_ := set $k "sidecar" true -}}
+{{- $_ := set $k "preStop" ($k.Values.sidecar.preStopSleepSeconds | default 0) -}}
+{{- if ne (include "keyway.mode" $k) "sidecar" -}}
+{{- fail "keyway.sidecar: set mode: sidecar in the Keyway values (keyway.mode when Keyway is a dependency)" -}}
+{{- end -}}
+- {{ include "keyway.container" $k | nindent 2 | trim }}
+{{- end -}}
+
+{{/*
+The config volume: one entry of the pod's volumes.
+  volumes:
+    {{- include "keyway.sidecarVolume" . | nindent 8 }}
+*/}}
+{{- define "keyway.sidecarVolume" -}}
+{{- $k := include "keyway.kctx" . | fromJson -}}
+{{- $_ := set $k "Release" .Release -}}
+- name: {{ $k.Values.sidecar.volumeName }}
+  configMap:
+    name: {{ include "keyway.configMapName" $k }}
+{{- end -}}

@@ -1,0 +1,344 @@
+//! Every metric Keyway exports, defined in one place and documented in `docs/metrics.md`.
+//!
+//! Metrics live in Keyway's own [`Registry`] (not the process-global one), so that tests and an
+//! embedding program see exactly Keyway's series. Conventions: prefix `keyway_`, base units
+//! (seconds, bytes), `_total` on counters, labels from small fixed sets only: command names
+//! from the command table (plus `other`), server names from the topology, fixed outcome words.
+//! Never keys, values or client addresses.
+//!
+//! The request path never looks a label up by string: per-command handles are resolved once
+//! into a vector indexed like the command table, and per-server handles once per server pool.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::command::{self, CommandSpec};
+
+/// Latency buckets, in seconds: 25 µs to 2.5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5,
+];
+
+/// Counters of one command, resolved once.
+#[derive(Clone)]
+pub struct CommandMetrics {
+    /// Requests answered with a non-error reply.
+    pub ok: IntCounter,
+    /// Requests answered with an error reply (from a server or from Keyway).
+    pub error: IntCounter,
+}
+
+/// Metrics of one server, resolved once when its pool is created.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    /// Requests written to the server.
+    pub requests: IntCounter,
+    /// Requests that got no reply because the server was unavailable.
+    pub unavailable: IntCounter,
+    /// Requests that got no reply within the timeout.
+    pub timeouts: IntCounter,
+    /// Malformed replies (the connection is reset).
+    pub protocol_errors: IntCounter,
+    /// Time from writing a request to its reply.
+    pub latency: Histogram,
+    /// Connections currently open to the server.
+    pub connections: IntGauge,
+    /// Requests written and not yet answered.
+    pub in_flight: IntGauge,
+    /// 1 while the server is considered up, 0 while down.
+    pub up: IntGauge,
+    /// Transitions of the server's health state, by direction.
+    pub went_down: IntCounter,
+    pub went_up: IntCounter,
+}
+
+/// Keyway's registry and every metric in it.
+pub struct Metrics {
+    registry: Registry,
+    /// `keyway_client_connections`.
+    pub client_connections: IntGauge,
+    /// `keyway_client_connections_accepted_total`.
+    pub client_accepted: IntCounter,
+    /// `keyway_client_connections_refused_total` (over `max_clients`).
+    pub client_refused: IntCounter,
+    /// `keyway_client_disconnects_total{reason}`.
+    pub client_disconnects: IntCounterVec,
+    /// Per command-table entry, then `other` last.
+    commands: Vec<CommandMetrics>,
+    /// `keyway_request_duration_seconds`.
+    pub request_duration: Histogram,
+    server_requests: IntCounterVec,
+    server_errors: IntCounterVec,
+    server_latency: HistogramVec,
+    server_connections: IntGaugeVec,
+    server_in_flight: IntGaugeVec,
+    server_up: IntGaugeVec,
+    server_transitions: IntCounterVec,
+    /// `keyway_topology_version`.
+    pub topology_version: IntGauge,
+    /// `keyway_config_reloads_total{outcome}`.
+    pub config_reloads: IntCounterVec,
+    /// `keyway_draining`: 1 once shutdown began.
+    pub draining: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| bug(name, e));
+    register(r, Box::new(v.clone()), name);
+    v
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| bug(name, e));
+    register(r, Box::new(v.clone()), name);
+    v
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let v = IntCounter::new(name, help).unwrap_or_else(|e| bug(name, e));
+    register(r, Box::new(v.clone()), name);
+    v
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let v = IntGauge::new(name, help).unwrap_or_else(|e| bug(name, e));
+    register(r, Box::new(v.clone()), name);
+    v
+}
+
+fn register(r: &Registry, c: Box<dyn prometheus::core::Collector>, name: &str) {
+    if let Err(e) = r.register(c) {
+        bug(name, e)
+    }
+}
+
+/// Metric definitions are constants of this file: an invalid one is a programming error caught
+/// by the first test that builds [`Metrics`], never something a client can cause.
+fn bug(name: &str, e: prometheus::Error) -> ! {
+    panic!("metric {name} is defined wrongly: {e}")
+}
+
+impl Metrics {
+    /// A fresh registry with every metric at zero. One per proxy instance, so that several
+    /// proxies in one process (as in tests) keep separate counts.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "keyway_requests_total",
+            "Client requests answered, by command and outcome (ok or error reply).",
+            &["command", "outcome"],
+        );
+        let names = command::all_specs()
+            .map(|s| s.name)
+            .chain(std::iter::once("other"));
+        let commands = names
+            .map(|name| CommandMetrics {
+                ok: requests.with_label_values(&[name, "ok"]),
+                error: requests.with_label_values(&[name, "error"]),
+            })
+            .collect();
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "keyway_request_duration_seconds",
+                "Time from decoding a client request to its reply being ready to write.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| bug("keyway_request_duration_seconds", e));
+        register(
+            &r,
+            Box::new(request_duration.clone()),
+            "keyway_request_duration_seconds",
+        );
+        let server_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "keyway_server_request_duration_seconds",
+                "Time from writing a request to a server to its reply, by server.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["server"],
+        )
+        .unwrap_or_else(|e| bug("keyway_server_request_duration_seconds", e));
+        register(
+            &r,
+            Box::new(server_latency.clone()),
+            "keyway_server_request_duration_seconds",
+        );
+
+        #[cfg(target_os = "linux")]
+        register(
+            &r,
+            Box::new(prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "keyway",
+            )),
+            "process",
+        );
+
+        Metrics {
+            client_connections: gauge(&r, "keyway_client_connections", "Client connections open now."),
+            client_accepted: counter(
+                &r,
+                "keyway_client_connections_accepted_total",
+                "Client connections accepted.",
+            ),
+            client_refused: counter(
+                &r,
+                "keyway_client_connections_refused_total",
+                "Client connections refused because limits.max_clients was reached.",
+            ),
+            client_disconnects: counter_vec(
+                &r,
+                "keyway_client_disconnects_total",
+                "Client connections closed by Keyway, by reason (protocol_error, output_limit, idle_timeout, drain).",
+                &["reason"],
+            ),
+            commands,
+            request_duration,
+            server_requests: counter_vec(
+                &r,
+                "keyway_server_requests_total",
+                "Requests written to a server, by server.",
+                &["server"],
+            ),
+            server_errors: counter_vec(
+                &r,
+                "keyway_server_errors_total",
+                "Requests to a server that got no reply, by server and kind (unavailable, timeout, protocol).",
+                &["server", "kind"],
+            ),
+            server_latency,
+            server_connections: gauge_vec(
+                &r,
+                "keyway_server_connections",
+                "Connections open to a server, by server.",
+                &["server"],
+            ),
+            server_in_flight: gauge_vec(
+                &r,
+                "keyway_server_in_flight_requests",
+                "Requests written to a server and not yet answered, by server.",
+                &["server"],
+            ),
+            server_up: gauge_vec(
+                &r,
+                "keyway_server_up",
+                "1 while Keyway considers the server up, 0 while down, by server.",
+                &["server"],
+            ),
+            server_transitions: counter_vec(
+                &r,
+                "keyway_server_state_changes_total",
+                "Health state changes of a server, by server and new state (up, down).",
+                &["server", "state"],
+            ),
+            topology_version: gauge(
+                &r,
+                "keyway_topology_version",
+                "Version of the topology in use; increases by one at each swap.",
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "keyway_config_reloads_total",
+                "Topology reloads, by outcome (applied, rejected).",
+                &["outcome"],
+            ),
+            draining: gauge(
+                &r,
+                "keyway_draining",
+                "1 once Keyway is shutting down and draining its clients.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The handles of a command-table entry (`None`: a name the table does not know).
+    pub fn command(&self, spec: Option<&'static CommandSpec>) -> &CommandMetrics {
+        self.command_at(self.command_index(spec))
+    }
+
+    /// A small number standing for a command's handles (see [`Metrics::command_at`]), for
+    /// callers that keep it per request.
+    pub fn command_index(&self, spec: Option<&'static CommandSpec>) -> u16 {
+        let other = self.commands.len().saturating_sub(1);
+        let index = spec.and_then(spec_index).unwrap_or(other).min(other);
+        u16::try_from(index).unwrap_or(u16::MAX)
+    }
+
+    /// The handles behind [`Metrics::command_index`]; out-of-range indexes count as `other`.
+    pub fn command_at(&self, index: u16) -> &CommandMetrics {
+        let other = self.commands.len().saturating_sub(1);
+        // `commands` is never empty (it always has `other`), so `other` is in range.
+        &self.commands[usize::from(index).min(other)]
+    }
+
+    /// Resolves the handles of one server (once per pool).
+    pub fn server(&self, name: &str) -> ServerMetrics {
+        ServerMetrics {
+            requests: self.server_requests.with_label_values(&[name]),
+            unavailable: self.server_errors.with_label_values(&[name, "unavailable"]),
+            timeouts: self.server_errors.with_label_values(&[name, "timeout"]),
+            protocol_errors: self.server_errors.with_label_values(&[name, "protocol"]),
+            latency: self.server_latency.with_label_values(&[name]),
+            connections: self.server_connections.with_label_values(&[name]),
+            in_flight: self.server_in_flight.with_label_values(&[name]),
+            up: self.server_up.with_label_values(&[name]),
+            went_down: self.server_transitions.with_label_values(&[name, "down"]),
+            went_up: self.server_transitions.with_label_values(&[name, "up"]),
+        }
+    }
+
+    /// Forgets the series of a server that left the topology.
+    pub fn remove_server(&self, name: &str) {
+        let _ = self.server_requests.remove_label_values(&[name]);
+        for kind in ["unavailable", "timeout", "protocol"] {
+            let _ = self.server_errors.remove_label_values(&[name, kind]);
+        }
+        let _ = self.server_latency.remove_label_values(&[name]);
+        let _ = self.server_connections.remove_label_values(&[name]);
+        let _ = self.server_in_flight.remove_label_values(&[name]);
+        let _ = self.server_up.remove_label_values(&[name]);
+        for state in ["up", "down"] {
+            let _ = self.server_transitions.remove_label_values(&[name, state]);
+        }
+    }
+
+    /// Everything in Prometheus's text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only on I/O errors, which a Vec does not have.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Position of `spec` in the command table (specs are elements of one static array).
+fn spec_index(spec: &'static CommandSpec) -> Option<usize> {
+    let base = command::all_specs().next()? as *const CommandSpec as usize;
+    let offset = (spec as *const CommandSpec as usize).checked_sub(base)?;
+    Some(offset / std::mem::size_of::<CommandSpec>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_has_its_own_series() {
+        let m = Metrics::new();
+        let get = command::lookup("get");
+        let before = m.command(get).ok.get();
+        m.command(get).ok.inc();
+        assert_eq!(m.command(get).ok.get(), before + 1);
+        assert_eq!(m.command(command::lookup("set")).ok.get(), 0);
+        m.command(None).error.inc();
+        let text = m.render();
+        assert!(text.contains("keyway_requests_total{command=\"get\",outcome=\"ok\"}"));
+        assert!(text.contains("keyway_requests_total{command=\"other\",outcome=\"error\"} 1"));
+    }
+}
