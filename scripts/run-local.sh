@@ -5,7 +5,7 @@
 #   scripts/run-local.sh            # then, in another terminal: redis-cli -p 6380
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-redis.sh
+scripts/ensure-deps.sh redis
 cargo build --release --quiet
 dir=$(mktemp -d)
 pids=()

@@ -3,5 +3,5 @@
 # redis-servers (installed first when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-redis.sh
+scripts/ensure-deps.sh
 cargo test --locked --all-targets "$@"

@@ -195,9 +195,11 @@ async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     shared.open.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.connections.inc();
                     tracing::debug!(server = %shared.name, addr = %shared.addr, "connected");
                     let end = serve(&shared, stream, &mut rx, &mut backoff).await;
                     shared.open.fetch_sub(1, Ordering::Relaxed);
+                    shared.metrics.connections.dec();
                     match end {
                         End::Closed => return,
                         End::Failed(reason) => reason,

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Validates the Helm charts under helm/ without a cluster or a helm binary:
+#   - helm lint --strict and helm template through Helm's own Go library (PyPI helm-python-sdk,
+#     which bundles libhelm_c built from Helm's SDK), for the default values and each
+#     helm/keyway/ci/*.yaml and helm/examples/app-with-keyway/ci/*.yaml;
+#   - values (as Helm merges them) against helm/keyway/values.schema.json (check-jsonschema);
+#   - every rendered manifest against the Kubernetes OpenAPI schemas (kubernetes-validate);
+#   - the chart's own rules (directory mount, probes, drain timing, securityContext, selectors);
+#   - the rendered keyway.toml with `keyway check --config`, when target/{release,debug}/keyway
+#     exists (the newer of the two; skipped with a message otherwise).
+# The Python tools live in a venv under the cache dir, made once and reused while the pinned
+# versions below stay the same. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUIREMENTS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+VENV="${KEYWAY_HELM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/keyway-helm-venv}"
+STAMP="$VENV/.keyway-requirements"
+
+if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "${REQUIREMENTS[*]}" ]]; then
+  echo "check-helm: installing ${REQUIREMENTS[*]} into $VENV"
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "check-helm: needs Python 3.11 or later (python3 is $(python3 -V 2>&1))" >&2; exit 1; }
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQUIREMENTS[@]}"
+  echo "${REQUIREMENTS[*]}" >"$STAMP"
+fi
+
+KEYWAY_BIN=()
+newest=""
+for candidate in target/release/keyway target/debug/keyway; do
+  if [[ -x "$candidate" && ( -z "$newest" || "$candidate" -nt "$newest" ) ]]; then
+    newest="$candidate"
+  fi
+done
+if [[ -n "$newest" ]]; then
+  KEYWAY_BIN=(--keyway "$PWD/$newest")
+else
+  echo "check-helm: no target/release/keyway or target/debug/keyway: the rendered keyway.toml" \
+    "is checked as TOML only (build with 'cargo build' for 'keyway check')"
+fi
+
+exec "$VENV/bin/python" helm/tools/check_charts.py --helm-dir helm "${KEYWAY_BIN[@]}"
