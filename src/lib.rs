@@ -13,6 +13,7 @@
 //! - [`routing`]: pure functions: key -> slot, rendezvous ranking, the slot table.
 //! - [`config`]: the configuration file, its layering (defaults < file < `KEYWAY_*`) and checks.
 //! - [`topology`]: the immutable snapshot the request path reads, behind one `ArcSwap`.
+//! - [`health`]: the up/down state machine of each server, active probes.
 //! - [`backend`]: pipelined, multiplexed connections to each server, FIFO reply matching.
 //! - [`server`]: the listener, the per-client session, the planner that splits and merges.
 //! - [`metrics`]: every metric, in Keyway's own registry.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod protocol;
 pub mod routing;

@@ -89,8 +89,8 @@ fn many_clients_share_a_few_server_connections() {
             .find_map(|l| l.strip_prefix("connected_clients:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap();
-        // Keyway's 2 connections plus the one asking.
-        assert_eq!(connected, 3, "{info}");
+        // Keyway's 2 data connections, its health-check connection, and the one asking.
+        assert_eq!(connected, 4, "{info}");
     }
 }
 
@@ -261,7 +261,11 @@ fn key_on(proxy: &Proxy, index: usize, prefix: &str) -> String {
 #[test]
 fn a_dead_server_fails_fast_and_others_keep_working() {
     let (mut a, b, c) = three();
-    let proxy = Proxy::start_toml(&config_toml(&[&a, &b, &c], "timeout = \"500ms\""));
+    // Without failover: the dead server's keys answer errors (tests/failover.rs covers the rest).
+    let proxy = Proxy::start_toml(&config_toml(
+        &[&a, &b, &c],
+        "timeout = \"500ms\"\n[pool.health]\nfailover = \"none\"",
+    ));
     let mut con = proxy.client();
     let dead_key = key_on(&proxy, 0, "dead");
     let live_key = key_on(&proxy, 1, "live");
@@ -297,7 +301,10 @@ fn a_dead_server_fails_fast_and_others_keep_working() {
 #[test]
 fn a_hung_server_answers_an_error_within_the_timeout() {
     let (a, b, c) = three();
-    let proxy = Proxy::start_toml(&config_toml(&[&a, &b, &c], "timeout = \"300ms\""));
+    let proxy = Proxy::start_toml(&config_toml(
+        &[&a, &b, &c],
+        "timeout = \"300ms\"\n[pool.health]\nfailover = \"none\"",
+    ));
     let mut con = proxy.client();
     let hung_key = key_on(&proxy, 0, "hung");
     let live_key = key_on(&proxy, 2, "live");

@@ -307,7 +307,7 @@ def check_monitors(docs, keyway_pods, kv) -> list[str]:
 def keyway_check(checker: Checker, docs, label: str) -> str:
     cms = [d for d in by_kind(docs, "ConfigMap") if "keyway.toml" in d.get("data", {})]
     text = cms[0]["data"]["keyway.toml"]
-    parsed = tomllib.loads(text)  # TOML syntax, independent of any binary
+    tomllib.loads(text)  # TOML syntax, independent of any binary
     if checker.keyway is None:
         return "TOML parses; no Keyway binary: `keyway check` skipped"
     path = checker.workdir / f"{label.replace('/', '_').replace(' ', '_')}.keyway.toml"
@@ -424,6 +424,53 @@ def future_keys(checker: Checker, chart_dir: Path) -> None:
     checker.check(f"{chart_dir.name}: keys newer than the binary render only when set", run)
 
 
+def vendored_templates(checker: Checker, keyway_chart: Path, where: Path) -> None:
+    """A chart that copies _helpers.tpl instead of depending on the keyway chart."""
+    def run() -> str:
+        (where / "templates").mkdir(parents=True)
+        (where / "Chart.yaml").write_text(
+            "apiVersion: v2\nname: vendored-app\nversion: 0.1.0\nappVersion: '2.0.0'\n")
+        kv = yaml.safe_load((keyway_chart / "values.yaml").read_text())
+        kv["mode"] = "sidecar"
+        kv["image"]["tag"] = "0.1.0"
+        (where / "values.yaml").write_text(yaml.safe_dump({"keyway": kv}))
+        shutil.copy(keyway_chart / "templates" / "_helpers.tpl",
+                    where / "templates" / "_keyway.tpl")
+        (where / "templates" / "keyway-configmap.yaml").write_text(
+            '{{ include "keyway.configMap" . }}\n')
+        (where / "templates" / "deployment.yaml").write_text("""\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}-app
+spec:
+  selector:
+    matchLabels: {app: vendored}
+  template:
+    metadata:
+      labels: {app: vendored}
+    spec:
+      initContainers:
+        {{- include "keyway.sidecar" . | nindent 8 }}
+      containers:
+        - name: app
+          image: registry.example.com/app:2.0.0
+      volumes:
+        {{- include "keyway.sidecarVolume" . | nindent 8 }}
+""")
+        with helm.Chart.load(where) as chart:
+            merged = chart.merge_values(None)
+            docs = split_manifests(chart.render(None, name=RELEASE, namespace=NAMESPACE))
+        kube_validate(docs)
+        check_invariants(docs, merged["keyway"], "sidecar")
+        keyway_check(checker, docs, "vendored")
+        image = find_keyway_pods(docs, kv)[0][2]["image"]
+        if image != "keyway:0.1.0":
+            raise Failure(f"image {image}, want keyway:0.1.0")
+        return "keyway.configMap, keyway.sidecar, keyway.sidecarVolume"
+    checker.check("templates copied into another chart render a valid sidecar", run)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--helm-dir", type=Path, required=True)
@@ -491,14 +538,14 @@ def main() -> int:
             expect_refused(checker, example, "keyway.sidecar while keyway.mode is standalone",
                            {"keyway": {"mode": "standalone"}}, "mode: sidecar")
 
-        total = checker.passed + len(checker.failed)
+        vendored_templates(checker, chart, work / "vendored")
+
         if checker.failed:
-            print(f"check-helm: FAILED {len(checker.failed)} of {total} checks:")
+            print("failed checks:")
             for name in checker.failed:
                 print(f"  - {name}")
-            return 1
-        print(f"check-helm: OK, all {total} checks")
-        return 0
+        print(f"check-helm: {checker.passed} passed, {len(checker.failed)} failed")
+        return 1 if checker.failed else 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
 use crate::protocol::{Limits, ReplyDecoder};
 
@@ -96,12 +97,15 @@ struct Shared {
     /// Connections currently established (for INFO and readiness).
     open: AtomicU64,
     metrics: ServerMetrics,
+    health: Arc<Health>,
 }
 
 /// The connections to one server.
 pub struct Pool {
     shared: Arc<Shared>,
     conns: Box<[mpsc::Sender<Job>]>,
+    /// Stops the health prober when the pool goes.
+    _prober: tokio_util::sync::DropGuard,
 }
 
 impl fmt::Debug for Pool {
@@ -116,13 +120,31 @@ impl fmt::Debug for Pool {
 
 impl Pool {
     /// Opens `options.connections` connection tasks to `addr` on the current tokio runtime.
-    pub fn spawn(name: &str, addr: &str, options: &PoolOptions, metrics: ServerMetrics) -> Pool {
+    ///
+    /// Also starts the server's health prober (see [`crate::health`]).
+    pub fn spawn(
+        name: &str,
+        addr: &str,
+        options: &PoolOptions,
+        health: HealthOptions,
+        metrics: ServerMetrics,
+    ) -> Pool {
+        let name: Arc<str> = Arc::from(name);
+        let addr: Arc<str> = Arc::from(addr);
+        let health = Arc::new(Health::new(name.clone(), health, metrics.clone()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::health::probe(
+            health.clone(),
+            addr.clone(),
+            stop.clone(),
+        ));
         let shared = Arc::new(Shared {
-            name: Arc::from(name),
-            addr: Arc::from(addr),
+            name,
+            addr,
             timeout: options.timeout,
             open: AtomicU64::new(0),
             metrics,
+            health,
         });
         let conns = (0..options.connections.max(1))
             .map(|_| {
@@ -131,7 +153,21 @@ impl Pool {
                 tx
             })
             .collect();
-        Pool { shared, conns }
+        Pool {
+            shared,
+            conns,
+            _prober: stop.drop_guard(),
+        }
+    }
+
+    /// The server's health.
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// Requests written to the server and not answered yet, over all its connections.
+    pub fn in_flight(&self) -> i64 {
+        self.shared.metrics.in_flight.get()
     }
 
     /// The server's name.
@@ -293,6 +329,9 @@ async fn serve(
                                     *backoff = BACKOFF_MIN;
                                     m.in_flight.dec();
                                     m.latency.observe(f.sent.elapsed().as_secs_f64());
+                                    if Health::is_failure_reply(&frame) {
+                                        shared.health.failure("server answered that it cannot serve");
+                                    }
                                     let _ = f.reply.send(Ok(frame));
                                 }
                                 None => {

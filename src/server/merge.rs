@@ -82,10 +82,47 @@ pub(crate) async fn split(
 }
 
 /// Merges the replies of a command sent to every server.
-pub(crate) async fn all(how: Merge, replies: Vec<Pending>) -> Bytes {
-    match values(replies).await {
-        Ok(values) => combine(how, values),
-        Err(e) => e,
+///
+/// With `replicas > 1` every key is stored on several servers, so listings keep a key only
+/// from the server that [`Topology::owner`] names for its slot (each key once), and DBSIZE
+/// divides the sum by the replica count (exact while the replicas hold the same keys).
+pub(crate) async fn all(how: Merge, replies: Vec<Pending>, topo: Arc<Topology>) -> Bytes {
+    let mut values = match values(replies).await {
+        Ok(values) => values,
+        Err(e) => return e,
+    };
+    if topo.replicas > 1 {
+        match how {
+            Merge::Concat => {
+                for (index, v) in values.iter_mut().enumerate() {
+                    if let Value::Array(keys) = v {
+                        keys.retain(|k| owned_here(&topo, k, index));
+                    }
+                }
+            }
+            Merge::SumInt => {
+                let merged = combine(how, values);
+                return match Value::parse(&merged) {
+                    Ok(Value::Integer(n)) => {
+                        frame(|out| write_integer(out, n / topo.replicas as i64))
+                    }
+                    _ => merged,
+                };
+            }
+            _ => {}
+        }
+    }
+    combine(how, values)
+}
+
+/// Whether server `index` is the one that lists key `k` (see [`Topology::owner`]).
+fn owned_here(topo: &Topology, k: &Value, index: usize) -> bool {
+    match k {
+        Value::Bulk(key) => {
+            let slot = crate::routing::key_slot(key, topo.hash_tag);
+            usize::from(topo.owner(slot)) == index
+        }
+        _ => true,
     }
 }
 
@@ -188,7 +225,8 @@ pub(crate) async fn random_key(
 
 /// SCAN: rewrites the server's cursor into Keyway's (server cursor and server index), moving on
 /// to the next server when one is done.
-pub(crate) async fn scan(reply: Pending, index: usize, servers: usize) -> Bytes {
+pub(crate) async fn scan(reply: Pending, index: usize, topo: Arc<Topology>) -> Bytes {
+    let servers = topo.servers.len();
     let raw = resolve(reply).await;
     let value = match Value::parse(&raw) {
         Ok(Value::Error(_)) => return raw,
@@ -198,9 +236,14 @@ pub(crate) async fn scan(reply: Pending, index: usize, servers: usize) -> Bytes 
     let Value::Array(mut parts) = value else {
         return unexpected(&value);
     };
-    let (Some(keys), Some(Value::Bulk(cursor))) = (parts.pop(), parts.pop()) else {
+    let (Some(mut keys), Some(Value::Bulk(cursor))) = (parts.pop(), parts.pop()) else {
         return error_bytes("keyway: unexpected SCAN reply from server");
     };
+    if topo.replicas > 1 {
+        if let Value::Array(ks) = &mut keys {
+            ks.retain(|k| owned_here(&topo, k, index));
+        }
+    }
     let Some(server_cursor) = std::str::from_utf8(&cursor)
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
@@ -223,4 +266,93 @@ pub(crate) async fn scan(reply: Pending, index: usize, servers: usize) -> Bytes 
         write_bulk(out, next.to_string().as_bytes());
         keys.encode(out);
     })
+}
+
+/// A read retried once on another replica when the first failed on a connection error (the
+/// server never answered: unavailable or timed out). Redis error replies are answers, not
+/// failures, and are passed through.
+pub(crate) async fn read_with_retry(
+    first: Pending,
+    topo: Arc<Topology>,
+    alternate: u16,
+    pick: usize,
+    frame: Bytes,
+) -> Bytes {
+    let mut first = first;
+    let failed = match &mut first {
+        Pending::Forward(rx) => match rx.await {
+            Ok(Ok(reply)) => return reply,
+            other => reply_bytes(other),
+        },
+        other => return resolve(std::mem::replace(other, Pending::Ready(Bytes::new()))).await,
+    };
+    match topo.server(alternate) {
+        Some(server) => reply_bytes(server.pool.send(pick, frame).await.await),
+        None => failed,
+    }
+}
+
+/// A write sent to several replicas: done once `need` of them acknowledged (all for
+/// `write = all`, a majority for `quorum`). When replicas disagree, the error says how many
+/// took the write, so the client knows the replicas may differ.
+pub(crate) async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Bytes {
+    let total = replies.len();
+    let mut slots: Vec<Option<Pending>> = replies.iter().map(|_| None).collect();
+    let mut names = Vec::with_capacity(total);
+    for (i, (name, p)) in replies.into_iter().enumerate() {
+        names.push(name);
+        if let Some(s) = slots.get_mut(i) {
+            *s = Some(p);
+        }
+    }
+    let mut acked: Vec<Bytes> = Vec::new();
+    let mut failed: Vec<(usize, Bytes)> = Vec::new();
+    poll_fn(|cx| {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let Some(p) = slot {
+                if let std::task::Poll::Ready(reply) = p.poll_bytes(cx) {
+                    *slot = None;
+                    if reply.first() == Some(&b'-') {
+                        failed.push((i, reply));
+                    } else {
+                        acked.push(reply);
+                    }
+                }
+            }
+        }
+        let done =
+            acked.len() >= need || failed.len() > total - need || slots.iter().all(Option::is_none);
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    if acked.len() >= need {
+        return acked.swap_remove(0);
+    }
+    // Every replica refused the same way (WRONGTYPE on all of them): that is the answer.
+    if acked.is_empty() && failed.len() == total {
+        if let Some((_, first)) = failed.first() {
+            if failed.iter().all(|(_, f)| f == first) {
+                return first.clone();
+            }
+        }
+    }
+    let detail: Vec<String> = failed
+        .iter()
+        .map(|(i, e)| {
+            let name = names.get(*i).map_or("?", String::as_str);
+            let text = String::from_utf8_lossy(e.get(1..).unwrap_or_default());
+            format!("{name}: {}", text.trim_end())
+        })
+        .collect();
+    error_bytes(&format!(
+        "keyway: write applied on {} of {} replicas ({} needed); replicas may differ until rewritten ({})",
+        acked.len(),
+        total,
+        need,
+        detail.join("; ")
+    ))
 }

@@ -23,9 +23,10 @@ use super::merge;
 use super::session::{error_bytes, Pending};
 use super::{local, Shared};
 use crate::command::{self, Kind, Merge};
+use crate::config::{ReadPolicy, WriteMode};
 use crate::protocol::Request;
 use crate::routing::{key_slot, Slot};
-use crate::topology::Topology;
+use crate::topology::{Placement, Topology};
 
 /// Keys in one SCAN cursor are `server cursor << SCAN_SHIFT | server index`.
 pub(crate) const SCAN_SHIFT: u32 = 10;
@@ -33,6 +34,15 @@ pub(crate) const SCAN_SHIFT: u32 = 10;
 pub(crate) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot \
      (keyway shards keys by slot; put a hash tag in the keys, e.g. {user1}.a and {user1}.b, \
      to keep them on one server)";
+
+const SPOP_FANOUT: &str = "ERR SPOP picks members at random, so replicas would pop different \
+     members; keyway refuses it when writes go to several replicas (write = all or quorum)";
+
+/// Whether a command changes data (so it follows the write mode): the `write` flag, or
+/// `may_replicate` for scripts and functions (EVAL, FCALL), which may write.
+fn is_write(spec: &command::CommandSpec) -> bool {
+    spec.flags.contains(command::Flags::WRITE) || spec.flags.contains(command::Flags::MAY_REPLICATE)
+}
 
 /// Per-session planning state: the snapshot in use and scratch space reused across requests.
 pub(crate) struct Planner {
@@ -43,6 +53,8 @@ pub(crate) struct Planner {
     /// CLIENT SETNAME.
     pub(crate) client_name: Option<Bytes>,
     keys: Vec<usize>,
+    /// Round-robin position of this client's reads.
+    rr: usize,
 }
 
 impl Planner {
@@ -54,6 +66,7 @@ impl Planner {
             id,
             client_name: None,
             keys: Vec::new(),
+            rr: id as usize,
         }
     }
 
@@ -147,11 +160,114 @@ impl Planner {
         }
         match slot {
             Some(slot) => {
-                let server = self.topo.table.primary(slot);
-                self.send_to(server, request.frame().clone()).await
+                let write = is_write(spec);
+                if write && spec.name == "spop" && self.fans_out() {
+                    return Pending::Ready(error_bytes(SPOP_FANOUT));
+                }
+                let topo = self.topo.clone();
+                match topo.placement(slot) {
+                    Ok(placement) => self.route(placement, write, request.frame().clone()).await,
+                    Err(e) => Pending::Ready(error_bytes(&e.to_string())),
+                }
             }
             // EVAL with numkeys 0 and the like: any server will do.
             None => self.any_server(request).await,
+        }
+    }
+
+    /// Whether writes go to more than one server.
+    fn fans_out(&self) -> bool {
+        self.topo.replicas > 1 && self.topo.write != WriteMode::Primary
+    }
+
+    /// Sends a frame where a slot's placement and the pool's policies say.
+    async fn route(&mut self, placement: Placement<'_>, write: bool, frame: Bytes) -> Pending {
+        let set = match placement {
+            Placement::One(server) => return self.send_to(server, frame).await,
+            Placement::Replicas(set) => set,
+        };
+        let topo = self.topo.clone();
+        if write {
+            let targets: &[u16] = match topo.write {
+                WriteMode::Primary => set.get(..1).unwrap_or(set),
+                WriteMode::All | WriteMode::Quorum => set,
+            };
+            if let [only] = targets {
+                return self.send_to(*only, frame).await;
+            }
+            let mut replies = Vec::with_capacity(targets.len());
+            for &t in targets {
+                let name = topo.server(t).map_or_else(String::new, |s| s.name.clone());
+                replies.push((name, self.send_to(t, frame.clone()).await));
+            }
+            let need = match topo.write {
+                WriteMode::Quorum => targets.len() / 2 + 1,
+                _ => targets.len(),
+            };
+            return Pending::Merge(Box::pin(merge::fan_out(replies, need)));
+        }
+        let chosen = self.choose_read(set);
+        // A read that fails on a connection error is retried once on the next healthy
+        // replica: reads are idempotent.
+        let alternate = set
+            .iter()
+            .cycle()
+            .skip_while(|&&i| i != chosen)
+            .skip(1)
+            .take(set.len().saturating_sub(1))
+            .copied()
+            .find(|&i| topo.is_up(i));
+        let first = self.send_to(chosen, frame.clone()).await;
+        match alternate {
+            None => first,
+            Some(alt) => Pending::Merge(Box::pin(merge::read_with_retry(
+                first,
+                topo,
+                alt,
+                self.pick(),
+                frame,
+            ))),
+        }
+    }
+
+    /// The replica a read goes to, by the pool's read policy, among the healthy members of
+    /// `set` (all of them, primary first, when none is healthy: see `Topology::placement`).
+    fn choose_read(&mut self, set: &[u16]) -> u16 {
+        let topo = &self.topo;
+        let up = set.iter().filter(|&&i| topo.is_up(i)).count();
+        let nth_up = |n: usize| {
+            set.iter()
+                .copied()
+                .filter(|&i| topo.is_up(i))
+                .nth(n)
+                .unwrap_or(set.first().copied().unwrap_or(0))
+        };
+        if up == 0 {
+            return set.first().copied().unwrap_or(0);
+        }
+        match topo.read {
+            ReadPolicy::Primary => nth_up(0),
+            ReadPolicy::RoundRobin => {
+                self.rr = self.rr.wrapping_add(1);
+                nth_up(self.rr % up)
+            }
+            ReadPolicy::Random => nth_up(rand::random_range(0..up)),
+            ReadPolicy::LeastOutstanding => {
+                // Power of two choices: two distinct random healthy replicas, the less busy.
+                let a = rand::random_range(0..up);
+                let b = if up > 1 {
+                    (a + 1 + rand::random_range(0..up - 1)) % up
+                } else {
+                    a
+                };
+                let (a, b) = (nth_up(a), nth_up(b));
+                let load = |i: u16| topo.server(i).map_or(i64::MAX, |s| s.pool.in_flight());
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
         }
     }
 
@@ -170,31 +286,33 @@ impl Planner {
             return Pending::Ready(error_bytes(&msg));
         }
         let n_keys = (args.len() - 1) / group;
-        // Server of each key, in key order.
-        let servers: Vec<u16> = args[1..]
-            .chunks(group)
-            .map(|g| {
-                self.topo
-                    .table
-                    .primary(self.slot(g.first().map_or(&[][..], |k| k)))
-            })
-            .collect();
-        let first = servers.first().copied().unwrap_or(0);
-        if servers.iter().all(|&s| s == first) {
-            return self.send_to(first, request.frame().clone()).await;
+        let write = is_write(spec);
+        let topo = self.topo.clone();
+        // Placement of each key, in key order.
+        let mut placements = Vec::with_capacity(n_keys);
+        for g in args[1..].chunks(group) {
+            let slot = self.slot(g.first().map_or(&[][..], |k| k));
+            match topo.placement(slot) {
+                Ok(p) => placements.push(p),
+                Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
+            }
         }
-        // One sub-command per distinct server, remembering which keys it carries.
-        let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
-        for (k, &s) in servers.iter().enumerate() {
-            match parts.iter_mut().find(|(srv, _)| *srv == s) {
+        let first = placements.first().copied().unwrap_or(Placement::One(0));
+        if placements.iter().all(|&p| p == first) {
+            return self.route(first, write, request.frame().clone()).await;
+        }
+        // One sub-command per distinct placement, remembering which keys it carries.
+        let mut parts: Vec<(Placement<'_>, Vec<usize>)> = Vec::new();
+        for (k, &p) in placements.iter().enumerate() {
+            match parts.iter_mut().find(|(q, _)| *q == p) {
                 Some((_, ks)) => ks.push(k),
-                None => parts.push((s, vec![k])),
+                None => parts.push((p, vec![k])),
             }
         }
         let name = args.first().cloned().unwrap_or_default();
         let mut replies = Vec::with_capacity(parts.len());
         let mut positions = Vec::with_capacity(parts.len());
-        for (server, ks) in parts {
+        for (placement, ks) in parts {
             let mut sub = Vec::with_capacity(1 + ks.len() * group);
             sub.push(name.clone());
             for &k in &ks {
@@ -207,7 +325,7 @@ impl Planner {
                 );
             }
             let frame = Request::from_args(sub).frame().clone();
-            replies.push(self.send_to(server, frame).await);
+            replies.push(self.route(placement, write, frame).await);
             positions.push(ks);
         }
         Pending::Merge(Box::pin(merge::split(how, replies, positions, n_keys)))
@@ -221,7 +339,7 @@ impl Planner {
                 s.pool.send(self.pick(), request.frame().clone()).await,
             ));
         }
-        Pending::Merge(Box::pin(merge::all(how, replies)))
+        Pending::Merge(Box::pin(merge::all(how, replies, self.topo.clone())))
     }
 
     /// A keyless command any one server can answer; clients are spread over the servers.
@@ -261,7 +379,6 @@ impl Planner {
         }
         let frame = Request::from_args(sub).frame().clone();
         let reply = self.send_to(index as u16, frame).await;
-        let servers = self.topo.servers.len();
-        Pending::Merge(Box::pin(merge::scan(reply, index, servers)))
+        Pending::Merge(Box::pin(merge::scan(reply, index, self.topo.clone())))
     }
 }

@@ -15,9 +15,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::backend::{Pool, PoolOptions};
-use crate::config::PoolConfig;
+use crate::config::{Failover, PoolConfig, ReadPolicy, WriteMode};
+use crate::health::HealthOptions;
 use crate::metrics::Metrics;
-use crate::routing::{HashTag, SlotTable};
+use crate::routing::{HashTag, Slot, SlotTable};
 
 /// Servers ranked per slot beyond the replicas, so that failover can find the next server of a
 /// slot's ranking without recomputing it.
@@ -51,14 +52,101 @@ pub struct Topology {
     pub hash_tag: Option<HashTag>,
     /// Per-request deadline on a server.
     pub timeout: Duration,
+    /// How reads pick a replica.
+    pub read: ReadPolicy,
+    /// Where writes go.
+    pub write: WriteMode,
+    /// What a down server's slots do when `replicas = 1`.
+    pub failover: Failover,
     /// The configuration this snapshot was built from (for `/topology` and INFO).
     pub config: PoolConfig,
+}
+
+/// Where a slot's requests go, given the servers' health now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement<'t> {
+    /// One server (`replicas = 1`: the primary, or its stand-in under `failover = next`).
+    One(u16),
+    /// The slot's replica set, primary first (`replicas > 1`): reads pick one healthy member,
+    /// writes go to the members the write mode asks for.
+    Replicas(&'t [u16]),
+}
+
+/// Why a slot cannot be served now.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    /// `replicas = 1`, `failover = none`, and the slot's server is down.
+    #[error("TRYAGAIN server '{0}' is down and keyway is configured with failover = none; its keys are unavailable until it is back")]
+    Down(String),
 }
 
 impl Topology {
     /// The server at a slot-table index. Indexes come from a table built over this very list.
     pub fn server(&self, index: u16) -> Option<&Server> {
         self.servers.get(usize::from(index))
+    }
+
+    /// Whether the server at `index` is up by its health state.
+    #[inline]
+    pub fn is_up(&self, index: u16) -> bool {
+        self.server(index).is_some_and(|s| s.pool.health().is_up())
+    }
+
+    /// The slot's replica set, primary first: fixed by the topology, never by health, so that
+    /// proxies that disagree about health never disagree about where data lives.
+    #[inline]
+    pub fn replica_set(&self, slot: Slot) -> &[u16] {
+        let ranked = self.table.ranked(slot);
+        ranked.get(..self.replicas).unwrap_or(ranked)
+    }
+
+    /// Where `slot`'s requests go now.
+    ///
+    /// The guard against a health view gone wrong: when every candidate of a slot is down, the
+    /// slot's primary is used anyway. Its requests then fail fast with an error naming the
+    /// server if it really is down, and work if only the health checks were wrong (a checker
+    /// partitioned from a healthy pool must not take the whole pool out of service).
+    ///
+    /// # Errors
+    ///
+    /// [`PlacementError::Down`] under `replicas = 1` and `failover = none` while the slot's
+    /// server is down.
+    pub fn placement(&self, slot: Slot) -> Result<Placement<'_>, PlacementError> {
+        let ranked = self.table.ranked(slot);
+        let primary = self.table.primary(slot);
+        if self.replicas > 1 {
+            return Ok(Placement::Replicas(self.replica_set(slot)));
+        }
+        if self.is_up(primary) {
+            return Ok(Placement::One(primary));
+        }
+        match self.failover {
+            Failover::Next => Ok(Placement::One(
+                ranked
+                    .iter()
+                    .copied()
+                    .find(|&i| self.is_up(i))
+                    .unwrap_or(primary),
+            )),
+            Failover::None => {
+                if ranked.iter().all(|&i| !self.is_up(i)) {
+                    // The guard: nothing up at all; try the primary.
+                    return Ok(Placement::One(primary));
+                }
+                let name = self.server(primary).map_or("?", |s| s.name.as_str());
+                Err(PlacementError::Down(name.to_string()))
+            }
+        }
+    }
+
+    /// The server whose copy of `slot` a whole-pool listing (KEYS, SCAN) reports: the first
+    /// healthy member of its replica set, so that each key is listed once.
+    pub fn owner(&self, slot: Slot) -> u16 {
+        let set = self.replica_set(slot);
+        set.iter()
+            .copied()
+            .find(|&i| self.is_up(i))
+            .unwrap_or_else(|| self.table.primary(slot))
     }
 }
 
@@ -149,6 +237,12 @@ fn build(
         connections: config.connections,
         timeout: config.timeout,
     };
+    let health = HealthOptions {
+        interval: config.health.interval,
+        timeout: config.health.timeout,
+        fall: config.health.fall,
+        rise: config.health.rise,
+    };
     let mut specs: Vec<_> = config.servers.iter().collect();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -164,6 +258,7 @@ fn build(
                     &s.name,
                     &s.addr,
                     &options,
+                    health.clone(),
                     metrics.server(&s.name),
                 ))
             });
@@ -195,6 +290,9 @@ fn build(
         replicas: config.replicas,
         hash_tag,
         timeout: config.timeout,
+        read: config.read,
+        write: config.write,
+        failover: config.health.failover,
         config: config.clone(),
     })
 }

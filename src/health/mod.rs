@@ -1,0 +1,264 @@
+//! Server health: one up/down state machine per server, fed by active probes and by what live
+//! traffic sees.
+//!
+//! ```text
+//!            failure (streak < fall)          success (streak < rise)
+//!           +-------+                        +-------+
+//!           v       |                        v       |
+//!        +--------------+  fall failures  +--------------+
+//!  ----->|      Up      |---------------->|     Down     |
+//!        +--------------+  in a row       +--------------+
+//!           ^     | success resets        |   ^ failure resets
+//!           |     +-- the streak          |   +-- the streak
+//!           +-----------------------------+
+//!                 rise successes in a row
+//! ```
+//!
+//! - **Active**: every `interval`, a PING over a control connection of its own (redis-rs), with
+//!   `timeout`. PONG is a success; anything else (an error such as `-LOADING`, a timeout, a
+//!   refused connection) is a failure.
+//! - **Passive**: the data connections report a failure when a socket fails, a request times
+//!   out, a connect fails, or a server answers `-LOADING`, `-MASTERDOWN` or `-READONLY` (it
+//!   cannot serve as a primary). One broken connection is one failure, however many requests
+//!   it failed.
+//!
+//! A server starts Up, so that a proxy serves at once after a restart; a dead server is found
+//! by its first failed connects and probes.
+//!
+//! The state lives with the server's connection pool, which is keyed by name and address and
+//! reused across topology versions, so a swap does not forget that a server is down.
+//! Routing reads it with one atomic load.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::metrics::ServerMetrics;
+
+/// Settings of the state machine and of the prober.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthOptions {
+    /// Time between active probes.
+    pub interval: Duration,
+    /// Deadline of one probe (connect and PING).
+    pub timeout: Duration,
+    /// Consecutive failures that take an Up server Down.
+    pub fall: u32,
+    /// Consecutive successes that bring a Down server Up.
+    pub rise: u32,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Serving; `failures` in a row so far.
+    Up { failures: u32 },
+    /// Not serving; `successes` in a row so far.
+    Down { successes: u32 },
+}
+
+/// One server's health.
+pub struct Health {
+    name: Arc<str>,
+    options: HealthOptions,
+    up: AtomicBool,
+    state: Mutex<State>,
+    metrics: ServerMetrics,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("name", &self.name)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+impl Health {
+    /// A server in the Up state.
+    pub fn new(name: Arc<str>, options: HealthOptions, metrics: ServerMetrics) -> Health {
+        metrics.up.set(1);
+        Health {
+            name,
+            options,
+            up: AtomicBool::new(true),
+            state: Mutex::new(State::Up { failures: 0 }),
+            metrics,
+        }
+    }
+
+    /// Whether routing should send this server traffic.
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The prober's settings.
+    pub fn options(&self) -> &HealthOptions {
+        &self.options
+    }
+
+    /// A probe succeeded.
+    pub fn success(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = match *state {
+            // Up: a success clears the failure streak.
+            State::Up { .. } => State::Up { failures: 0 },
+            // Down: `rise` successes in a row bring it back.
+            State::Down { successes } if successes + 1 >= self.options.rise => {
+                self.up.store(true, Ordering::Relaxed);
+                self.metrics.up.set(1);
+                self.metrics.went_up.inc();
+                tracing::info!(server = %self.name, rise = self.options.rise, "server is up");
+                State::Up { failures: 0 }
+            }
+            State::Down { successes } => State::Down {
+                successes: successes + 1,
+            },
+        };
+    }
+
+    /// A probe or live traffic failed; `why` says how (for the log line of a state change).
+    pub fn failure(&self, why: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *state = match *state {
+            // Up: `fall` failures in a row take it down.
+            State::Up { failures } if failures + 1 >= self.options.fall => {
+                self.up.store(false, Ordering::Relaxed);
+                self.metrics.up.set(0);
+                self.metrics.went_down.inc();
+                tracing::warn!(server = %self.name, fall = self.options.fall, reason = why, "server is down");
+                State::Down { successes: 0 }
+            }
+            State::Up { failures } => State::Up {
+                failures: failures + 1,
+            },
+            // Down: a failure restarts the count of successes.
+            State::Down { .. } => State::Down { successes: 0 },
+        };
+    }
+
+    /// Whether a reply frame says the server cannot serve (passive failure signals).
+    #[inline]
+    pub fn is_failure_reply(frame: &[u8]) -> bool {
+        frame.first() == Some(&b'-')
+            && (frame.starts_with(b"-LOADING")
+                || frame.starts_with(b"-MASTERDOWN")
+                || frame.starts_with(b"-READONLY"))
+    }
+}
+
+/// Probes `addr` every interval until `stop` is cancelled, feeding `health`.
+pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::CancellationToken) {
+    let options = health.options().clone();
+    let mut con: Option<redis::aio::MultiplexedConnection> = None;
+    let mut tick = tokio::time::interval(options.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = tokio::time::timeout(options.timeout, ping(&mut con, &addr, &options)).await;
+        match result {
+            Ok(Ok(())) => health.success(),
+            Ok(Err(e)) => {
+                con = None;
+                health.failure(&format!("health probe failed: {e}"));
+            }
+            Err(_) => {
+                con = None;
+                health.failure(&format!(
+                    "health probe timed out after {:?}",
+                    options.timeout
+                ));
+            }
+        }
+    }
+}
+
+async fn ping(
+    con: &mut Option<redis::aio::MultiplexedConnection>,
+    addr: &str,
+    options: &HealthOptions,
+) -> Result<(), String> {
+    if con.is_none() {
+        let client = redis::Client::open(format!("redis://{addr}/")).map_err(|e| e.to_string())?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout));
+        let c = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        *con = Some(c);
+    }
+    let Some(c) = con.as_mut() else {
+        return Err("no connection".into());
+    };
+    let pong: String = redis::cmd("PING")
+        .query_async(c)
+        .await
+        .map_err(|e| e.to_string())?;
+    if pong == "PONG" {
+        Ok(())
+    } else {
+        Err(format!("unexpected PING reply {pong:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn health(fall: u32, rise: u32) -> (Health, ServerMetrics) {
+        let m = Metrics::new().server("x");
+        let options = HealthOptions {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(100),
+            fall,
+            rise,
+        };
+        (Health::new(Arc::from("x"), options, m.clone()), m)
+    }
+
+    #[test]
+    fn fall_consecutive_failures_take_it_down() {
+        let (h, m) = health(3, 2);
+        h.failure("a");
+        h.failure("b");
+        h.success(); // the streak restarts
+        h.failure("c");
+        h.failure("d");
+        assert!(h.is_up());
+        h.failure("e");
+        assert!(!h.is_up());
+        assert_eq!(m.up.get(), 0);
+        assert_eq!(m.went_down.get(), 1);
+    }
+
+    #[test]
+    fn rise_consecutive_successes_bring_it_back() {
+        let (h, m) = health(1, 2);
+        h.failure("x");
+        assert!(!h.is_up());
+        h.success();
+        h.failure("again"); // the streak restarts
+        h.success();
+        assert!(!h.is_up());
+        h.success();
+        assert!(h.is_up());
+        assert_eq!(m.went_up.get(), 1);
+        assert_eq!(m.up.get(), 1);
+    }
+
+    #[test]
+    fn failure_replies_are_recognised() {
+        assert!(Health::is_failure_reply(b"-LOADING Redis is loading\r\n"));
+        assert!(Health::is_failure_reply(b"-MASTERDOWN Link down\r\n"));
+        assert!(Health::is_failure_reply(b"-READONLY You can't write\r\n"));
+        assert!(!Health::is_failure_reply(b"-ERR wrong\r\n"));
+        assert!(!Health::is_failure_reply(b"+OK\r\n"));
+    }
+}
