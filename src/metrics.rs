@@ -180,7 +180,7 @@ impl Metrics {
             "process",
         );
 
-        Metrics {
+        let metrics = Metrics {
             client_connections: gauge(&r, "keyway_client_connections", "Client connections open now."),
             client_accepted: counter(
                 &r,
@@ -254,7 +254,15 @@ impl Metrics {
                 "1 once Keyway is shutting down and draining its clients.",
             ),
             registry: r,
+        };
+        // Series that alerts take increase() of exist from the start, at zero.
+        for outcome in ["applied", "rejected"] {
+            metrics.config_reloads.with_label_values(&[outcome]);
         }
+        for reason in ["protocol_error", "output_limit", "idle_timeout", "drain"] {
+            metrics.client_disconnects.with_label_values(&[reason]);
+        }
+        metrics
     }
 
     /// The handles of a command-table entry (`None`: a name the table does not know).

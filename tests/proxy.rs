@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::Commands;
-use support::{config_toml, wait_until, Proxy, RawClient, RedisServer};
+use support::{config_toml, key_on, wait_until, Proxy, RawClient, RedisServer};
 
 fn three() -> (RedisServer, RedisServer, RedisServer) {
     (
@@ -244,18 +244,6 @@ fn full_scan_returns_every_key_exactly_once() {
         .query::<redis::Value>(&mut con)
         .unwrap_err();
     assert!(err.to_string().contains("invalid cursor"), "{err}");
-}
-
-/// A key that lands on server `index` (server names s0, s1, ... sort like their indexes).
-fn key_on(proxy: &Proxy, index: usize, prefix: &str) -> String {
-    let topo = proxy.shared.topology.load();
-    (0..100_000)
-        .map(|i| format!("{prefix}{i}"))
-        .find(|k| {
-            let slot = keyway::routing::key_slot(k.as_bytes(), topo.hash_tag);
-            usize::from(topo.table.primary(slot)) == index
-        })
-        .unwrap()
 }
 
 #[test]

@@ -452,3 +452,46 @@ impl Drop for ProxyProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A key whose slot's primary (first server of its ranking) is server `index` (servers named
+/// s0, s1, ... sort like their indexes).
+pub fn key_on(proxy: &Proxy, index: usize, prefix: &str) -> String {
+    keys_on(proxy, index, prefix, 1).remove(0)
+}
+
+/// `n` keys whose slot's primary is server `index`.
+pub fn keys_on(proxy: &Proxy, index: usize, prefix: &str, n: usize) -> Vec<String> {
+    let topo = proxy.shared.topology.load();
+    (0..1_000_000)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|k| {
+            let slot = keyway::routing::key_slot(k.as_bytes(), topo.hash_tag);
+            usize::from(topo.table.primary(slot)) == index
+        })
+        .take(n)
+        .collect()
+}
+
+/// The servers (indexes) holding `key`'s slot, primary first, per the topology.
+pub fn replica_set(proxy: &Proxy, key: &str) -> Vec<usize> {
+    let topo = proxy.shared.topology.load();
+    let slot = keyway::routing::key_slot(key.as_bytes(), topo.hash_tag);
+    topo.replica_set(slot)
+        .iter()
+        .map(|&i| usize::from(i))
+        .collect()
+}
+
+/// `INFO commandstats` calls of one command on a server (0 if never called).
+pub fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.client())
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
