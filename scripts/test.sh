@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 cargo test --locked --all-targets "$@"
+scripts/check-helm.sh
