@@ -6,6 +6,9 @@
 //! - `GET /readyz`: 200 when at least one server of the pool is reachable and Keyway is not
 //!   draining; 503 with the reason otherwise.
 //! - `GET /topology`: the topology in use, as JSON.
+//! - `PUT /topology`: replace the pool with a `[pool]` document (TOML, or JSON with
+//!   `Content-Type: application/json`); `?dry_run=true` answers what would change without
+//!   changing anything. 200 with the changes, 400 with the reason when refused.
 //! - anything else: 404.
 
 use std::convert::Infallible;
@@ -50,7 +53,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared)) }
+                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -73,7 +76,13 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-fn handle(req: Request<Incoming>, shared: &Shared) -> Reply {
+/// Largest `PUT /topology` body accepted.
+const MAX_BODY: usize = 1024 * 1024;
+
+async fn handle(req: Request<Incoming>, shared: &Shared) -> Reply {
+    if req.method() == Method::PUT && req.uri().path() == "/topology" {
+        return put_topology(req, shared).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
@@ -91,6 +100,57 @@ fn handle(req: Request<Incoming>, shared: &Shared) -> Reply {
             topology_json(shared).to_string(),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+async fn put_topology(req: Request<Incoming>, shared: &Shared) -> Reply {
+    use http_body_util::BodyExt;
+    let bad = |msg: String| {
+        reply(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            serde_json::json!({ "error": msg }).to_string(),
+        )
+    };
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let dry_run = query
+        .split('&')
+        .any(|kv| matches!(kv, "dry_run" | "dry_run=true" | "dry_run=1"));
+    let json = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return bad(format!(
+                "cannot read the body (at most {MAX_BODY} bytes): {e}"
+            ))
+        }
+    };
+    let pool = match crate::topology::reload::parse_pool(&body, json) {
+        Ok(p) => p,
+        Err(e) => {
+            shared
+                .metrics
+                .config_reloads
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::warn!(source = "admin", error = %e, "topology change refused; the running topology stays");
+            return bad(e.to_string());
+        }
+    };
+    match crate::topology::reload::apply(&shared.topology, pool, "admin", dry_run).await {
+        Ok(outcome) => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&outcome).unwrap_or_default(),
+        ),
+        Err(e) => bad(e.to_string()),
     }
 }
 
@@ -120,7 +180,7 @@ fn topology_json(shared: &Shared) -> serde_json::Value {
                 "addr": s.addr,
                 "weight": s.weight,
                 "connections": s.pool.open_connections(),
-                "reachable": s.pool.open_connections() > 0,
+                "up": s.pool.health().is_up(),
             })
         })
         .collect();
@@ -132,6 +192,16 @@ fn topology_json(shared: &Shared) -> serde_json::Value {
             "hash_tag": topo.config.hash_tag,
             "connections": topo.config.connections,
             "timeout": humantime::format_duration(topo.config.timeout).to_string(),
+            "read": topo.config.read,
+            "write": topo.config.write,
+            "warmup": humantime::format_duration(topo.config.warmup).to_string(),
+            "health": {
+                "interval": humantime::format_duration(topo.config.health.interval).to_string(),
+                "timeout": humantime::format_duration(topo.config.health.timeout).to_string(),
+                "fall": topo.config.health.fall,
+                "rise": topo.config.health.rise,
+                "failover": topo.config.health.failover,
+            },
         },
     })
 }

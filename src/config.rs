@@ -80,6 +80,10 @@ pub struct PoolConfig {
     /// Per-request deadline on a server; also the connect timeout.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// After a topology swap, for this long a GET that misses on a slot's new primary is tried
+    /// on its previous primary, and a hit is copied over with its TTL. `0s` disables.
+    #[serde(default, with = "humantime_serde")]
+    pub warmup: Duration,
     /// How a read picks one replica of its slot.
     #[serde(default)]
     pub read: ReadPolicy,

@@ -38,6 +38,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print how many slots move, and from which server to which, between two configs.
+    Plan {
+        /// The running configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The new configuration.
+        new: PathBuf,
+    },
     /// Print each key's slot and its servers in rendezvous order (replicas first).
     Route {
         #[arg(long, short)]
@@ -57,6 +65,22 @@ fn main() -> ExitCode {
             eprintln!("keyway: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rereads the config file on every SIGHUP.
+async fn reload_on_sighup(
+    topology: std::sync::Arc<keyway::topology::TopologyHandle>,
+    path: PathBuf,
+    running: Config,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = keyway::topology::reload::reload_file(&topology, &path, &running, "SIGHUP").await;
     }
 }
 
@@ -92,6 +116,29 @@ fn run(command: Command) -> anyhow::Result<()> {
                 config.display(),
                 c.pool.servers.len(),
                 c.pool.replicas
+            );
+            Ok(())
+        }
+        Command::Plan { config, new } => {
+            let old = Config::load(&config)?;
+            let next = Config::load(&new)?;
+            let changes = keyway::topology::reload::diff(&old.pool, &next.pool)?;
+            println!("{}", changes.summary());
+            let total = keyway::routing::SLOTS;
+            for m in &changes.moves {
+                println!(
+                    "{:>6} slots ({:5.2}%)  {} -> {}",
+                    m.slots,
+                    100.0 * m.slots as f64 / total as f64,
+                    m.from,
+                    m.to
+                );
+            }
+            println!(
+                "total: {} of {} slots move ({:.2}%)",
+                changes.slots_moved,
+                total,
+                100.0 * changes.slots_moved as f64 / total as f64
             );
             Ok(())
         }
@@ -140,6 +187,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                     servers = c.pool.servers.len(),
                     "keyway is serving"
                 );
+                // Hot reload: the config file (through its directory) and SIGHUP.
+                let _watcher = keyway::topology::reload::watch_file(
+                    running.shared.topology.clone(),
+                    config.clone(),
+                    c.clone(),
+                )
+                .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or PUT /topology"))
+                .ok();
+                tokio::spawn(reload_on_sighup(running.shared.topology.clone(), config.clone(), c.clone()));
                 let signal = shutdown_signal().await?;
                 tracing::info!(%signal, drain_timeout = ?c.drain_timeout, "draining");
                 running.shared.begin_drain();

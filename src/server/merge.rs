@@ -356,3 +356,59 @@ pub(crate) async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Byt
         detail.join("; ")
     ))
 }
+
+/// The body of a warm-up GET (see `Planner::warm_get`).
+pub(crate) async fn warm_get(
+    first: Pending,
+    topo: Arc<Topology>,
+    new: u16,
+    old: u16,
+    pick: usize,
+    key: Bytes,
+) -> Bytes {
+    let reply = resolve(first).await;
+    if reply.as_ref() != b"$-1\r\n" {
+        return reply;
+    }
+    let (Some(old_server), Some(new_server)) = (topo.server(old), topo.server(new)) else {
+        return reply;
+    };
+    let get = crate::protocol::Request::from_args(vec![Bytes::from_static(b"GET"), key.clone()]);
+    let pttl = crate::protocol::Request::from_args(vec![Bytes::from_static(b"PTTL"), key.clone()]);
+    let value_rx = old_server.pool.send(pick, get.frame().clone()).await;
+    let ttl_rx = old_server.pool.send(pick, pttl.frame().clone()).await;
+    let value = match value_rx.await {
+        Ok(Ok(v)) => v,
+        // The old owner cannot help: the miss stands.
+        _ => return reply,
+    };
+    let Ok(Value::Bulk(data)) = Value::parse(&value) else {
+        return reply;
+    };
+    let ttl = match ttl_rx.await {
+        Ok(Ok(t)) => match Value::parse(&t) {
+            Ok(Value::Integer(ms)) => ms,
+            _ => -1,
+        },
+        _ => -1,
+    };
+    if ttl == -2 {
+        // Expired between the two reads.
+        return reply;
+    }
+    // Copy with NX, so that a write that reached the new owner meanwhile wins.
+    let mut set = vec![Bytes::from_static(b"SET"), key, data];
+    if ttl > 0 {
+        set.push(Bytes::from_static(b"PX"));
+        set.push(Bytes::from(ttl.to_string()));
+    }
+    set.push(Bytes::from_static(b"NX"));
+    let _copy = new_server
+        .pool
+        .send(
+            pick,
+            crate::protocol::Request::from_args(set).frame().clone(),
+        )
+        .await;
+    value
+}

@@ -26,7 +26,7 @@ use crate::topology::{TopologyError, TopologyHandle};
 /// request. Nothing in here is locked on the request path.
 pub struct Shared {
     /// The current topology.
-    pub topology: TopologyHandle,
+    pub topology: Arc<TopologyHandle>,
     /// Every metric of this proxy.
     pub metrics: Arc<Metrics>,
     /// Limits applied to client input.
@@ -60,7 +60,7 @@ impl Shared {
             ..Limits::default()
         };
         Ok(Arc::new(Shared {
-            topology: TopologyHandle::new(&config.pool, metrics.clone())?,
+            topology: Arc::new(TopologyHandle::new(&config.pool, metrics.clone())?),
             metrics,
             limits,
             client_limits: config.limits.clone(),

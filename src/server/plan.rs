@@ -166,13 +166,37 @@ impl Planner {
                 }
                 let topo = self.topo.clone();
                 match topo.placement(slot) {
-                    Ok(placement) => self.route(placement, write, request.frame().clone()).await,
+                    Ok(placement) => {
+                        if let (Some(old), Placement::One(new), false) =
+                            (topo.warm_from(slot), placement, write)
+                        {
+                            if spec.name == "get" && old != new {
+                                return self.warm_get(new, old, request).await;
+                            }
+                        }
+                        self.route(placement, write, request.frame().clone()).await
+                    }
                     Err(e) => Pending::Ready(error_bytes(&e.to_string())),
                 }
             }
             // EVAL with numkeys 0 and the like: any server will do.
             None => self.any_server(request).await,
         }
+    }
+
+    /// GET during the warm-up after a swap: a miss on the slot's new primary is tried on its
+    /// previous one, and a hit is returned and copied to the new primary with its TTL.
+    async fn warm_get(&mut self, new: u16, old: u16, request: Request) -> Pending {
+        let first = self.send_to(new, request.frame().clone()).await;
+        let key = request.args().get(1).cloned().unwrap_or_default();
+        Pending::Merge(Box::pin(merge::warm_get(
+            first,
+            self.topo.clone(),
+            new,
+            old,
+            self.pick(),
+            key,
+        )))
     }
 
     /// Whether writes go to more than one server.

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+pub mod reload;
+
 use crate::backend::{Pool, PoolOptions};
 use crate::config::{Failover, PoolConfig, ReadPolicy, WriteMode};
 use crate::health::HealthOptions;
@@ -58,6 +60,11 @@ pub struct Topology {
     pub write: WriteMode,
     /// What a down server's slots do when `replicas = 1`.
     pub failover: Failover,
+    /// Warm-up after a swap: per slot, the server that was its primary before, when it moved
+    /// (`NO_SERVER` otherwise); `None` when warm-up is off.
+    warm_from: Option<Box<[u16]>>,
+    /// End of the warm-up period.
+    warm_until: tokio::time::Instant,
     /// The configuration this snapshot was built from (for `/topology` and INFO).
     pub config: PoolConfig,
 }
@@ -139,6 +146,18 @@ impl Topology {
         }
     }
 
+    /// During the warm-up period after a swap, the server that was `slot`'s primary before it
+    /// moved, where a read that misses may find the value.
+    pub fn warm_from(&self, slot: Slot) -> Option<u16> {
+        let from = self.warm_from.as_ref()?;
+        if tokio::time::Instant::now() >= self.warm_until {
+            return None;
+        }
+        from.get(usize::from(slot.0))
+            .copied()
+            .filter(|&i| i != NO_SERVER)
+    }
+
     /// The server whose copy of `slot` a whole-pool listing (KEYS, SCAN) reports: the first
     /// healthy member of its replica set, so that each key is listed once.
     pub fn owner(&self, slot: Slot) -> u16 {
@@ -161,12 +180,18 @@ pub enum TopologyError {
     Routing(#[from] crate::routing::RoutingError),
 }
 
+/// Pools are shared across snapshots when their server keeps its name, its address and the
+/// settings its connections were opened with.
+type PoolKey = (String, String, String);
+
 /// The current topology and the pools that outlive any one snapshot.
 pub struct TopologyHandle {
     current: ArcSwap<Topology>,
     metrics: Arc<Metrics>,
-    /// Pools by (name, address): reused by the next snapshot when both match.
-    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    /// Pools by (name, address, connection settings): reused by the next snapshot when all match.
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// One swap at a time, so that versions increase by exactly one.
+    swapping: tokio::sync::Mutex<()>,
 }
 
 impl TopologyHandle {
@@ -182,12 +207,13 @@ impl TopologyHandle {
         metrics: Arc<Metrics>,
     ) -> Result<TopologyHandle, TopologyError> {
         let pools = Mutex::new(HashMap::new());
-        let first = build(config, 1, &pools, &metrics)?;
+        let (first, _) = build(config, 1, None, &pools, &metrics)?;
         metrics.topology_version.set(1);
         Ok(TopologyHandle {
             current: ArcSwap::from_pointee(first),
             metrics,
             pools,
+            swapping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -201,16 +227,31 @@ impl TopologyHandle {
         self.current.load_full()
     }
 
-    /// Builds a snapshot from `config` with the next version and swaps it in. Pools of servers
-    /// that keep their name and address are reused; the others close once their last snapshot
-    /// is gone and their in-flight requests are answered.
+    /// Builds a snapshot from `config` with the next version and swaps it in.
+    ///
+    /// - The new snapshot is fully built (slot table included) before anything changes.
+    /// - Servers new to the pool are connected before the snapshot takes traffic (waiting at
+    ///   most the pool's `timeout`; a server that cannot be reached then is swapped in anyway
+    ///   and handled by health checks and failover like any down server).
+    /// - Pools of servers that keep their name, address and connection settings are reused;
+    ///   the others close once the last snapshot that uses them is gone and their in-flight
+    ///   requests are answered.
     ///
     /// # Errors
     ///
     /// [`TopologyError`] when the configuration is invalid; the current snapshot stays.
-    pub fn swap(&self, config: &PoolConfig) -> Result<Arc<Topology>, TopologyError> {
-        let version = self.current.load().version + 1;
-        let next = Arc::new(build(config, version, &self.pools, &self.metrics)?);
+    pub async fn swap(&self, config: &PoolConfig) -> Result<Arc<Topology>, TopologyError> {
+        let _one_at_a_time = self.swapping.lock().await;
+        let previous = self.load();
+        let version = previous.version + 1;
+        let (next, opened) = build(config, version, Some(&previous), &self.pools, &self.metrics)?;
+        let deadline = tokio::time::Instant::now() + config.timeout;
+        for pool in &opened {
+            while pool.open_connections() == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let next = Arc::new(next);
         self.current.store(next.clone());
         self.metrics
             .topology_version
@@ -219,13 +260,18 @@ impl TopologyHandle {
     }
 }
 
+/// Sentinel of [`Topology::warm_from`]: no previous owner to warm from.
+const NO_SERVER: u16 = u16::MAX;
+
 /// Builds a snapshot, reusing pools from `pools` and forgetting the ones it does not use.
+/// Returns the snapshot and the pools it opened.
 fn build(
     config: &PoolConfig,
     version: u64,
-    pools: &Mutex<HashMap<(String, String), Arc<Pool>>>,
+    previous: Option<&Topology>,
+    pools: &Mutex<HashMap<PoolKey, Arc<Pool>>>,
     metrics: &Metrics,
-) -> Result<Topology, TopologyError> {
+) -> Result<(Topology, Vec<Arc<Pool>>), TopologyError> {
     config.validate(None)?;
     let hash_tag =
         HashTag::parse(&config.hash_tag).map_err(|e| crate::config::ConfigError::Invalid {
@@ -243,25 +289,35 @@ fn build(
         fall: config.health.fall,
         rise: config.health.rise,
     };
+    let settings = format!("{options:?}/{health:?}");
     let mut specs: Vec<_> = config.servers.iter().collect();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let ranked: Vec<(&str, f64)> = specs.iter().map(|s| (s.name.as_str(), s.weight)).collect();
+    let table = SlotTable::build(&ranked, config.replicas + SPARE_RANKS)?;
 
     // A poisoned lock only means another builder panicked mid-way; the map is still usable.
     let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
     let mut kept = HashMap::with_capacity(specs.len());
+    let mut opened = Vec::new();
     let servers: Vec<Server> = specs
         .iter()
         .map(|s| {
-            let key = (s.name.clone(), s.addr.clone());
-            let pool = pools.get(&key).cloned().unwrap_or_else(|| {
-                Arc::new(Pool::spawn(
-                    &s.name,
-                    &s.addr,
-                    &options,
-                    health.clone(),
-                    metrics.server(&s.name),
-                ))
-            });
+            let key = (s.name.clone(), s.addr.clone(), settings.clone());
+            let pool = match pools.get(&key) {
+                Some(pool) => pool.clone(),
+                None => {
+                    let pool = Arc::new(Pool::spawn(
+                        &s.name,
+                        &s.addr,
+                        &options,
+                        health.clone(),
+                        metrics.server(&s.name),
+                    ));
+                    opened.push(pool.clone());
+                    pool
+                }
+            };
             kept.insert(key, pool.clone());
             Server {
                 name: s.name.clone(),
@@ -271,28 +327,50 @@ fn build(
             }
         })
         .collect();
-    for (name, _) in pools.keys() {
-        if !kept.keys().any(|(n, _)| n == name) {
+    for (name, _, _) in pools.keys() {
+        if !kept.keys().any(|(n, _, _)| n == name) {
             metrics.remove_server(name);
         }
     }
     *pools = kept;
+    drop(pools);
 
-    let ranked: Vec<(&str, f64)> = servers
-        .iter()
-        .map(|s| (s.name.as_str(), s.weight))
-        .collect();
-    let table = SlotTable::build(&ranked, config.replicas + SPARE_RANKS)?;
-    Ok(Topology {
-        version,
-        servers,
-        table,
-        replicas: config.replicas,
-        hash_tag,
-        timeout: config.timeout,
-        read: config.read,
-        write: config.write,
-        failover: config.health.failover,
-        config: config.clone(),
-    })
+    // Warm-up: for each slot whose primary changed, its previous primary (if still here).
+    let warm_from = match previous {
+        Some(old) if !config.warmup.is_zero() => {
+            let index_of = |name: &str| servers.iter().position(|s| s.name == name);
+            let mut from = vec![NO_SERVER; crate::routing::SLOTS].into_boxed_slice();
+            for slot in Slot::all() {
+                let old_name = old.server(old.table.primary(slot)).map(|s| s.name.as_str());
+                let new_primary = table.primary(slot);
+                if let Some(old_index) = old_name.and_then(index_of) {
+                    if old_index != usize::from(new_primary) {
+                        if let Some(f) = from.get_mut(usize::from(slot.0)) {
+                            *f = u16::try_from(old_index).unwrap_or(NO_SERVER);
+                        }
+                    }
+                }
+            }
+            Some(from)
+        }
+        _ => None,
+    };
+
+    Ok((
+        Topology {
+            version,
+            servers,
+            table,
+            replicas: config.replicas,
+            hash_tag,
+            timeout: config.timeout,
+            read: config.read,
+            write: config.write,
+            failover: config.health.failover,
+            warm_from,
+            warm_until: tokio::time::Instant::now() + config.warmup,
+            config: config.clone(),
+        },
+        opened,
+    ))
 }
