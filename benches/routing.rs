@@ -42,12 +42,13 @@ fn route(c: &mut Criterion) {
     let tag = Some(HashTag::REDIS);
     let mut group = c.benchmark_group("route_key");
     group.throughput(Throughput::Elements(keys.len() as u64));
-    for n in SERVER_COUNTS {
-        let names = server_names(n);
-        let Ok(table) = SlotTable::build(&servers(&names), DEPTH) else {
-            return;
-        };
-        group.bench_with_input(BenchmarkId::from_parameter(n), &table, |b, table| {
+    // Build every table before measuring any, so each measurement sees the same heap state.
+    let tables: Vec<(usize, SlotTable)> = SERVER_COUNTS
+        .iter()
+        .filter_map(|&n| Some((n, SlotTable::build(&servers(&server_names(n)), DEPTH).ok()?)))
+        .collect();
+    for (n, table) in &tables {
+        group.bench_with_input(BenchmarkId::from_parameter(n), table, |b, table| {
             b.iter(|| {
                 let mut acc = 0u32;
                 for key in &keys {

@@ -32,6 +32,9 @@ enum Command {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not watch the config file; reload only on SIGHUP or `PUT /topology`.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a configuration file and exit: 0 if valid, 1 with a message naming the problem.
     Check {
@@ -173,7 +176,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve { config } => {
+        Command::Serve { config, no_watch } => {
             let c = Config::load(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -188,13 +191,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                     "keyway is serving"
                 );
                 // Hot reload: the config file (through its directory) and SIGHUP.
-                let _watcher = keyway::topology::reload::watch_file(
-                    running.shared.topology.clone(),
-                    config.clone(),
-                    c.clone(),
-                )
-                .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or PUT /topology"))
-                .ok();
+                let _watcher = if no_watch {
+                    None
+                } else {
+                    keyway::topology::reload::watch_file(
+                        running.shared.topology.clone(),
+                        config.clone(),
+                        c.clone(),
+                    )
+                    .map_err(|e| tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or PUT /topology"))
+                    .ok()
+                };
                 tokio::spawn(reload_on_sighup(running.shared.topology.clone(), config.clone(), c.clone()));
                 let signal = shutdown_signal().await?;
                 tracing::info!(%signal, drain_timeout = ?c.drain_timeout, "draining");

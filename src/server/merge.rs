@@ -320,8 +320,9 @@ pub(crate) async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Byt
                 }
             }
         }
-        let done =
-            acked.len() >= need || failed.len() > total - need || slots.iter().all(Option::is_none);
+        // Done at success, or once every replica answered: a failed write waits for all of
+        // them, so that its error can say exactly how many took it.
+        let done = acked.len() >= need || slots.iter().all(Option::is_none);
         if done {
             std::task::Poll::Ready(())
         } else {

@@ -127,6 +127,7 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
     let mut closing: Option<Option<Disconnect>> = None;
     let mut draining = false;
     let idle = limits.idle_timeout;
+    let mut swaps = shared.topology.subscribe();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
 
@@ -236,6 +237,10 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
             }
             _ = shared.drain.cancelled(), if !draining => {
                 draining = true;
+            }
+            // A new topology: let go of the old one even while idle.
+            Ok(()) = swaps.changed() => {
+                planner.refresh();
             }
         }
         if !idle.is_zero() && !pending.is_empty() {

@@ -420,6 +420,37 @@ impl ProxyProcess {
         p
     }
 
+    /// Starts `keyway serve --config PATH` on a config file the test placed itself (its
+    /// `listen` and `admin` must be the given addresses).
+    pub fn start_path(
+        path: &std::path::Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        extra_args: &[&str],
+    ) -> ProxyProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = Command::new(env!("CARGO_BIN_EXE_keyway"))
+            .args(["serve", "--config", path.to_str().expect("utf-8 path")])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("spawn keyway");
+        let p = ProxyProcess {
+            child,
+            addr,
+            admin,
+            dir,
+        };
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(p.admin).is_ok() && http_get(p.admin, "/readyz").0 == 200
+        });
+        assert!(up, "keyway did not become ready: {}", p.log());
+        p
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
