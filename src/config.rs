@@ -93,6 +93,9 @@ pub struct PoolConfig {
     /// Health checks and failover.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Two-phase commit settings.
+    #[serde(default)]
+    pub two_phase: TwoPhaseConfig,
     /// The servers. Order does not matter: keys follow names, not positions.
     #[serde(default)]
     pub servers: Vec<ServerConfig>,
@@ -124,6 +127,45 @@ pub enum WriteMode {
     All,
     /// Every replica in parallel; success once a majority took it.
     Quorum,
+    /// Atomic: every replica takes the write or none does, also across servers (two-phase
+    /// commit; see `docs/two-phase.md`).
+    TwoPhase,
+}
+
+/// `[pool.two_phase]`: two-phase commit settings (used with `write = "two_phase"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TwoPhaseConfig {
+    /// A lock older than this belongs to a transaction presumed dead, and is resolved by the
+    /// next write that meets it or by the sweep. Default `5s`.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// How often each Keyway looks for stale transactions on every server. Default `1s`.
+    #[serde(default = "default_sweep_interval", with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Attempts of a write that meets locked keys before it answers `-TRYAGAIN`. Default 8.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+impl Default for TwoPhaseConfig {
+    fn default() -> Self {
+        TwoPhaseConfig {
+            lock_timeout: default_lock_timeout(),
+            sweep_interval: default_sweep_interval(),
+            retries: default_retries(),
+        }
+    }
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retries() -> u32 {
+    8
 }
 
 /// `pool.failover`: what happens to a down server's slots when `replicas = 1`.
@@ -417,6 +459,13 @@ impl PoolConfig {
                 "pool.health.interval".into(),
                 Some("interval".into()),
                 "health interval and timeout must be greater than zero".into(),
+            ));
+        }
+        if self.two_phase.lock_timeout.is_zero() || self.two_phase.sweep_interval.is_zero() {
+            return Err(invalid(
+                "pool.two_phase.lock_timeout".into(),
+                Some("lock_timeout".into()),
+                "lock_timeout and sweep_interval must be greater than zero".into(),
             ));
         }
         if self.health.fall == 0 || self.health.rise == 0 {

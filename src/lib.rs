@@ -15,6 +15,7 @@
 //! - [`topology`]: the immutable snapshot the request path reads, behind one `ArcSwap`.
 //! - [`health`]: the up/down state machine of each server, active probes.
 //! - [`backend`]: pipelined, multiplexed connections to each server, FIFO reply matching.
+//! - [`txn`]: two-phase commit on plain Redis servers, and its recovery.
 //! - [`server`]: the listener, the per-client session, the planner that splits and merges.
 //! - [`metrics`]: every metric, in Keyway's own registry.
 //! - [`admin`]: the admin HTTP server: metrics, health, readiness, topology.
@@ -30,3 +31,4 @@ pub mod protocol;
 pub mod routing;
 pub mod server;
 pub mod topology;
+pub mod txn;

@@ -83,6 +83,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `keyway_draining`: 1 once shutdown began.
     pub draining: IntGauge,
+    twophase_transactions: IntCounterVec,
+    twophase_prepares: IntCounterVec,
+    twophase_commits: IntCounterVec,
+    twophase_recoveries: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -253,8 +257,44 @@ impl Metrics {
                 "keyway_draining",
                 "1 once Keyway is shutting down and draining its clients.",
             ),
+            twophase_transactions: counter_vec(
+                &r,
+                "keyway_twophase_transactions_total",
+                "Two-phase writes by final outcome (committed, failed, conflict, unavailable).",
+                &["outcome"],
+            ),
+            twophase_prepares: counter_vec(
+                &r,
+                "keyway_twophase_prepares_total",
+                "Two-phase prepare rounds by vote (yes: every participant locked its keys; no).",
+                &["vote"],
+            ),
+            twophase_commits: counter_vec(
+                &r,
+                "keyway_twophase_commits_total",
+                "Commits attempted after a yes vote, by outcome (committed, failed).",
+                &["outcome"],
+            ),
+            twophase_recoveries: counter_vec(
+                &r,
+                "keyway_twophase_recoveries_total",
+                "Stale transactions resolved by recovery, by decision (commit, abort).",
+                &["decision"],
+            ),
             registry: r,
         };
+        for o in ["committed", "failed", "conflict", "unavailable"] {
+            metrics.twophase_transactions.with_label_values(&[o]);
+        }
+        for v in ["yes", "no"] {
+            metrics.twophase_prepares.with_label_values(&[v]);
+        }
+        for o in ["committed", "failed"] {
+            metrics.twophase_commits.with_label_values(&[o]);
+        }
+        for d in ["commit", "abort"] {
+            metrics.twophase_recoveries.with_label_values(&[d]);
+        }
         // Series that alerts take increase() of exist from the start, at zero.
         for outcome in ["applied", "rejected"] {
             metrics.config_reloads.with_label_values(&[outcome]);
@@ -299,6 +339,34 @@ impl Metrics {
             went_down: self.server_transitions.with_label_values(&[name, "down"]),
             went_up: self.server_transitions.with_label_values(&[name, "up"]),
         }
+    }
+
+    /// Counts a two-phase write's final outcome. Two-phase writes are rare next to requests;
+    /// a label lookup here is fine.
+    pub fn txn_outcome(&self, outcome: &str) {
+        self.twophase_transactions
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// Counts a prepare round: every participant voted yes, or not.
+    pub fn txn_prepare(&self, yes: bool) {
+        let vote = if yes { "yes" } else { "no" };
+        self.twophase_prepares.with_label_values(&[vote]).inc();
+    }
+
+    /// Counts a commit attempted after a yes vote.
+    pub fn txn_commit(&self, committed: bool) {
+        let outcome = if committed { "committed" } else { "failed" };
+        self.twophase_commits.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a transaction resolved by recovery.
+    pub fn txn_recovered(&self, commit: bool) {
+        let decision = if commit { "commit" } else { "abort" };
+        self.twophase_recoveries
+            .with_label_values(&[decision])
+            .inc();
     }
 
     /// Forgets the series of a server that left the topology.

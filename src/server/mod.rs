@@ -201,6 +201,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 source,
             })?;
     tokio::spawn(crate::admin::serve(admin, shared.clone()));
+    tokio::spawn(crate::txn::sweep(
+        shared.topology.clone(),
+        shared.drain.child_token(),
+    ));
     let task = tokio::spawn(serve(listener, shared.clone()));
     Ok(Running {
         addr,

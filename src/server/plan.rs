@@ -27,6 +27,7 @@ use crate::config::{ReadPolicy, WriteMode};
 use crate::protocol::Request;
 use crate::routing::{key_slot, Slot};
 use crate::topology::{Placement, Topology};
+use crate::txn;
 
 /// Keys in one SCAN cursor are `server cursor << SCAN_SHIFT | server index`.
 pub(crate) const SCAN_SHIFT: u32 = 10;
@@ -38,10 +39,29 @@ pub(crate) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the 
 const SPOP_FANOUT: &str = "ERR SPOP picks members at random, so replicas would pop different \
      members; keyway refuses it when writes go to several replicas (write = all or quorum)";
 
-/// Whether a command changes data (so it follows the write mode): the `write` flag, or
-/// `may_replicate` for scripts and functions (EVAL, FCALL), which may write.
+/// Why a write cannot be staged in a two-phase transaction, if it cannot.
+fn not_stageable(spec: &command::CommandSpec) -> Option<String> {
+    let why = if spec.flags.contains(command::Flags::NOSCRIPT) {
+        "it cannot run inside a script"
+    } else if spec.flags.contains(command::Flags::BLOCKING) {
+        "it blocks"
+    } else if matches!(spec.name, "spop" | "srandmember") {
+        "it picks members at random, so replicas would differ"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "ERR command '{}' is refused under write = two_phase: {why}",
+        spec.name
+    ))
+}
+
+/// Whether a command changes data (so it follows the write mode): the `write` flag, or a script
+/// or function call that may write (`EVAL`, `EVALSHA`, `FCALL`; their `_RO` forms only read).
 fn is_write(spec: &command::CommandSpec) -> bool {
-    spec.flags.contains(command::Flags::WRITE) || spec.flags.contains(command::Flags::MAY_REPLICATE)
+    spec.flags.contains(command::Flags::WRITE)
+        || spec.flags.contains(command::Flags::MAY_REPLICATE)
+        || matches!(spec.name, "eval" | "evalsha" | "fcall")
 }
 
 /// Per-session planning state: the snapshot in use and scratch space reused across requests.
@@ -161,6 +181,9 @@ impl Planner {
         match slot {
             Some(slot) => {
                 let write = is_write(spec);
+                if write && self.topo.write == WriteMode::TwoPhase {
+                    return self.two_phase_keyed(spec, &request, slot);
+                }
                 if write && spec.name == "spop" && self.fans_out() {
                     return Pending::Ready(error_bytes(SPOP_FANOUT));
                 }
@@ -182,6 +205,114 @@ impl Planner {
             // EVAL with numkeys 0 and the like: any server will do.
             None => self.any_server(request).await,
         }
+    }
+
+    /// A keyed write under `write = "two_phase"`: the whole command staged on every replica of
+    /// its slot.
+    fn two_phase_keyed(
+        &mut self,
+        spec: &'static command::CommandSpec,
+        request: &Request,
+        slot: Slot,
+    ) -> Pending {
+        if let Some(why) = not_stageable(spec) {
+            return Pending::Ready(error_bytes(&why));
+        }
+        let args = request.args();
+        let keys: Vec<Bytes> = self
+            .keys
+            .iter()
+            .filter_map(|&i| args.get(i).cloned())
+            .collect();
+        let readback: Vec<Bytes> = match (spec.name, args.get(1), args.get(2)) {
+            ("incr" | "incrby" | "decr" | "decrby", Some(key), _) => {
+                vec![Bytes::from_static(b"GET"), key.clone()]
+            }
+            ("hincrby", Some(key), Some(field)) => {
+                vec![Bytes::from_static(b"HGET"), key.clone(), field.clone()]
+            }
+            _ => Vec::new(),
+        };
+        let shape = if readback.is_empty() {
+            txn::ReplyShape::Single
+        } else {
+            txn::ReplyShape::Integer
+        };
+        let set = self.topo.replica_set(slot);
+        let primary = set.first().copied().unwrap_or(0);
+        let parts = set
+            .iter()
+            .map(|&server| {
+                let part = txn::Part {
+                    keys: keys.clone(),
+                    steps: vec![txn::Step {
+                        command: args.to_vec(),
+                        readback: readback.clone(),
+                        counts: server == primary,
+                    }],
+                };
+                (server, part)
+            })
+            .collect();
+        self.run_transaction(txn::Plan {
+            parts,
+            primary,
+            reply: shape,
+        })
+    }
+
+    /// MSET, DEL, UNLINK under `write = "two_phase"`: one transaction over the union of the
+    /// keys' replica sets, one staged step per key and replica.
+    fn two_phase_split(
+        &mut self,
+        spec: &'static command::CommandSpec,
+        request: &Request,
+        group: usize,
+    ) -> Pending {
+        let args = request.args();
+        let name = args.first().cloned().unwrap_or_default();
+        let (step_name, shape) = match spec.name {
+            "mset" => (Bytes::from_static(b"SET"), txn::ReplyShape::Ok),
+            _ => (name, txn::ReplyShape::Sum),
+        };
+        let mut parts: std::collections::BTreeMap<u16, txn::Part> = Default::default();
+        let mut primary = None;
+        for g in args.get(1..).unwrap_or_default().chunks(group) {
+            let Some(key) = g.first() else { continue };
+            let set = self.topo.replica_set(self.slot(key));
+            let key_primary = set.first().copied().unwrap_or(0);
+            primary.get_or_insert(key_primary);
+            for &server in set {
+                let part = parts.entry(server).or_default();
+                part.keys.push(key.clone());
+                let mut command = vec![step_name.clone()];
+                command.extend(g.iter().cloned());
+                part.steps.push(txn::Step {
+                    command,
+                    readback: Vec::new(),
+                    counts: server == key_primary,
+                });
+            }
+        }
+        let primary = primary.unwrap_or(0);
+        self.run_transaction(txn::Plan {
+            parts,
+            primary,
+            reply: shape,
+        })
+    }
+
+    fn run_transaction(&mut self, plan: txn::Plan) -> Pending {
+        let topo = self.topo.clone();
+        let pick = self.pick();
+        let shared = self.shared.clone();
+        let options = txn::TxOptions {
+            lock_timeout: topo.config.two_phase.lock_timeout,
+            retries: topo.config.two_phase.retries,
+        };
+        Pending::Merge(Box::pin(async move {
+            txn::execute(topo, pick, plan, &options, &shared.metrics).await
+        }))
     }
 
     /// GET during the warm-up after a swap: a miss on the slot's new primary is tried on its
@@ -214,7 +345,8 @@ impl Planner {
         if write {
             let targets: &[u16] = match topo.write {
                 WriteMode::Primary => set.get(..1).unwrap_or(set),
-                WriteMode::All | WriteMode::Quorum => set,
+                // Two-phase writes are planned before routing; this is never reached for them.
+                WriteMode::All | WriteMode::Quorum | WriteMode::TwoPhase => set,
             };
             if let [only] = targets {
                 return self.send_to(*only, frame).await;
@@ -311,6 +443,9 @@ impl Planner {
         }
         let n_keys = (args.len() - 1) / group;
         let write = is_write(spec);
+        if write && self.topo.write == WriteMode::TwoPhase {
+            return self.two_phase_split(spec, &request, group);
+        }
         let topo = self.topo.clone();
         // Placement of each key, in key order.
         let mut placements = Vec::with_capacity(n_keys);

@@ -37,6 +37,7 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -91,6 +92,7 @@ impl RedisServer {
             child: Some(child),
             port,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         let up = wait_until(Duration::from_secs(5), || {
             if let Some(c) = server.child.as_mut() {
@@ -151,6 +153,52 @@ impl RedisServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts a server that keeps its data across restarts (AOF, fsync always).
+    pub fn start_persistent() -> RedisServer {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    /// Starts the server again on its port, directory and arguments (after [`RedisServer::kill`]):
+    /// a persistent server comes back with its data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = self.dir.path().join("redis.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &self.port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--dir", self.dir.path().to_str().expect("utf-8")])
+                .args(["--logfile", log.to_str().expect("utf-8")])
+                .args(&self.extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            self.child = Some(child);
+            let addr = self.addr();
+            if wait_until(Duration::from_secs(5), || {
+                raw_command(addr, &["PING"]).is_ok_and(|r| r == b"+PONG\r\n")
+            }) {
+                return;
+            }
+            self.kill();
+            assert!(
+                Instant::now() < deadline,
+                "redis-server would not restart: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -308,6 +356,11 @@ impl Proxy {
         proxy
     }
 
+    /// Runs a future on Keyway's runtime (to call library functions in its context).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.as_ref().expect("runtime").block_on(f)
+    }
+
     /// A synchronous redis-rs connection through Keyway.
     pub fn client(&self) -> redis::Connection {
         redis::Client::open(format!("redis://{}/", self.addr))
@@ -384,6 +437,11 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `keyway serve` on a config whose `listen` and `admin` are replaced by free ports.
     pub fn start(toml: &str, extra_args: &[&str]) -> ProxyProcess {
+        Self::start_env(toml, extra_args, &[])
+    }
+
+    /// As [`ProxyProcess::start`], with extra environment variables (`KW_FAILPOINT`).
+    pub fn start_env(toml: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let admin_port = free_port();
@@ -402,6 +460,7 @@ impl ProxyProcess {
             .args(extra_args)
             .args(["serve", "--config", path.to_str().expect("utf-8 path")])
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))

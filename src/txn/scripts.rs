@@ -1,0 +1,142 @@
+//! The Lua scripts that make a prepare step out of plain Redis (see `txn/mod.rs`).
+//!
+//! Records on each participant server:
+//!
+//! - `__keyway:lock:<key>` = txid, for every key of the transaction on that server;
+//! - `__keyway:tx:<txid>`, a hash: `primary` (the primary participant's name), `created`
+//!   (server time, ms), `steps` (the staged commands, MessagePack), `locks` (the lock keys,
+//!   MessagePack);
+//! - `__keyway:txs`, the set of txids with an intent on that server (what the sweep reads);
+//! - on the primary participant only, `__keyway:decision:<txid>` = `commit` or `abort`, written
+//!   once (kept a day), in the same script as the commit there: that write is the commit point.
+//!
+//! Server time (`TIME`) stamps intents and judges their age, so proxies' clocks never matter.
+
+/// Milliseconds of server time, as a Lua expression.
+macro_rules! now_ms {
+    () => {
+        "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
+
+/// Applies staged steps and returns their results: `{ r1, r2, ... }`. A step is
+/// `{ command, readback }`; when `readback` is not empty its result replaces the command's
+/// (counters: Lua numbers are doubles, so INCR's own reply loses precision past 2^53, while the
+/// stored value read back as a string is exact).
+macro_rules! apply_steps {
+    () => {
+        "local out = {}\n\
+         for i, s in ipairs(steps) do\n\
+           local r = redis.pcall(unpack(s[1]))\n\
+           if #s[2] > 0 and not (type(r) == 'table' and r.err) then r = redis.pcall(unpack(s[2])) end\n\
+           if r == nil then r = false end\n\
+           out[i] = r\n\
+         end\n"
+    };
+}
+
+/// Prepare: `KEYS = [intent, index, lock...]`,
+/// `ARGV = [txid, primary, steps, locks]`. Votes `{1}` (yes: locks taken, intent stored) or
+/// `{0, holder_txid, holder_age_ms}` (no: a key is locked by another transaction).
+pub const PREPARE: &str = concat!(
+    now_ms!(),
+    "for i = 3, #KEYS do\n\
+       local h = redis.call('GET', KEYS[i])\n\
+       if h and h ~= ARGV[1] then\n\
+         local c = redis.call('HGET', '__keyway:tx:' .. h, 'created')\n\
+         local age = -1\n\
+         if c then age = now - tonumber(c) end\n\
+         return {0, h, age}\n\
+       end\n\
+     end\n\
+     for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[1]) end\n\
+     redis.call('HSET', KEYS[1], 'primary', ARGV[2], 'created', now, 'steps', ARGV[3], 'locks', ARGV[4])\n\
+     redis.call('SADD', KEYS[2], ARGV[1])\n\
+     return {1}\n"
+);
+
+/// Commit: `KEYS = [intent, index, decision]`, `ARGV = [txid, is_primary]`.
+/// On the primary participant it first records the decision `commit` (refusing with `{-1}` if
+/// `abort` was recorded). Then, if the intent is still here, it applies the steps, releases the
+/// locks that are still this transaction's, and drops the intent: `{1, results}`. `{0}` when
+/// there is nothing staged here (already applied or aborted).
+pub const COMMIT: &str = concat!(
+    "if ARGV[2] == '1' then\n\
+       local d = redis.call('GET', KEYS[3])\n\
+       if d == 'abort' then return {-1} end\n\
+       if not d then redis.call('SET', KEYS[3], 'commit', 'EX', 86400) end\n\
+     end\n\
+     local packed = redis.call('HGET', KEYS[1], 'steps')\n\
+     if not packed then return {0} end\n\
+     local steps = cmsgpack.unpack(packed)\n\
+     local locks = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'locks'))\n",
+    apply_steps!(),
+    "for _, l in ipairs(locks) do\n\
+       if redis.call('GET', l) == ARGV[1] then redis.call('DEL', l) end\n\
+     end\n\
+     redis.call('DEL', KEYS[1])\n\
+     redis.call('SREM', KEYS[2], ARGV[1])\n\
+     return {1, out}\n"
+);
+
+/// Abort: `KEYS = [intent, index, decision]`, `ARGV = [txid, is_primary]`.
+/// On the primary participant it records `abort` unless `commit` is recorded (then `{-1}`: too
+/// late, the transaction is committed). Releases this transaction's locks and drops its intent.
+pub const ABORT: &str = "if ARGV[2] == '1' then\n\
+       local d = redis.call('GET', KEYS[3])\n\
+       if d == 'commit' then return {-1} end\n\
+       if not d then redis.call('SET', KEYS[3], 'abort', 'EX', 86400) end\n\
+     end\n\
+     local locks = redis.call('HGET', KEYS[1], 'locks')\n\
+     if locks then\n\
+       for _, l in ipairs(cmsgpack.unpack(locks)) do\n\
+         if redis.call('GET', l) == ARGV[1] then redis.call('DEL', l) end\n\
+       end\n\
+     end\n\
+     redis.call('DEL', KEYS[1])\n\
+     redis.call('SREM', KEYS[2], ARGV[1])\n\
+     return {1}\n";
+
+/// Decide (recovery, on the primary participant): `KEYS = [decision]`. Returns the recorded
+/// decision, or records and returns `abort` when there is none: a transaction whose commit
+/// point was not reached is aborted, once and for all.
+pub const DECIDE: &str = "local d = redis.call('GET', KEYS[1])\n\
+     if d then return d end\n\
+     redis.call('SET', KEYS[1], 'abort', 'EX', 86400)\n\
+     return 'abort'\n";
+
+/// Sweep: `KEYS = [index]`, `ARGV = [lock_timeout_ms]`. Returns `{txid, primary, ...}` for
+/// every intent older than the timeout, and forgets index entries whose intent is gone.
+pub const SWEEP: &str = concat!(
+    now_ms!(),
+    "local out = {}\n\
+     for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n\
+       local rec = redis.call('HMGET', '__keyway:tx:' .. id, 'created', 'primary')\n\
+       if not rec[1] then\n\
+         redis.call('SREM', KEYS[1], id)\n\
+       elseif now - tonumber(rec[1]) > tonumber(ARGV[1]) then\n\
+         table.insert(out, id)\n\
+         table.insert(out, rec[2])\n\
+       end\n\
+     end\n\
+     return out\n"
+);
+
+/// One phase (a single participant, `replicas = 1`): `KEYS = [lock...]`, `ARGV = [steps]`.
+/// Applies the steps atomically unless a key is locked: `{1, results}` or
+/// `{0, holder_txid, holder_age_ms}`. Exactly as safe as two phases: one server, one script.
+pub const ONE_PHASE: &str = concat!(
+    now_ms!(),
+    "for i = 1, #KEYS do\n\
+       local h = redis.call('GET', KEYS[i])\n\
+       if h then\n\
+         local c = redis.call('HGET', '__keyway:tx:' .. h, 'created')\n\
+         local age = -1\n\
+         if c then age = now - tonumber(c) end\n\
+         return {0, h, age}\n\
+       end\n\
+     end\n\
+     local steps = cmsgpack.unpack(ARGV[1])\n",
+    apply_steps!(),
+    "return {1, out}\n"
+);
