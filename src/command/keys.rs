@@ -10,6 +10,9 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
+// Integers as redis-server's `string2ll` accepts them (no `+`, no spaces, no leading zeros).
+use crate::protocol::parse_i64;
+
 pub(super) use super::KeySpec::{GeoStore, Sort, Streams};
 use super::{CommandError, CommandSpec, KeySpec};
 
@@ -190,7 +193,7 @@ fn count_numkeys(
         _ => NumKeysStyle::SortedSets,
     };
     let invalid = |message: &'static str| invalid(Cow::Borrowed(message));
-    let raw = args.get(numkeys_at).map(|b| parse_int(b));
+    let raw = args.get(numkeys_at).map(|b| parse_i64(b));
     let n = match (raw.flatten(), &style) {
         (None, NumKeysStyle::Script | NumKeysStyle::SortedSets) => {
             return Err(invalid(NOT_AN_INTEGER))
@@ -271,53 +274,4 @@ fn invalid(message: Cow<'static, str>) -> CommandError {
 /// Case-insensitive comparison with a lowercase keyword.
 fn is(arg: &[u8], keyword: &str) -> bool {
     arg.eq_ignore_ascii_case(keyword.as_bytes())
-}
-
-/// An integer exactly as redis-server's `string2ll` accepts it: an optional `-`, no `+`, no
-/// spaces, no leading zeros (`0` alone is fine, `-0` is not), within `i64`.
-fn parse_int(b: &[u8]) -> Option<i64> {
-    let (negative, digits) = match b.split_first()? {
-        (b'-', rest) => (true, rest),
-        _ => (false, b),
-    };
-    match digits.split_first()? {
-        (b'0', rest) if rest.is_empty() && !negative => return Some(0),
-        (b'1'..=b'9', _) if digits.len() <= 19 => {}
-        _ => return None,
-    }
-    let mut value: i128 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        value = value * 10 + i128::from(d - b'0');
-    }
-    i64::try_from(if negative { -value } else { value }).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_int;
-
-    #[test]
-    fn integers_parse_like_string2ll() {
-        assert_eq!(parse_int(b"0"), Some(0));
-        assert_eq!(parse_int(b"12"), Some(12));
-        assert_eq!(parse_int(b"-3"), Some(-3));
-        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
-        for bad in [
-            &b""[..],
-            b"-",
-            b"-0",
-            b"01",
-            b"+1",
-            b" 1",
-            b"1 ",
-            b"1a",
-            b"9223372036854775808",
-        ] {
-            assert_eq!(parse_int(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
 }

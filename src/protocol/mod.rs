@@ -38,6 +38,8 @@ mod decode;
 mod encode;
 mod inline;
 mod number;
+
+pub(crate) use number::parse_i64;
 mod reply;
 mod value;
 
