@@ -5,6 +5,8 @@
 //!   `dashboards/alerts.test.yaml` is exported by a running Keyway (histogram series through
 //!   their `_bucket`/`_sum`/`_count` suffixes), and every metric Keyway exports is documented in
 //!   `docs/metrics.md`;
+//! - the labelled series that alerts take `increase()` or ratios of exist at 0 on a fresh
+//!   Keyway, and `keyway_server_up` reads 1 for a healthy server;
 //! - `promtool check rules` accepts the alerts and `promtool test rules` passes their unit tests;
 //! - every dashboard query parses (`promtool check rules` on one recording rule per query, with
 //!   Grafana's variables substituted) and filters on the `job` and `instance` variables.
@@ -454,21 +456,55 @@ fn scrape_with_traffic() -> String {
         .arg("1")
         .query::<redis::Value>(&mut con)
         .unwrap_err();
-    // A protocol error: Keyway answers and closes (a `reason` series of the disconnects).
+    // A protocol error: Keyway answers and closes.
     let mut raw = RawClient::connect(proxy.addr);
     raw.send(b"*1\r\n$x\r\n");
     let _ = raw.read_to_close();
-    // Hot reload is not wired yet, and a labelled counter has no series before its first
-    // increment: create the reload outcomes at 0 through Keyway's own handle, as Keyway should
-    // do itself at start (docs/metrics.md). A no-op once it does.
-    for outcome in ["applied", "rejected"] {
-        let _ = proxy
-            .shared
-            .metrics
-            .config_reloads
-            .with_label_values(&[outcome]);
-    }
     proxy.metrics()
+}
+
+/// The labelled series that alerts take `increase()` or ratios of exist from the start, at 0
+/// (docs/metrics.md), so that the first increment after a restart is seen.
+const SERIES_AT_START: &[&str] = &[
+    r#"keyway_config_reloads_total{outcome="applied"}"#,
+    r#"keyway_config_reloads_total{outcome="rejected"}"#,
+    r#"keyway_client_disconnects_total{reason="drain"}"#,
+    r#"keyway_client_disconnects_total{reason="idle_timeout"}"#,
+    r#"keyway_client_disconnects_total{reason="output_limit"}"#,
+    r#"keyway_client_disconnects_total{reason="protocol_error"}"#,
+    r#"keyway_twophase_transactions_total{outcome="committed"}"#,
+    r#"keyway_twophase_transactions_total{outcome="conflict"}"#,
+    r#"keyway_twophase_transactions_total{outcome="failed"}"#,
+    r#"keyway_twophase_transactions_total{outcome="unavailable"}"#,
+    r#"keyway_twophase_prepares_total{vote="no"}"#,
+    r#"keyway_twophase_prepares_total{vote="yes"}"#,
+    r#"keyway_twophase_commits_total{outcome="committed"}"#,
+    r#"keyway_twophase_commits_total{outcome="failed"}"#,
+    r#"keyway_twophase_recoveries_total{decision="abort"}"#,
+    r#"keyway_twophase_recoveries_total{decision="commit"}"#,
+];
+
+#[test]
+fn series_used_by_increase_and_ratios_exist_at_start() {
+    let a = RedisServer::start();
+    let proxy = Proxy::start(&[&a]);
+    let scrape = proxy.metrics();
+    let missing: Vec<&str> = SERIES_AT_START
+        .iter()
+        .copied()
+        .filter(|s| !scrape.lines().any(|l| l == format!("{s} 0")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not at 0 on a fresh Keyway: {missing:?}\n{scrape}"
+    );
+    // A healthy server reads up from the start (KeywayServerDown relies on it).
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("keyway_server_up{") && l.ends_with(" 1")),
+        "keyway_server_up is not 1 for a healthy server:\n{scrape}"
+    );
 }
 
 #[test]
@@ -476,9 +512,17 @@ fn every_metric_used_by_the_dashboard_and_alerts_is_exported_and_documented() {
     let scrape = scrape_with_traffic();
     let families = families(&scrape);
     assert!(
-        families.contains_key("keyway_requests_total")
-            && families.contains_key("keyway_client_disconnects_total")
-            && families.contains_key("keyway_config_reloads_total"),
+        [
+            "keyway_requests_total",
+            "keyway_client_disconnects_total",
+            "keyway_config_reloads_total",
+            "keyway_twophase_transactions_total",
+            "keyway_twophase_prepares_total",
+            "keyway_twophase_commits_total",
+            "keyway_twophase_recoveries_total",
+        ]
+        .iter()
+        .all(|f| families.contains_key(*f)),
         "traffic did not create the labelled series: {scrape}"
     );
 
