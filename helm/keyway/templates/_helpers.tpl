@@ -156,7 +156,7 @@ drain_timeout = {{ include "keyway.tomlScalar" $c.drain_timeout }}
 {{- end }}
 
 [pool]
-{{- range $k := list "replicas" "hash_tag" "connections" "timeout" "read" "write" }}
+{{- range $k := list "replicas" "hash_tag" "connections" "timeout" "read" "write" "warmup" }}
 {{- $x := index $pool $k }}
 {{- if not (kindIs "invalid" $x) }}
 {{ $k }} = {{ include "keyway.tomlScalar" $x }}
@@ -165,6 +165,15 @@ drain_timeout = {{ include "keyway.tomlScalar" $c.drain_timeout }}
 {{- with $pool.health }}
 
 [pool.health]
+{{- range $k, $x := . }}
+{{- if not (kindIs "invalid" $x) }}
+{{ $k }} = {{ include "keyway.tomlScalar" $x }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $pool.two_phase }}
+
+[pool.two_phase]
 {{- range $k, $x := . }}
 {{- if not (kindIs "invalid" $x) }}
 {{ $k }} = {{ include "keyway.tomlScalar" $x }}
