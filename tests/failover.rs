@@ -65,9 +65,7 @@ fn probes_and_traffic_drive_the_up_down_state_machine() {
 }
 
 #[test]
-fn loading_replies_count_as_failures() {
-    // A server that answers -LOADING (as one loading its dataset does) is taken out by what
-    // live traffic sees, even before its next probe.
+fn masterdown_replies_count_as_failures_but_script_errors_do_not() {
     let a = RedisServer::start();
     let b = RedisServer::start();
     let proxy = Proxy::start_toml(&config_toml(
@@ -75,15 +73,36 @@ fn loading_replies_count_as_failures() {
         "[pool.health]\ninterval = \"10s\"\nfall = 3",
     ));
     let mut con = proxy.client();
-    let key = key_on(&proxy, 0, "ld");
-    // DEBUG is refused through Keyway; make the server itself misbehave with a script that
-    // returns a LOADING error, as a loading server would.
-    for _ in 0..3 {
+    let key = key_on(&proxy, 0, "md");
+    // A client cannot take a server down by making a script return a failure text.
+    for _ in 0..5 {
         let _ = redis::cmd("EVAL")
-            .arg("return redis.error_reply('LOADING Redis is loading the dataset in memory')")
+            .arg("return redis.error_reply('LOADING fake')")
             .arg(1)
             .arg(&key)
             .query::<redis::Value>(&mut con);
+    }
+    assert_eq!(up(&proxy, "s0"), 1.0);
+    // A real MASTERDOWN: s0 becomes a replica of a master that does not exist, and refuses to
+    // serve stale data. Live traffic sees it before the next probe.
+    let mut direct = a.client();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-serve-stale-data")
+        .arg("no")
+        .query(&mut direct)
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(support::free_port())
+        .query(&mut direct)
+        .unwrap();
+    for _ in 0..3 {
+        let err = con.get::<_, Option<String>>(&key).unwrap_err();
+        assert!(
+            err.to_string().to_uppercase().contains("MASTERDOWN"),
+            "{err}"
+        );
     }
     assert!(wait_until(Duration::from_secs(2), || up(&proxy, "s0") == 0.0));
 }

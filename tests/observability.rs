@@ -389,6 +389,46 @@ fn a_client_that_never_reads_is_cut_off_at_the_output_limit() {
 }
 
 #[test]
+fn clients_that_read_get_replies_bigger_than_the_output_limit() {
+    let a = RedisServer::start();
+    let toml =
+        config_toml(&[&a], "").replace("[pool]", "[limits]\nmax_client_output = 4194304\n[pool]");
+    let proxy = Proxy::start_toml(&toml);
+    let mut con = proxy.client();
+    // One reply larger than the limit goes out when nothing else waits.
+    let big = "y".repeat(6 * 1024 * 1024);
+    let _: () = con.set("huge", &big).unwrap();
+    let v: String = con.get("huge").unwrap();
+    assert_eq!(v.len(), big.len());
+    assert_eq!(
+        metric(
+            &proxy.metrics(),
+            "keyway_client_disconnects_total{reason=\"output_limit\"}"
+        ),
+        0.0
+    );
+    // With the default limit (64 MiB), a client that reads its replies gets a 40 MiB pipeline
+    // whole, however fast the replies come: the limit bounds what waits for the client (as
+    // redis-server's client-output-buffer-limit does), never a reader below it.
+    let proxy = Proxy::start(&[&a]);
+    let mut con = proxy.client();
+    let _: () = con.set("m", "z".repeat(1024 * 1024)).unwrap();
+    let mut pipe = redis::pipe();
+    for _ in 0..40 {
+        pipe.cmd("GET").arg("m");
+    }
+    let got: Vec<String> = pipe.query(&mut con).unwrap();
+    assert_eq!(got.len(), 40);
+    assert_eq!(
+        metric(
+            &proxy.metrics(),
+            "keyway_client_disconnects_total{reason=\"output_limit\"}"
+        ),
+        0.0
+    );
+}
+
+#[test]
 fn idle_clients_are_closed_after_the_idle_timeout() {
     let a = RedisServer::start();
     let toml =

@@ -79,9 +79,11 @@ fn writes_land_on_every_replica_exactly() {
         .unwrap();
     let err = con.incr::<_, _, i64>("list", 1).unwrap_err();
     assert!(err.to_string().contains("WRONGTYPE"), "{err}");
-    // Nothing is left locked.
+    // Nothing is left locked, and no decision outlives a transaction every replica took.
     for s in &servers {
         assert!(leftovers(s).is_empty(), "{:?}", leftovers(s));
+        let decisions: Vec<String> = s.client().keys("__keyway:decision:*").unwrap();
+        assert!(decisions.is_empty(), "{decisions:?}");
     }
     let m = proxy.metrics();
     assert!(
@@ -92,6 +94,71 @@ fn writes_land_on_every_replica_exactly() {
         "{m}"
     );
     assert!(metric(&m, "keyway_twophase_prepares_total{vote=\"yes\"}") >= 6.0);
+}
+
+#[test]
+fn a_pipeline_sees_its_own_two_phase_writes_in_order() {
+    let servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(&refs, &two_phase("")));
+    let mut con = proxy.client();
+    let _: () = con.set("k", "old").unwrap();
+    let (a, b, c, d): (String, String, i64, String) = redis::pipe()
+        .cmd("SET")
+        .arg("k")
+        .arg("new")
+        .cmd("GET")
+        .arg("k")
+        .cmd("INCR")
+        .arg("n")
+        .cmd("GET")
+        .arg("n")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(
+        (a.as_str(), b.as_str(), c, d.as_str()),
+        ("OK", "new", 1, "1")
+    );
+    let got: Vec<Option<String>> = redis::pipe()
+        .cmd("MSET")
+        .arg("x1")
+        .arg("1")
+        .arg("x2")
+        .arg("2")
+        .arg("x3")
+        .arg("3")
+        .cmd("MGET")
+        .arg("x1")
+        .arg("x2")
+        .arg("x3")
+        .query::<(String, Vec<Option<String>>)>(&mut con)
+        .unwrap()
+        .1;
+    assert_eq!(
+        got,
+        vec![Some("1".into()), Some("2".into()), Some("3".into())]
+    );
+    // Keyway's own keys never show in listings.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    assert!(keys.iter().all(|k| !k.starts_with("__keyway")), "{keys:?}");
+    // A command too long to stage is refused, not left half-done.
+    let mut push = redis::cmd("RPUSH");
+    push.arg("biglist");
+    for i in 0..9000 {
+        push.arg(i);
+    }
+    let err = push.query::<i64>(&mut con).unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
+    let n: i64 = redis::cmd("RPUSH")
+        .arg("biglist")
+        .arg("y")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 1);
 }
 
 #[test]

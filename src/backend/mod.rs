@@ -216,6 +216,9 @@ impl Pool {
 struct InFlight {
     reply: oneshot::Sender<Reply>,
     sent: Instant,
+    /// Whether an error reply to this request may say something about the server's health:
+    /// not for scripts, whose error text a client chooses (`redis.error_reply('LOADING')`).
+    signals: bool,
 }
 
 /// Runs one connection for its whole life: connect, serve, back off, repeat. It ends when the
@@ -244,6 +247,8 @@ async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("connect timed out after {:?}", shared.timeout),
             };
+        // Passive health: a failed connect, a reset or a timed-out request is one failure.
+        shared.health.failure(&reason);
         tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?backoff, "server connection failed");
         // Backoff: fail whatever arrives until it is time to dial again.
         let until = Instant::now() + backoff;
@@ -329,7 +334,7 @@ async fn serve(
                                     *backoff = BACKOFF_MIN;
                                     m.in_flight.dec();
                                     m.latency.observe(f.sent.elapsed().as_secs_f64());
-                                    if Health::is_failure_reply(&frame) {
+                                    if f.signals && Health::is_failure_reply(&frame) {
                                         shared.health.failure("server answered that it cannot serve");
                                     }
                                     let _ = f.reply.send(Ok(frame));
@@ -371,7 +376,12 @@ async fn serve(
                 m.in_flight.add(n as i64);
                 for job in batch.drain(..) {
                     outbuf.extend_from_slice(&job.frame);
-                    in_flight.push_back(InFlight { reply: job.reply, sent });
+                    let signals = !is_script(&job.frame);
+                    in_flight.push_back(InFlight {
+                        reply: job.reply,
+                        sent,
+                        signals,
+                    });
                 }
                 // One write per batch, bounded by the oldest job's deadline so that a server
                 // that stopped reading cannot hold this task.
@@ -399,6 +409,24 @@ async fn serve(
             }
         }
     }
+}
+
+/// Whether a request frame calls a script or function (`EVAL*`, `FCALL*`): looks at the first
+/// argument only (`*N\r\n$len\r\nNAME`), without parsing the frame.
+fn is_script(frame: &[u8]) -> bool {
+    let Some(start) = frame.iter().position(|&b| b == b'$') else {
+        return false;
+    };
+    let rest = frame.get(start..).unwrap_or_default();
+    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let name = rest.get(nl + 1..).unwrap_or_default();
+    let starts = |word: &[u8]| {
+        name.get(..word.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(word))
+    };
+    starts(b"EVAL") || starts(b"FCALL")
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -91,6 +91,14 @@ pub(crate) async fn all(how: Merge, replies: Vec<Pending>, topo: Arc<Topology>) 
         Ok(values) => values,
         Err(e) => return e,
     };
+    if how == Merge::Concat {
+        // Keyway's own bookkeeping (two-phase locks and intents) is not the client's data.
+        for v in values.iter_mut() {
+            if let Value::Array(keys) = v {
+                keys.retain(|k| !is_internal(k));
+            }
+        }
+    }
     if topo.replicas > 1 {
         match how {
             Merge::Concat => {
@@ -113,6 +121,11 @@ pub(crate) async fn all(how: Merge, replies: Vec<Pending>, topo: Arc<Topology>) 
         }
     }
     combine(how, values)
+}
+
+/// Whether a listed key is Keyway's own (`__keyway:*`: two-phase locks, intents, decisions).
+fn is_internal(k: &Value) -> bool {
+    matches!(k, Value::Bulk(key) if key.starts_with(b"__keyway:"))
 }
 
 /// Whether server `index` is the one that lists key `k` (see [`Topology::owner`]).
@@ -239,8 +252,9 @@ pub(crate) async fn scan(reply: Pending, index: usize, topo: Arc<Topology>) -> B
     let (Some(mut keys), Some(Value::Bulk(cursor))) = (parts.pop(), parts.pop()) else {
         return error_bytes("keyway: unexpected SCAN reply from server");
     };
-    if topo.replicas > 1 {
-        if let Value::Array(ks) = &mut keys {
+    if let Value::Array(ks) = &mut keys {
+        ks.retain(|k| !is_internal(k));
+        if topo.replicas > 1 {
             ks.retain(|k| owned_here(&topo, k, index));
         }
     }

@@ -39,6 +39,10 @@ pub(crate) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the 
 const SPOP_FANOUT: &str = "ERR SPOP picks members at random, so replicas would pop different \
      members; keyway refuses it when writes go to several replicas (write = all or quorum)";
 
+/// Most arguments of one staged command: scripts apply it with Lua's `unpack`, which fails past
+/// about 8000 values (an error no `pcall` can catch).
+const MAX_STAGED_ARGS: usize = 7000;
+
 /// Why a write cannot be staged in a two-phase transaction, if it cannot.
 fn not_stageable(spec: &command::CommandSpec) -> Option<String> {
     let why = if spec.flags.contains(command::Flags::NOSCRIPT) {
@@ -168,6 +172,16 @@ impl Planner {
             return Pending::Ready(error_bytes(&e.to_string()));
         }
         let args = request.args();
+        if matches!(spec.name, "xread" | "xreadgroup")
+            && args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+        {
+            // A blocking read would hold a pipelined connection that other clients share.
+            let msg = format!(
+                "ERR command '{}' with BLOCK is not supported by keyway: blocking commands would stall the server connections other clients share",
+                spec.name
+            );
+            return Pending::Ready(error_bytes(&msg));
+        }
         let mut slot = None;
         for &i in &self.keys {
             let Some(key) = args.get(i) else { continue };
@@ -219,6 +233,13 @@ impl Planner {
             return Pending::Ready(error_bytes(&why));
         }
         let args = request.args();
+        if args.len() > MAX_STAGED_ARGS {
+            return Pending::Ready(error_bytes(&format!(
+                "ERR command '{}' with {} arguments is refused under write = two_phase: a staged command may have at most {MAX_STAGED_ARGS} (split it)",
+                spec.name,
+                args.len()
+            )));
+        }
         let keys: Vec<Bytes> = self
             .keys
             .iter()
@@ -310,7 +331,9 @@ impl Planner {
             lock_timeout: topo.config.two_phase.lock_timeout,
             retries: topo.config.two_phase.retries,
         };
-        Pending::Merge(Box::pin(async move {
+        // A task of its own: it starts now, and it finishes even if the client goes away (an
+        // abandoned transaction would hold its locks until recovery).
+        Pending::Task(tokio::spawn(async move {
             txn::execute(topo, pick, plan, &options, &shared.metrics).await
         }))
     }

@@ -40,6 +40,10 @@ pub(crate) enum Pending {
     Forward(oneshot::Receiver<Reply>),
     /// Replies of several servers, merged (MGET across servers, DBSIZE, SCAN, ...).
     Merge(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    /// A two-phase transaction, running as a task of its own from the moment it is dispatched,
+    /// so that it finishes even if the client goes away. The session dispatches nothing after
+    /// it until it is answered: a client's later commands must not overtake its write.
+    Task(tokio::task::JoinHandle<Bytes>),
 }
 
 impl Pending {
@@ -48,6 +52,11 @@ impl Pending {
             Pending::Ready(b) => Poll::Ready(std::mem::take(b)),
             Pending::Forward(rx) => Pin::new(rx).poll(cx).map(reply_bytes),
             Pending::Merge(f) => f.as_mut().poll(cx),
+            Pending::Task(t) => Pin::new(t).poll(cx).map(|r| {
+                r.unwrap_or_else(|_| {
+                    error_bytes("keyway: the transaction task ended without a reply")
+                })
+            }),
         }
     }
 }
@@ -82,6 +91,8 @@ pub(crate) struct Entry {
     /// See [`crate::metrics::Metrics::command_index`].
     command: u16,
     started: Instant,
+    /// Nothing is dispatched after this entry until it is answered (see [`Pending::Task`]).
+    barrier: bool,
 }
 
 /// Why a session ended on Keyway's initiative (a metric label).
@@ -106,9 +117,10 @@ impl Disconnect {
 
 /// Serves one client until it quits, disconnects, breaks the protocol, or Keyway drains.
 ///
-/// The loop, in order of preference: collect replies that are ready (in request order), write
-/// what was collected, read more requests. Reading stops while `max_pipeline` replies are
-/// pending; a client whose unread replies pass `max_client_output` bytes is disconnected.
+/// The loop, in order of preference: write what the client's socket takes, collect replies
+/// that are ready (in request order), read more requests. Reading stops while `max_pipeline`
+/// replies are pending; a client whose untaken replies would pass `max_client_output` bytes is
+/// disconnected.
 ///
 /// # Errors
 ///
@@ -122,6 +134,8 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
     let mut inbuf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut pending: VecDeque<Entry> = VecDeque::new();
+    // Pending entries that hold back dispatch (two-phase transactions).
+    let mut barriers = 0usize;
     // Set once the client sent EOF, QUIT or a malformed frame, or Keyway drains: answer what
     // is pending, then close.
     let mut closing: Option<Option<Disconnect>> = None;
@@ -133,16 +147,19 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
 
     loop {
         // Dispatch every whole frame already buffered, up to the pipeline limit.
-        while closing.is_none() && pending.len() < limits.max_pipeline {
+        while closing.is_none() && pending.len() < limits.max_pipeline && barriers == 0 {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(request)) => {
                     let started = Instant::now();
                     let (reply, spec, quit) = planner.dispatch(request).await;
                     let command = metrics.command_index(spec);
+                    let barrier = matches!(reply, Pending::Task(_));
+                    barriers += usize::from(barrier);
                     pending.push_back(Entry {
                         reply,
                         command,
                         started,
+                        barrier,
                     });
                     if quit {
                         closing = Some(None);
@@ -156,6 +173,7 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
                         reply: Pending::Ready(error_bytes(&msg)),
                         command: metrics.command_index(None),
                         started: Instant::now(),
+                        barrier: false,
                     });
                     closing = Some(Some(Disconnect::ProtocolError));
                 }
@@ -177,28 +195,13 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
                 return Ok(());
             }
         }
-        if out.len() > limits.max_client_output {
-            tracing::info!(
-                client = id,
-                bytes = out.len(),
-                "client does not read its replies; disconnecting at the output limit"
-            );
-            metrics
-                .client_disconnects
-                .with_label_values(&[Disconnect::OutputLimit.label()])
-                .inc();
-            return Ok(());
-        }
         let can_read = closing.is_none() && pending.len() < limits.max_pipeline;
         let idle_armed =
             !idle.is_zero() && closing.is_none() && pending.is_empty() && out.is_empty();
         tokio::select! {
             biased;
-            first = poll_fn(|cx| front(&mut pending, cx)), if !pending.is_empty() => {
-                account(&metrics, &first);
-                out.extend_from_slice(&first.1);
-                drain_ready(&mut pending, &mut out, &metrics);
-            }
+            // Writing comes first: `out` holds only what the client's socket did not take yet,
+            // which is what the output limit bounds.
             written = wr.write(&out), if !out.is_empty() => {
                 let n = written?;
                 if n == 0 {
@@ -210,6 +213,21 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
                     if inbuf.is_empty() {
                         release(&mut inbuf);
                     }
+                }
+            }
+            first = poll_fn(|cx| front(&mut pending, cx)), if !pending.is_empty() => {
+                let within = collect(first, &mut pending, &mut out, &metrics, &mut barriers, limits.max_client_output);
+                if !within {
+                    tracing::info!(
+                        client = id,
+                        bytes = out.len(),
+                        "client does not read its replies; disconnecting at the output limit"
+                    );
+                    metrics
+                        .client_disconnects
+                        .with_label_values(&[Disconnect::OutputLimit.label()])
+                        .inc();
+                    return Ok(());
                 }
             }
             ready = rd.readable(), if can_read => {
@@ -275,21 +293,37 @@ fn account(metrics: &Metrics, (entry, reply): &(EntryDone, Bytes)) {
 pub(crate) struct EntryDone {
     command: u16,
     started: Instant,
+    barrier: bool,
 }
 
-/// Appends every reply at the front of the queue that is ready now, so that they go out in the
-/// same write as the one just awaited.
-fn drain_ready(pending: &mut VecDeque<Entry>, out: &mut BytesMut, metrics: &Metrics) {
+/// Appends `first` and every reply behind it that is ready now to `out`, so that they go out
+/// in one write. Returns false when unwritten output would pass `limit`: bytes the client has
+/// not taken are already waiting, and more would exceed what it may make Keyway hold. (A
+/// single reply larger than the limit still goes out when nothing else is waiting.)
+fn collect(
+    first: (EntryDone, Bytes),
+    pending: &mut VecDeque<Entry>,
+    out: &mut BytesMut,
+    metrics: &Metrics,
+    barriers: &mut usize,
+    limit: usize,
+) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
-    while !pending.is_empty() {
-        match front(pending, &mut cx) {
-            Poll::Ready(done) => {
-                account(metrics, &done);
-                out.extend_from_slice(&done.1);
-            }
-            Poll::Pending => break,
+    let mut next = Some(first);
+    while let Some(done) = next.take() {
+        account(metrics, &done);
+        if done.0.barrier {
+            *barriers = barriers.saturating_sub(1);
+        }
+        if !out.is_empty() && out.len() + done.1.len() > limit {
+            return false;
+        }
+        out.extend_from_slice(&done.1);
+        if let Poll::Ready(more) = front(pending, &mut cx) {
+            next = Some(more);
         }
     }
+    true
 }
 
 /// Polls the reply at the front of the queue; pops it when ready. The queue is never empty
@@ -304,6 +338,7 @@ fn front(pending: &mut VecDeque<Entry>, cx: &mut Context<'_>) -> Poll<(EntryDone
     let done = EntryDone {
         command: head.command,
         started: head.started,
+        barrier: head.barrier,
     };
     pending.pop_front();
     Poll::Ready((done, reply))

@@ -160,6 +160,11 @@ pub fn diff(old: &PoolConfig, new: &PoolConfig) -> Result<Changes, TopologyError
         format!("{:?}", old.health),
         format!("{:?}", new.health),
     );
+    setting(
+        "two_phase",
+        format!("{:?}", old.two_phase),
+        format!("{:?}", new.two_phase),
+    );
 
     let (old_table, old_names) = table_of(old)?;
     let (new_table, new_names) = table_of(new)?;

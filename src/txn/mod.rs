@@ -481,20 +481,37 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         others.push((part, s.pool.send(pick, commit(false)).await));
         failpoint("between_secondary_commits").await;
     }
+    let mut all_acknowledged = true;
     for (part, rx) in others {
-        if let Ok(Ok(reply)) = rx.await {
-            if let Ok(v) = Value::parse(&reply) {
-                if int_at(&v, 0) == Some(1) {
+        let acknowledged = match rx.await {
+            Ok(Ok(reply)) => match Value::parse(&reply) {
+                Ok(v) if int_at(&v, 0) == Some(1) => {
                     results.push((part, v));
+                    true
                 }
-            }
+                // Nothing staged any more: recovery already rolled it forward.
+                Ok(v) => int_at(&v, 0) == Some(0),
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        // A secondary that failed after the commit point is rolled forward by recovery, which
+        // needs the decision; otherwise the decision has served its purpose.
+        all_acknowledged &= acknowledged;
+    }
+    if all_acknowledged {
+        let del = Request::from_args(vec![Bytes::from_static(b"DEL"), decision.clone()]);
+        if let Some(s) = topo.server(plan.primary) {
+            // Sent; its reply is not needed (a decision left behind expires in a day).
+            drop(s.pool.send(pick, del.frame().clone()).await);
         }
-        // A secondary that failed after the commit point is rolled forward by recovery.
     }
     Attempt::Done(reply(plan, &results))
 }
 
-/// Releases a transaction everywhere, recording `abort` on its primary participant first.
+/// Releases a transaction everywhere. The coordinator records no decision for its own abort:
+/// only it could have committed, so nobody else can; a participant that stays locked (its
+/// prepare arrived late, or its abort was lost) is resolved by recovery, which records `abort`.
 async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
     let frame = |is_primary: bool| {
         eval(
@@ -510,11 +527,14 @@ async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
             ],
         )
     };
-    let _ = call(topo, plan.primary, pick, frame(true)).await;
+    let mut replies = Vec::with_capacity(plan.parts.len());
     for &server in plan.parts.keys() {
-        if server != plan.primary {
-            let _ = call(topo, server, pick, frame(false)).await;
+        if let Some(s) = topo.server(server) {
+            replies.push(s.pool.send(pick, frame(false)).await);
         }
+    }
+    for r in replies {
+        let _ = r.await;
     }
 }
 
