@@ -550,6 +550,11 @@ impl Planner {
         else {
             return Pending::Ready(error_bytes("ERR invalid cursor"));
         };
+        if self.topo.servers.len() > 1 << SCAN_SHIFT {
+            return Pending::Ready(error_bytes(
+                "ERR keyway's SCAN cursor addresses at most 1024 servers; use KEYS on smaller pools or SCAN each server directly",
+            ));
+        }
         let index = (cursor & ((1 << SCAN_SHIFT) - 1)) as usize;
         let server_cursor = cursor >> SCAN_SHIFT;
         if index >= self.topo.servers.len() {
