@@ -2,7 +2,7 @@
 //!
 //! Each server has a [`Pool`] of `connections` TCP connections shared by every client session.
 //! A connection is one task that owns its socket: it takes [`Job`]s (a request frame and a
-//! one-shot reply slot) from a bounded channel, writes them in batches (one syscall per batch),
+//! one-shot reply slot) from an unbounded queue (bounded upstream by the clients' pipeline limits), writes them in batches (one syscall per batch),
 //! and matches replies to jobs in FIFO order, the order Redis answers a connection's requests in.
 //!
 //! The connection task is a small state machine:
@@ -34,8 +34,6 @@ use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
 use crate::protocol::{Limits, ReplyDecoder};
 
-/// Jobs queued per connection before senders wait (backpressure to the sessions).
-const QUEUE: usize = 1024;
 /// Most jobs written and not yet answered on one connection.
 const MAX_IN_FLIGHT: usize = 16 * 1024;
 /// Jobs taken from the queue per batch write.
@@ -103,7 +101,7 @@ struct Shared {
 /// The connections to one server.
 pub struct Pool {
     shared: Arc<Shared>,
-    conns: Box<[mpsc::Sender<Job>]>,
+    conns: Box<[mpsc::UnboundedSender<Job>]>,
     /// Stops the health prober when the pool goes.
     _prober: tokio_util::sync::DropGuard,
 }
@@ -148,7 +146,7 @@ impl Pool {
         });
         let conns = (0..options.connections.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::channel(QUEUE);
+                let (tx, rx) = mpsc::unbounded_channel();
                 tokio::spawn(connection_task(shared.clone(), rx));
                 tx
             })
@@ -189,12 +187,16 @@ impl Pool {
     ///
     /// Sessions pass a number of their own (their id) so that one session's requests stay on
     /// one connection without any shared counter on the request path.
-    pub async fn send(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
+    ///
+    /// Never waits: the queue is unbounded, because what bounds it is upstream (each client
+    /// has at most `max_pipeline` requests pending, and Keyway at most `max_clients` clients),
+    /// and a synchronous send keeps the request path free of await points.
+    pub fn send(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
         let job = Job { frame, reply: tx };
         // `conns` is never empty (spawn opens at least one); `get` keeps this panic-free anyway.
         if let Some(conn) = self.conns.get(pick % self.conns.len().max(1)) {
-            if let Err(mpsc::error::SendError(job)) = conn.send(job).await {
+            if let Err(mpsc::error::SendError(job)) = conn.send(job) {
                 let _ = job
                     .reply
                     .send(Err(self.unavailable("connection task stopped")));
@@ -224,7 +226,7 @@ struct InFlight {
 /// Runs one connection for its whole life: connect, serve, back off, repeat. It ends when the
 /// pool is dropped (the server left the topology): the queue closes, in-flight jobs are
 /// answered, and the socket is closed.
-async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
+async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let reason =
@@ -283,7 +285,7 @@ enum End {
 async fn serve(
     shared: &Shared,
     stream: TcpStream,
-    rx: &mut mpsc::Receiver<Job>,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
     backoff: &mut Duration,
 ) -> End {
     let (mut rd, mut wr) = stream.into_split();

@@ -223,7 +223,7 @@ pub(crate) async fn random_key(
         let Some(server) = topo.servers.get((start + i) % n) else {
             break;
         };
-        let reply = server.pool.send(pick, frame.clone()).await.await;
+        let reply = server.pool.send(pick, frame.clone()).await;
         last = reply_bytes(reply);
         // `$-1`: this server is empty; anything else (a key or an error) is the answer.
         if last.as_ref() != b"$-1\r\n" {
@@ -301,7 +301,7 @@ pub(crate) async fn read_with_retry(
         other => return resolve(std::mem::replace(other, Pending::Ready(Bytes::new()))).await,
     };
     match topo.server(alternate) {
-        Some(server) => reply_bytes(server.pool.send(pick, frame).await.await),
+        Some(server) => reply_bytes(server.pool.send(pick, frame).await),
         None => failed,
     }
 }
@@ -390,8 +390,8 @@ pub(crate) async fn warm_get(
     };
     let get = crate::protocol::Request::from_args(vec![Bytes::from_static(b"GET"), key.clone()]);
     let pttl = crate::protocol::Request::from_args(vec![Bytes::from_static(b"PTTL"), key.clone()]);
-    let value_rx = old_server.pool.send(pick, get.frame().clone()).await;
-    let ttl_rx = old_server.pool.send(pick, pttl.frame().clone()).await;
+    let value_rx = old_server.pool.send(pick, get.frame().clone());
+    let ttl_rx = old_server.pool.send(pick, pttl.frame().clone());
     let value = match value_rx.await {
         Ok(Ok(v)) => v,
         // The old owner cannot help: the miss stands.
@@ -418,12 +418,10 @@ pub(crate) async fn warm_get(
         set.push(Bytes::from(ttl.to_string()));
     }
     set.push(Bytes::from_static(b"NX"));
-    let _copy = new_server
-        .pool
-        .send(
-            pick,
-            crate::protocol::Request::from_args(set).frame().clone(),
-        )
-        .await;
+    // Sent; the client's reply does not wait for the copy.
+    drop(new_server.pool.send(
+        pick,
+        crate::protocol::Request::from_args(set).frame().clone(),
+    ));
     value
 }

@@ -109,7 +109,7 @@ impl Planner {
 
     /// Plans one request and starts its server requests. Returns its pending reply, the
     /// command it was (when the table knows it), and whether the client asked to close (QUIT).
-    pub(crate) async fn dispatch(
+    pub(crate) fn dispatch(
         &mut self,
         request: Request,
     ) -> (Pending, Option<&'static command::CommandSpec>, bool) {
@@ -122,27 +122,23 @@ impl Planner {
                 return (Pending::Ready(error_bytes(&e.to_string())), known, false);
             }
         };
-        let (reply, quit) = self.plan(spec, request).await;
+        let (reply, quit) = self.plan(spec, request);
         (reply, Some(spec), quit)
     }
 
-    async fn plan(
-        &mut self,
-        spec: &'static command::CommandSpec,
-        request: Request,
-    ) -> (Pending, bool) {
+    fn plan(&mut self, spec: &'static command::CommandSpec, request: Request) -> (Pending, bool) {
         match spec.kind {
             Kind::Local => local::answer(self, spec, &request),
             Kind::Refused(_) => {
                 let msg = format!("command '{}' is not supported by keyway", spec.name);
                 (Pending::Ready(error_bytes(&msg)), false)
             }
-            Kind::Keyed => (self.keyed(spec, request).await, false),
-            Kind::Split { merge, group } => (self.split(spec, request, merge, group).await, false),
-            Kind::AllServers(merge) => (self.all_servers(request, merge).await, false),
-            Kind::AnyServer => (self.any_server(request).await, false),
-            Kind::RandomKey => (self.random_key(request).await, false),
-            Kind::Scan => (self.scan(request).await, false),
+            Kind::Keyed => (self.keyed(spec, request), false),
+            Kind::Split { merge, group } => (self.split(spec, request, merge, group), false),
+            Kind::AllServers(merge) => (self.all_servers(request, merge), false),
+            Kind::AnyServer => (self.any_server(request), false),
+            Kind::RandomKey => (self.random_key(request), false),
+            Kind::Scan => (self.scan(request), false),
             // `resolve` never returns a container entry; answer as redis would if it did.
             Kind::Container => {
                 let msg = format!("wrong number of arguments for '{}' command", spec.name);
@@ -156,9 +152,9 @@ impl Planner {
     }
 
     /// Sends a frame to the server at a slot-table index.
-    async fn send_to(&self, server: u16, frame: Bytes) -> Pending {
+    fn send_to(&self, server: u16, frame: Bytes) -> Pending {
         match self.topo.server(server) {
-            Some(s) => Pending::Forward(s.pool.send(self.pick(), frame).await),
+            Some(s) => Pending::Forward(s.pool.send(self.pick(), frame)),
             None => Pending::Ready(error_bytes(
                 "keyway: internal routing error (no such server)",
             )),
@@ -166,7 +162,7 @@ impl Planner {
     }
 
     /// A command whose keys must share one slot.
-    async fn keyed(&mut self, spec: &'static command::CommandSpec, request: Request) -> Pending {
+    fn keyed(&mut self, spec: &'static command::CommandSpec, request: Request) -> Pending {
         self.keys.clear();
         if let Err(e) = command::key_indexes(spec, request.args(), &mut self.keys) {
             return Pending::Ready(error_bytes(&e.to_string()));
@@ -208,16 +204,16 @@ impl Planner {
                             (topo.warm_from(slot), placement, write)
                         {
                             if spec.name == "get" && old != new {
-                                return self.warm_get(new, old, request).await;
+                                return self.warm_get(new, old, request);
                             }
                         }
-                        self.route(placement, write, request.frame().clone()).await
+                        self.route(placement, write, request.frame().clone())
                     }
                     Err(e) => Pending::Ready(error_bytes(&e.to_string())),
                 }
             }
             // EVAL with numkeys 0 and the like: any server will do.
-            None => self.any_server(request).await,
+            None => self.any_server(request),
         }
     }
 
@@ -340,8 +336,8 @@ impl Planner {
 
     /// GET during the warm-up after a swap: a miss on the slot's new primary is tried on its
     /// previous one, and a hit is returned and copied to the new primary with its TTL.
-    async fn warm_get(&mut self, new: u16, old: u16, request: Request) -> Pending {
-        let first = self.send_to(new, request.frame().clone()).await;
+    fn warm_get(&mut self, new: u16, old: u16, request: Request) -> Pending {
+        let first = self.send_to(new, request.frame().clone());
         let key = request.args().get(1).cloned().unwrap_or_default();
         Pending::Merge(Box::pin(merge::warm_get(
             first,
@@ -359,9 +355,9 @@ impl Planner {
     }
 
     /// Sends a frame where a slot's placement and the pool's policies say.
-    async fn route(&mut self, placement: Placement<'_>, write: bool, frame: Bytes) -> Pending {
+    fn route(&mut self, placement: Placement<'_>, write: bool, frame: Bytes) -> Pending {
         let set = match placement {
-            Placement::One(server) => return self.send_to(server, frame).await,
+            Placement::One(server) => return self.send_to(server, frame),
             Placement::Replicas(set) => set,
         };
         let topo = self.topo.clone();
@@ -372,12 +368,12 @@ impl Planner {
                 WriteMode::All | WriteMode::Quorum | WriteMode::TwoPhase => set,
             };
             if let [only] = targets {
-                return self.send_to(*only, frame).await;
+                return self.send_to(*only, frame);
             }
             let mut replies = Vec::with_capacity(targets.len());
             for &t in targets {
                 let name = topo.server(t).map_or_else(String::new, |s| s.name.clone());
-                replies.push((name, self.send_to(t, frame.clone()).await));
+                replies.push((name, self.send_to(t, frame.clone())));
             }
             let need = match topo.write {
                 WriteMode::Quorum => targets.len() / 2 + 1,
@@ -396,7 +392,7 @@ impl Planner {
             .take(set.len().saturating_sub(1))
             .copied()
             .find(|&i| topo.is_up(i));
-        let first = self.send_to(chosen, frame.clone()).await;
+        let first = self.send_to(chosen, frame.clone());
         match alternate {
             None => first,
             Some(alt) => Pending::Merge(Box::pin(merge::read_with_retry(
@@ -451,7 +447,7 @@ impl Planner {
     }
 
     /// MGET, MSET, DEL, ...: one sub-command per server holding some of the keys.
-    async fn split(
+    fn split(
         &mut self,
         spec: &'static command::CommandSpec,
         request: Request,
@@ -481,7 +477,7 @@ impl Planner {
         }
         let first = placements.first().copied().unwrap_or(Placement::One(0));
         if placements.iter().all(|&p| p == first) {
-            return self.route(first, write, request.frame().clone()).await;
+            return self.route(first, write, request.frame().clone());
         }
         // One sub-command per distinct placement, remembering which keys it carries.
         let mut parts: Vec<(Placement<'_>, Vec<usize>)> = Vec::new();
@@ -507,32 +503,32 @@ impl Planner {
                 );
             }
             let frame = Request::from_args(sub).frame().clone();
-            replies.push(self.route(placement, write, frame).await);
+            replies.push(self.route(placement, write, frame));
             positions.push(ks);
         }
         Pending::Merge(Box::pin(merge::split(how, replies, positions, n_keys)))
     }
 
     /// DBSIZE, FLUSHDB, KEYS, SCRIPT LOAD, ...: the same frame to every server.
-    async fn all_servers(&mut self, request: Request, how: Merge) -> Pending {
+    fn all_servers(&mut self, request: Request, how: Merge) -> Pending {
         let mut replies = Vec::with_capacity(self.topo.servers.len());
         for s in &self.topo.servers {
             replies.push(Pending::Forward(
-                s.pool.send(self.pick(), request.frame().clone()).await,
+                s.pool.send(self.pick(), request.frame().clone()),
             ));
         }
         Pending::Merge(Box::pin(merge::all(how, replies, self.topo.clone())))
     }
 
     /// A keyless command any one server can answer; clients are spread over the servers.
-    async fn any_server(&mut self, request: Request) -> Pending {
+    fn any_server(&mut self, request: Request) -> Pending {
         let n = self.topo.servers.len().max(1);
         let index = (self.pick() % n) as u16;
-        self.send_to(index, request.frame().clone()).await
+        self.send_to(index, request.frame().clone())
     }
 
     /// RANDOMKEY: a random server, then the others in turn until one has a key.
-    async fn random_key(&mut self, request: Request) -> Pending {
+    fn random_key(&mut self, request: Request) -> Pending {
         let topo = self.topo.clone();
         let start = rand::random_range(0..topo.servers.len().max(1));
         let pick = self.pick();
@@ -541,7 +537,7 @@ impl Planner {
     }
 
     /// SCAN cursor [MATCH p] [COUNT n] [TYPE t]: one server at a time, in topology order.
-    async fn scan(&mut self, request: Request) -> Pending {
+    fn scan(&mut self, request: Request) -> Pending {
         let args = request.args();
         let Some(cursor) = args
             .get(1)
@@ -565,7 +561,7 @@ impl Planner {
             *c = Bytes::from(server_cursor.to_string());
         }
         let frame = Request::from_args(sub).frame().clone();
-        let reply = self.send_to(index as u16, frame).await;
+        let reply = self.send_to(index as u16, frame);
         Pending::Merge(Box::pin(merge::scan(reply, index, self.topo.clone())))
     }
 }

@@ -29,8 +29,6 @@ use crate::protocol::{write_error, RequestDecoder};
 
 /// Bytes reserved for each read from a client.
 const READ_CHUNK: usize = 16 * 1024;
-/// Buffers larger than this are released once drained (after a big pipeline or value).
-const KEEP_BUFFER: usize = 64 * 1024;
 
 /// A reply in the making, in its client's request order.
 pub(crate) enum Pending {
@@ -115,22 +113,102 @@ impl Disconnect {
     }
 }
 
+/// How an active stretch of a session ended.
+enum Stretch {
+    /// Everything received was answered and nothing is buffered: park until the client
+    /// speaks again.
+    Parked,
+    /// The connection is finished.
+    Closed,
+}
+
 /// Serves one client until it quits, disconnects, breaks the protocol, or Keyway drains.
 ///
-/// The loop, in order of preference: write what the client's socket takes, collect replies
-/// that are ready (in request order), read more requests. Reading stops while `max_pipeline`
-/// replies are pending; a client whose untaken replies would pass `max_client_output` bytes is
-/// disconnected.
+/// A session alternates between two states, so that an idle client costs little memory:
+///
+/// - **Parked** (this function): nothing pending, nothing buffered. The task holds only the
+///   socket, the decoder and the planner, and waits for the client to speak (or for a drain,
+///   the idle timeout, a topology swap).
+/// - **Active** ([`active`], boxed): buffers, the queue of pending replies, timers; it returns
+///   to parked as soon as everything received has been answered.
 ///
 /// # Errors
 ///
 /// The I/O error that ended the connection, if any.
 pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
-    let metrics = shared.metrics.clone();
-    let limits = &shared.client_limits;
     let mut decoder = RequestDecoder::new(shared.limits);
     let mut planner = Planner::new(shared.clone(), id);
+    let mut swaps = shared.topology.subscribe();
+    let idle = shared.client_limits.idle_timeout;
+    loop {
+        tokio::select! {
+            biased;
+            ready = rd.readable() => ready?,
+            _ = shared.drain.cancelled() => {
+                count_disconnect(&shared.metrics, Disconnect::Drain);
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            _ = idle_sleep(idle) => {
+                tracing::debug!(client = id, "idle timeout; closing");
+                count_disconnect(&shared.metrics, Disconnect::IdleTimeout);
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            // A new topology: let go of the old one even while parked.
+            Ok(()) = swaps.changed() => {
+                planner.refresh();
+                continue;
+            }
+        }
+        let stretch = Box::pin(active(
+            &rd,
+            &mut wr,
+            &shared,
+            &mut planner,
+            &mut decoder,
+            id,
+        ));
+        match stretch.await? {
+            Stretch::Parked => {}
+            Stretch::Closed => return Ok(()),
+        }
+    }
+}
+
+/// Sleeps `idle`, or forever when the idle timeout is off.
+async fn idle_sleep(idle: std::time::Duration) {
+    if idle.is_zero() {
+        std::future::pending::<()>().await;
+    } else {
+        tokio::time::sleep(idle).await;
+    }
+}
+
+fn count_disconnect(metrics: &Metrics, why: Disconnect) {
+    metrics
+        .client_disconnects
+        .with_label_values(&[why.label()])
+        .inc();
+}
+
+/// The active state of a session: reads, dispatches, writes replies in request order.
+///
+/// The loop, in order of preference: write what the client's socket takes, collect replies
+/// that are ready (in request order), read more requests. Reading stops while `max_pipeline`
+/// replies are pending; a client whose untaken replies would pass `max_client_output` bytes is
+/// disconnected.
+async fn active(
+    rd: &tokio::net::tcp::OwnedReadHalf,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    shared: &Arc<Shared>,
+    planner: &mut Planner,
+    decoder: &mut RequestDecoder,
+    id: u64,
+) -> std::io::Result<Stretch> {
+    let metrics = &shared.metrics;
+    let limits = &shared.client_limits;
     let mut inbuf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut pending: VecDeque<Entry> = VecDeque::new();
@@ -139,11 +217,20 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
     // Set once the client sent EOF, QUIT or a malformed frame, or Keyway drains: answer what
     // is pending, then close.
     let mut closing: Option<Option<Disconnect>> = None;
-    let mut draining = false;
+    let mut draining = shared.drain.is_cancelled();
     let idle = limits.idle_timeout;
     let mut swaps = shared.topology.subscribe();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+
+    // The client spoke (the socket turned readable): take what it sent.
+    planner.refresh();
+    match read_some(rd, &mut inbuf) {
+        Ok(0) => closing = Some(None),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Stretch::Parked),
+        Err(e) => return Err(e),
+    }
 
     loop {
         // Dispatch every whole frame already buffered, up to the pipeline limit.
@@ -151,7 +238,7 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
             match decoder.decode(&mut inbuf) {
                 Ok(Some(request)) => {
                     let started = Instant::now();
-                    let (reply, spec, quit) = planner.dispatch(request).await;
+                    let (reply, spec, quit) = planner.dispatch(request);
                     let command = metrics.command_index(spec);
                     let barrier = matches!(reply, Pending::Task(_));
                     barriers += usize::from(barrier);
@@ -179,21 +266,25 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
                 }
             }
         }
-        if draining && closing.is_none() && pending.is_empty() && out.is_empty() {
+        if inbuf.is_empty() && inbuf.capacity() > 0 {
+            // Every frame was split off; the remainder would keep their allocation alive.
+            inbuf = BytesMut::new();
+        }
+        let quiet = pending.is_empty() && out.is_empty();
+        if draining && closing.is_none() && quiet {
             // Draining: everything received is answered; close between requests.
             closing = Some(Some(Disconnect::Drain));
         }
         if let Some(why) = closing {
-            if pending.is_empty() && out.is_empty() {
+            if quiet {
                 if let Some(why) = why {
-                    metrics
-                        .client_disconnects
-                        .with_label_values(&[why.label()])
-                        .inc();
+                    count_disconnect(metrics, why);
                 }
                 let _ = wr.shutdown().await;
-                return Ok(());
+                return Ok(Stretch::Closed);
             }
+        } else if quiet && inbuf.is_empty() {
+            return Ok(Stretch::Parked);
         }
         let can_read = closing.is_none() && pending.len() < limits.max_pipeline;
         let idle_armed =
@@ -205,39 +296,30 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
             written = wr.write(&out), if !out.is_empty() => {
                 let n = written?;
                 if n == 0 {
-                    return Ok(());
+                    return Ok(Stretch::Closed);
                 }
                 out.advance(n);
-                if out.is_empty() {
-                    release(&mut out);
-                    if inbuf.is_empty() {
-                        release(&mut inbuf);
-                    }
+                if out.is_empty() && pending.is_empty() {
+                    // Nothing more to write: give the buffer back (an emptied BytesMut still
+                    // holds its allocation), so that an idle client holds no buffer space.
+                    out = BytesMut::new();
                 }
             }
             first = poll_fn(|cx| front(&mut pending, cx)), if !pending.is_empty() => {
-                let within = collect(first, &mut pending, &mut out, &metrics, &mut barriers, limits.max_client_output);
+                let within = collect(first, &mut pending, &mut out, metrics, &mut barriers, limits.max_client_output);
                 if !within {
                     tracing::info!(
                         client = id,
                         bytes = out.len(),
                         "client does not read its replies; disconnecting at the output limit"
                     );
-                    metrics
-                        .client_disconnects
-                        .with_label_values(&[Disconnect::OutputLimit.label()])
-                        .inc();
-                    return Ok(());
+                    count_disconnect(metrics, Disconnect::OutputLimit);
+                    return Ok(Stretch::Closed);
                 }
             }
             ready = rd.readable(), if can_read => {
                 ready?;
-                // Buffers are taken only when bytes arrive and given back when drained, so an
-                // idle client costs its socket and this task, not buffer space.
-                if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
-                    inbuf.reserve(READ_CHUNK);
-                }
-                match rd.try_read_buf(&mut inbuf) {
+                match read_some(rd, &mut inbuf) {
                     Ok(0) => closing = Some(None),
                     Ok(_) => {
                         planner.refresh();
@@ -269,11 +351,21 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
     }
 }
 
-/// Gives a drained buffer's memory back when it grew past what a small request needs.
-fn release(buf: &mut BytesMut) {
-    if buf.capacity() > KEEP_BUFFER {
-        *buf = BytesMut::new();
+/// Reads what the client sent. With nothing buffered (the usual case between requests), the
+/// bytes land in a stack buffer first and `inbuf` takes exactly their size, so that a client
+/// that goes quiet holds no read buffer; with a partial frame buffered, reads go straight into
+/// `inbuf`, grown by `READ_CHUNK`.
+fn read_some(rd: &tokio::net::tcp::OwnedReadHalf, inbuf: &mut BytesMut) -> std::io::Result<usize> {
+    if inbuf.is_empty() {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = rd.try_read(&mut chunk)?;
+        inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        return Ok(n);
     }
+    if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+        inbuf.reserve(READ_CHUNK);
+    }
+    rd.try_read_buf(inbuf)
 }
 
 /// Counts a finished request.

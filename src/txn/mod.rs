@@ -185,7 +185,7 @@ async fn call(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Result
     let Some(s) = topo.server(server) else {
         return Err("no such server".into());
     };
-    match s.pool.send(pick, frame).await.await {
+    match s.pool.send(pick, frame).await {
         Ok(Ok(reply)) => match Value::parse(&reply) {
             Ok(Value::Error(e)) => Err(format!(
                 "server '{}': {}",
@@ -379,7 +379,7 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         let Some(s) = topo.server(server) else {
             continue;
         };
-        pending.push((server, s.pool.send(pick, frame).await));
+        pending.push((server, s.pool.send(pick, frame)));
     }
     let mut votes = Votes::Yes;
     for (server, rx) in pending {
@@ -478,7 +478,7 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         let Some(s) = topo.server(server) else {
             continue;
         };
-        others.push((part, s.pool.send(pick, commit(false)).await));
+        others.push((part, s.pool.send(pick, commit(false))));
         failpoint("between_secondary_commits").await;
     }
     let mut all_acknowledged = true;
@@ -503,7 +503,7 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         let del = Request::from_args(vec![Bytes::from_static(b"DEL"), decision.clone()]);
         if let Some(s) = topo.server(plan.primary) {
             // Sent; its reply is not needed (a decision left behind expires in a day).
-            drop(s.pool.send(pick, del.frame().clone()).await);
+            drop(s.pool.send(pick, del.frame().clone()));
         }
     }
     Attempt::Done(reply(plan, &results))
@@ -530,7 +530,7 @@ async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
     let mut replies = Vec::with_capacity(plan.parts.len());
     for &server in plan.parts.keys() {
         if let Some(s) = topo.server(server) {
-            replies.push(s.pool.send(pick, frame(false)).await);
+            replies.push(s.pool.send(pick, frame(false)));
         }
     }
     for r in replies {
