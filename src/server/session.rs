@@ -352,15 +352,21 @@ async fn active(
 }
 
 /// Reads what the client sent. With nothing buffered (the usual case between requests), the
-/// bytes land in a stack buffer first and `inbuf` takes exactly their size, so that a client
+/// bytes land in the worker thread's scratch buffer first and `inbuf` takes exactly their size, so that a client
 /// that goes quiet holds no read buffer; with a partial frame buffered, reads go straight into
 /// `inbuf`, grown by `READ_CHUNK`.
 fn read_some(rd: &tokio::net::tcp::OwnedReadHalf, inbuf: &mut BytesMut) -> std::io::Result<usize> {
     if inbuf.is_empty() {
-        let mut chunk = [0u8; READ_CHUNK];
-        let n = rd.try_read(&mut chunk)?;
-        inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        return Ok(n);
+        thread_local! {
+            // One read buffer per worker thread, zeroed once, not per read.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+        }
+        return SCRATCH.with(|scratch| {
+            let mut chunk = scratch.borrow_mut();
+            let n = rd.try_read(&mut chunk)?;
+            inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            Ok(n)
+        });
     }
     if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
         inbuf.reserve(READ_CHUNK);
