@@ -137,39 +137,47 @@ enum Stretch {
 /// The I/O error that ended the connection, if any.
 pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
-    let mut decoder = RequestDecoder::new(shared.limits);
     let mut planner = Planner::new(shared.clone(), id);
-    let mut swaps = shared.topology.subscribe();
+    // Wakes at each topology swap and when Keyway starts draining.
+    let mut events = shared.topology.subscribe();
     let idle = shared.client_limits.idle_timeout;
     loop {
-        tokio::select! {
-            biased;
-            ready = rd.readable() => ready?,
-            _ = shared.drain.cancelled() => {
+        // Parked: two variants of the wait, so that a session without an idle timeout does not
+        // carry a timer.
+        let woke = if idle.is_zero() {
+            tokio::select! {
+                biased;
+                ready = rd.readable() => Woke::Readable(ready),
+                Ok(()) = events.changed() => Woke::Event,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                ready = rd.readable() => Woke::Readable(ready),
+                Ok(()) = events.changed() => Woke::Event,
+                _ = tokio::time::sleep(idle) => Woke::Idle,
+            }
+        };
+        match woke {
+            Woke::Readable(ready) => ready?,
+            Woke::Event if shared.drain.is_cancelled() => {
                 count_disconnect(&shared.metrics, Disconnect::Drain);
                 let _ = wr.shutdown().await;
                 return Ok(());
             }
-            _ = idle_sleep(idle) => {
+            Woke::Event => {
+                // A new topology: let go of the old one even while parked.
+                planner.refresh();
+                continue;
+            }
+            Woke::Idle => {
                 tracing::debug!(client = id, "idle timeout; closing");
                 count_disconnect(&shared.metrics, Disconnect::IdleTimeout);
                 let _ = wr.shutdown().await;
                 return Ok(());
             }
-            // A new topology: let go of the old one even while parked.
-            Ok(()) = swaps.changed() => {
-                planner.refresh();
-                continue;
-            }
         }
-        let stretch = Box::pin(active(
-            &rd,
-            &mut wr,
-            &shared,
-            &mut planner,
-            &mut decoder,
-            id,
-        ));
+        let stretch = Box::pin(active(&rd, &mut wr, &shared, &mut planner, id));
         match stretch.await? {
             Stretch::Parked => {}
             Stretch::Closed => return Ok(()),
@@ -177,13 +185,11 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
     }
 }
 
-/// Sleeps `idle`, or forever when the idle timeout is off.
-async fn idle_sleep(idle: std::time::Duration) {
-    if idle.is_zero() {
-        std::future::pending::<()>().await;
-    } else {
-        tokio::time::sleep(idle).await;
-    }
+/// What woke a parked session.
+enum Woke {
+    Readable(std::io::Result<()>),
+    Event,
+    Idle,
 }
 
 fn count_disconnect(metrics: &Metrics, why: Disconnect) {
@@ -204,9 +210,11 @@ async fn active(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     shared: &Arc<Shared>,
     planner: &mut Planner,
-    decoder: &mut RequestDecoder,
     id: u64,
 ) -> std::io::Result<Stretch> {
+    // A parked session has no partial frame, so the decoder starts afresh each stretch.
+    let mut decoder = RequestDecoder::new(shared.limits);
+    let decoder = &mut decoder;
     let metrics = &shared.metrics;
     let limits = &shared.client_limits;
     let mut inbuf = BytesMut::new();

@@ -226,9 +226,15 @@ impl TopologyHandle {
         &self.metrics
     }
 
-    /// A receiver that wakes at every swap.
+    /// A receiver that wakes at every swap (and at [`TopologyHandle::nudge`]).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.version_tx.subscribe()
+    }
+
+    /// Wakes every subscriber without a swap (sessions then look at what else changed, such
+    /// as a drain), so that parked sessions need only one thing to wait on.
+    pub fn nudge(&self) {
+        self.version_tx.send_modify(|_| {});
     }
 
     /// The current snapshot. Load it once and use it to the end of the request.
