@@ -1,0 +1,122 @@
+//! The command line: `keyway check`, `keyway route`, and configuration layering through
+//! `KEYWAY_*` environment variables.
+
+use std::process::{Command, Output};
+
+fn keyway(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyway"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run keyway")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const GOOD: &str = "listen = \"127.0.0.1:6380\"\n[pool]\nreplicas = 1\n\
+[[pool.servers]]\nname = \"a\"\naddr = \"127.0.0.1:7001\"\n\
+[[pool.servers]]\nname = \"b\"\naddr = \"127.0.0.1:7002\"\n\
+[[pool.servers]]\nname = \"c\"\naddr = \"127.0.0.1:7003\"\n";
+
+fn write(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn check_accepts_the_shipped_example_and_names_bad_keys_with_their_line() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/keyway.toml");
+    let o = keyway(&["check", "--config", example], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let typo = write(
+        &dir,
+        "typo.toml",
+        &GOOD.replace("replicas = 1", "replicas = 1\nconections = 2"),
+    );
+    let o = keyway(&["check", "--config", &typo], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("conections") && t.contains("line 4"), "{t}");
+
+    let dup = write(
+        &dir,
+        "dup.toml",
+        &GOOD.replace("name = \"c\"", "name = \"a\""),
+    );
+    let o = keyway(&["check", "--config", &dup], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(
+        t.contains("pool.servers[2].name") && t.contains("line 11"),
+        "{t}"
+    );
+
+    let o = keyway(&["check", "--config", "/nonexistent/keyway.toml"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("cannot read"), "{}", text(&o));
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(&dir, "good.toml", GOOD);
+    // A valid override applies...
+    let o = keyway(
+        &["check", "--config", &good],
+        &[("KEYWAY_POOL__REPLICAS", "2")],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("replicas 2"), "{}", text(&o));
+    // ...an invalid one is refused by name...
+    let o = keyway(
+        &["check", "--config", &good],
+        &[("KEYWAY_POOL__REPLICAS", "5")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("pool.replicas"), "{}", text(&o));
+    // ...and an unknown one too.
+    let o = keyway(
+        &["check", "--config", &good],
+        &[("KEYWAY_LISTNE", "127.0.0.1:1")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("listne"), "{}", text(&o));
+}
+
+#[test]
+fn route_prints_each_keys_slot_and_ranked_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(&dir, "good.toml", GOOD);
+    let o = keyway(
+        &["route", "--config", &good, "foo", "{user1}.a", "{user1}.b"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    // CRC16 slot of "foo" as Redis Cluster computes it.
+    assert!(lines[0].starts_with("foo\tslot 12182\treplicas "), "{out}");
+    // Keys with one hash tag share slot and servers.
+    let rest = |l: &str| l.split_once('\t').map(|(_, r)| r.to_string()).unwrap();
+    assert_eq!(rest(lines[1]), rest(lines[2]));
+    // Each ranking lists every server once: the replica first, then the others.
+    for l in &lines {
+        let fields: Vec<&str> = l.split('\t').collect();
+        let replicas = fields[2].strip_prefix("replicas ").unwrap();
+        let then = fields[3].strip_prefix("then ").unwrap();
+        let mut all: Vec<&str> = replicas.split(',').chain(then.split(',')).collect();
+        assert_eq!(all.len(), 3, "{l}");
+        all.sort();
+        assert_eq!(all, ["a", "b", "c"], "{l}");
+    }
+}
