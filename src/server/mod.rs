@@ -176,6 +176,33 @@ pub enum StartError {
     },
 }
 
+/// Connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`); a burst of
+/// reconnecting clients should not be dropped and retried a second later.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listening socket with Keyway's backlog (std's default is 128).
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "address resolves to nothing",
+        )
+    }))
+}
+
 /// Binds `config.listen`, connects to the pool, and starts accepting clients.
 ///
 /// # Errors
@@ -183,13 +210,12 @@ pub enum StartError {
 /// [`StartError`] when the pool is invalid or the address cannot be bound.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let shared = Shared::new(config)?;
-    let listener =
-        TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen.clone(),
-                source,
-            })?;
+    let listener = listen(&config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen.clone(),
+            source,
+        })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen.clone(),
         source,
