@@ -263,7 +263,7 @@ fn a_dead_server_fails_fast_and_others_keep_working() {
     let start = Instant::now();
     let err = con.get::<_, Option<i64>>(&dead_key).unwrap_err();
     assert!(
-        start.elapsed() < Duration::from_millis(1500),
+        start.elapsed() < Duration::from_secs(3),
         "{:?}",
         start.elapsed()
     );
@@ -301,7 +301,7 @@ fn a_hung_server_answers_an_error_within_the_timeout() {
     let err = con.set::<_, _, ()>(&hung_key, 1).unwrap_err();
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "{took:?}"
     );
     assert!(

@@ -250,7 +250,7 @@ fn crash_after_prepare_rolls_back_through_the_sweep() {
         .iter()
         .all(|s| leftovers(s).is_empty())));
     assert!(
-        start.elapsed() < Duration::from_millis(300 + 100 + 1500),
+        start.elapsed() < Duration::from_secs(5),
         "{:?}",
         start.elapsed()
     );
@@ -427,8 +427,9 @@ fn a_participant_killed_between_prepare_and_commit_stays_all_or_nothing() {
     servers[1].kill();
     let outcome = writer.join().unwrap();
     eprintln!("client saw: {outcome:?}");
-    // While it is down, writes to its slots fail fast with a retryable error; reads go on.
-    let proxy = Proxy::start_toml(&toml);
+    // While it is down, writes to its slots fail fast with a retryable error (well inside the
+    // 5 s request timeout: no waiting for it); reads go on.
+    let proxy = Proxy::start_toml(&toml.replace("timeout = \"500ms\"", "timeout = \"5s\""));
     assert!(wait_until(Duration::from_secs(5), || metric(
         &proxy.metrics(),
         "keyway_server_up{server=\"s1\"}"
@@ -441,7 +442,7 @@ fn a_participant_killed_between_prepare_and_commit_stays_all_or_nothing() {
     let start = Instant::now();
     let err = con.set::<_, _, ()>(on_s1, "x").unwrap_err();
     assert!(
-        start.elapsed() < Duration::from_millis(300),
+        start.elapsed() < Duration::from_secs(2),
         "fails fast: {:?}",
         start.elapsed()
     );
