@@ -136,7 +136,7 @@ enum Stretch {
 ///
 /// The I/O error that ended the connection, if any.
 pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std::io::Result<()> {
-    let (rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.into_split();
     let mut planner = Planner::new(shared.clone(), id);
     // Wakes at each topology swap and when Keyway starts draining.
     let mut events = shared.topology.subscribe();
@@ -177,7 +177,7 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
                 return Ok(());
             }
         }
-        let stretch = Box::pin(active(&rd, &mut wr, &shared, &mut planner, id));
+        let stretch = Box::pin(active(&mut rd, &mut wr, &shared, &mut planner, id));
         match stretch.await? {
             Stretch::Parked => {}
             Stretch::Closed => return Ok(()),
@@ -206,7 +206,7 @@ fn count_disconnect(metrics: &Metrics, why: Disconnect) {
 /// replies are pending; a client whose untaken replies would pass `max_client_output` bytes is
 /// disconnected.
 async fn active(
-    rd: &tokio::net::tcp::OwnedReadHalf,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     shared: &Arc<Shared>,
     planner: &mut Planner,
@@ -233,11 +233,14 @@ async fn active(
 
     // The client spoke (the socket turned readable): take what it sent.
     planner.refresh();
-    match read_some(rd, &mut inbuf) {
-        Ok(0) => closing = Some(None),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Stretch::Parked),
-        Err(e) => return Err(e),
+    // One poll: readiness may be stale (nothing to read after all), and then the session
+    // parks again rather than wait here with its buffers.
+    let first = poll_read_some(rd, &mut inbuf, &mut Context::from_waker(Waker::noop()));
+    match first {
+        Poll::Ready(Ok(0)) => closing = Some(None),
+        Poll::Ready(Ok(_)) => {}
+        Poll::Ready(Err(e)) => return Err(e),
+        Poll::Pending => return Ok(Stretch::Parked),
     }
 
     loop {
@@ -325,18 +328,14 @@ async fn active(
                     return Ok(Stretch::Closed);
                 }
             }
-            ready = rd.readable(), if can_read => {
-                ready?;
-                match read_some(rd, &mut inbuf) {
-                    Ok(0) => closing = Some(None),
-                    Ok(_) => {
-                        planner.refresh();
-                        if idle_armed {
-                            idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                        }
+            read = poll_fn(|cx| poll_read_some(rd, &mut inbuf, cx)), if can_read => {
+                if read? == 0 {
+                    closing = Some(None);
+                } else {
+                    planner.refresh();
+                    if idle_armed {
+                        idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
                 }
             }
             _ = &mut idle_timer, if idle_armed => {
@@ -359,11 +358,19 @@ async fn active(
     }
 }
 
-/// Reads what the client sent. With nothing buffered (the usual case between requests), the
-/// bytes land in the worker thread's scratch buffer first and `inbuf` takes exactly their size, so that a client
-/// that goes quiet holds no read buffer; with a partial frame buffered, reads go straight into
+/// Reads what the client sent, through `poll_read`: on Linux a short read tells tokio that the
+/// socket is drained, which saves the extra read that would only return `WouldBlock`.
+///
+/// With nothing buffered (the usual case between requests), the bytes land in the worker
+/// thread's scratch buffer first and `inbuf` takes exactly their size, so that a client that
+/// goes quiet holds no read buffer; with a partial frame buffered, reads go straight into
 /// `inbuf`, grown by `READ_CHUNK`.
-fn read_some(rd: &tokio::net::tcp::OwnedReadHalf, inbuf: &mut BytesMut) -> std::io::Result<usize> {
+fn poll_read_some(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    inbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    use tokio::io::AsyncRead;
     if inbuf.is_empty() {
         thread_local! {
             // One read buffer per worker thread, zeroed once, not per read.
@@ -371,15 +378,21 @@ fn read_some(rd: &tokio::net::tcp::OwnedReadHalf, inbuf: &mut BytesMut) -> std::
         }
         return SCRATCH.with(|scratch| {
             let mut chunk = scratch.borrow_mut();
-            let n = rd.try_read(&mut chunk)?;
-            inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            Ok(n)
+            let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    inbuf.extend_from_slice(buf.filled());
+                    Poll::Ready(Ok(buf.filled().len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
         });
     }
     if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
         inbuf.reserve(READ_CHUNK);
     }
-    rd.try_read_buf(inbuf)
+    tokio_util::io::poll_read_buf(Pin::new(rd), cx, inbuf)
 }
 
 /// Counts a finished request.
