@@ -1,13 +1,16 @@
 //! One client connection: decode frames, dispatch them, write replies back in request order.
 //!
-//! The session is one task with one loop. Each dispatched command leaves a [`Pending`] at the
-//! back of a FIFO queue; the loop waits on whichever comes first, more client bytes or the reply
-//! at the front of the queue, and when the front is ready it takes every reply that is ready
-//! behind it too and writes them with one syscall. Replies therefore leave in request order
-//! however the servers interleave, and a pipelining client gets batched writes.
+//! The session is one task. While the client has work, an *active* loop runs: each dispatched
+//! command leaves a [`Pending`] at the back of a FIFO queue; the loop waits on whichever comes
+//! first, more client bytes or the reply at the front of the queue, and when the front is ready
+//! it takes every reply that is ready behind it too and writes them with one syscall. Replies
+//! therefore leave in request order however the servers interleave, and a pipelining client
+//! gets batched writes. When everything received is answered, the session *parks*: buffers and
+//! queue are dropped and the task waits for the client with little memory.
 //!
 //! Backpressure: once `max_pipeline` replies are pending, the session stops reading from the
-//! client until they drain, so a client cannot make Keyway queue unbounded work.
+//! client until they drain, so a client cannot make Keyway queue unbounded work; replies the
+//! client's socket does not take count against `max_client_output`.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -27,7 +30,7 @@ use crate::backend::Reply;
 use crate::metrics::Metrics;
 use crate::protocol::{write_error, RequestDecoder};
 
-/// Bytes reserved for each read from a client.
+/// Bytes read from a client at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// A reply in the making, in its client's request order.
