@@ -443,40 +443,14 @@ impl ProxyProcess {
     /// As [`ProxyProcess::start`], with extra environment variables (`KW_FAILPOINT`).
     pub fn start_env(toml: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let admin_port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let toml = toml
-            .replace(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                "admin = \"127.0.0.1:0\"",
-                &format!("admin = \"127.0.0.1:{admin_port}\""),
-            );
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
+            .replace("admin = \"127.0.0.1:0\"", &format!("admin = \"{admin}\""));
         let path = dir.path().join("keyway.toml");
         std::fs::write(&path, toml).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_keyway"))
-            .args(extra_args)
-            .args(["serve", "--config", path.to_str().expect("utf-8 path")])
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
-            .spawn()
-            .expect("spawn keyway");
-        let p = ProxyProcess {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
-            dir,
-        };
-        let up = wait_until(Duration::from_secs(10), || {
-            TcpStream::connect(p.admin).is_ok() && http_get(p.admin, "/readyz").0 == 200
-        });
-        assert!(up, "keyway did not become ready: {}", p.log());
-        p
+        Self::launch(dir, &path, addr, admin, extra_args, envs)
     }
 
     /// Starts `keyway serve --config PATH` on a config file the test placed itself (its
@@ -488,10 +462,23 @@ impl ProxyProcess {
         extra_args: &[&str],
     ) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::launch(dir, path, addr, admin, extra_args, &[])
+    }
+
+    /// Spawns the binary (its stderr into `dir`) and waits until `/readyz` says ready.
+    fn launch(
+        dir: tempfile::TempDir,
+        path: &std::path::Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ProxyProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_keyway"))
             .args(["serve", "--config", path.to_str().expect("utf-8 path")])
             .args(extra_args)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
