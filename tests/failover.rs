@@ -193,11 +193,7 @@ fn fill(proxy: &Proxy, n: usize) -> Vec<String> {
 
 #[test]
 fn reads_survive_a_killed_replica() {
-    let (a, mut b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, mut b, c) = support::three();
     let toml = config_toml(
         &[&a, &b, &c],
         &pool("replicas = 2\nread = \"round_robin\"\ntimeout = \"500ms\""),
@@ -226,11 +222,7 @@ fn reads_survive_a_killed_replica() {
 
 #[test]
 fn reads_survive_a_hung_replica_within_timeout_and_fall() {
-    let (a, b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, c) = support::three();
     let toml = config_toml(
         &[&a, &b, &c],
         &pool("replicas = 2\nread = \"round_robin\"\ntimeout = \"200ms\""),
@@ -263,11 +255,7 @@ fn reads_survive_a_hung_replica_within_timeout_and_fall() {
 }
 
 fn spread(policy: &str) -> Vec<u64> {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = support::servers(3);
     let refs: Vec<&RedisServer> = servers.iter().collect();
     let proxy = Proxy::start_toml(&config_toml(
         &refs,
@@ -310,11 +298,7 @@ fn round_robin_and_random_spread_reads_evenly() {
 
 #[test]
 fn least_outstanding_avoids_a_slow_replica() {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = support::servers(3);
     let refs: Vec<&RedisServer> = servers.iter().collect();
     // Health checks are made lenient so that only the balancing policy can avoid the slow one.
     let toml = config_toml(
@@ -351,11 +335,7 @@ fn least_outstanding_avoids_a_slow_replica() {
 
 #[test]
 fn write_all_reaches_every_replica_and_reports_partial_failures() {
-    let (a, b, mut c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, mut c) = support::three();
     let servers = [&a, &b, &c];
     let proxy = Proxy::start_toml(&config_toml(
         &servers,
@@ -414,11 +394,7 @@ fn write_all_reaches_every_replica_and_reports_partial_failures() {
 
 #[test]
 fn quorum_succeeds_on_a_majority_and_primary_writes_one() {
-    let (a, b, mut c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, mut c) = support::three();
     let servers = [&a, &b, &c];
     let proxy = Proxy::start_toml(&config_toml(
         &servers,
@@ -456,11 +432,7 @@ fn quorum_succeeds_on_a_majority_and_primary_writes_one() {
 
 #[test]
 fn failover_next_moves_only_the_down_servers_slots_and_they_come_back() {
-    let (mut a, b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (mut a, b, c) = support::three();
     // failover = "next" is the default.
     let proxy = Proxy::start_toml(&config_toml(&[&a, &b, &c], &pool("")));
     let mut con = proxy.client();

@@ -7,15 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::Commands;
-use support::{config_toml, key_on, wait_until, Proxy, RawClient, RedisServer};
-
-fn three() -> (RedisServer, RedisServer, RedisServer) {
-    (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    )
-}
+use support::{config_toml, key_on, three, wait_until, Proxy, RawClient, RedisServer};
 
 #[test]
 fn pipeline_of_thousands_comes_back_in_order() {

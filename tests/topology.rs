@@ -79,11 +79,7 @@ fn connected_clients(s: &RedisServer) -> u64 {
 
 #[test]
 fn admin_api_swaps_validates_and_dry_runs() {
-    let (a, b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, c) = support::three();
     let proxy = Proxy::start(&[&a, &b]);
     let mut con = proxy.client();
     assert_eq!(version(proxy.admin), 1);
@@ -500,11 +496,7 @@ fn plan_reports_minimal_movement() {
 
 #[test]
 fn warm_up_reads_moved_keys_from_their_previous_server() {
-    let (a, b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, c) = support::three();
     let proxy = Proxy::start_toml(&support::config_toml(&[&a, &b], "warmup = \"30s\""));
     let mut con = proxy.client();
     let keys: Vec<String> = (0..300).map(|i| format!("warm:{i}")).collect();

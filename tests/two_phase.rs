@@ -29,11 +29,7 @@ fn value(s: &RedisServer, key: &str) -> Option<String> {
 
 #[test]
 fn writes_land_on_every_replica_exactly() {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = support::servers(3);
     let refs: Vec<&RedisServer> = servers.iter().collect();
     let proxy = Proxy::start_toml(&config_toml(&refs, &two_phase("")));
     let mut con = proxy.client();
@@ -98,11 +94,7 @@ fn writes_land_on_every_replica_exactly() {
 
 #[test]
 fn a_pipeline_sees_its_own_two_phase_writes_in_order() {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = support::servers(3);
     let refs: Vec<&RedisServer> = servers.iter().collect();
     let proxy = Proxy::start_toml(&config_toml(&refs, &two_phase("")));
     let mut con = proxy.client();
@@ -228,11 +220,7 @@ fn spread_keys() -> Vec<String> {
 
 #[test]
 fn crash_after_prepare_rolls_back_through_the_sweep() {
-    let (a, b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, c) = support::three();
     let servers = [&a, &b, &c];
     let keys = spread_keys();
     let fast = config_toml(
@@ -265,11 +253,7 @@ fn crash_after_prepare_rolls_back_through_the_sweep() {
 
 #[test]
 fn crash_after_prepare_is_resolved_by_the_next_write_that_meets_the_lock() {
-    let (a, b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, c) = support::three();
     let servers = [&a, &b, &c];
     let keys = spread_keys();
     // No sweep to speak of: only a write can find the stale lock.
@@ -302,11 +286,7 @@ fn crash_after_prepare_is_resolved_by_the_next_write_that_meets_the_lock() {
 #[test]
 fn crash_after_the_commit_point_rolls_forward() {
     for failpoint in ["after_primary_commit", "between_secondary_commits"] {
-        let (a, b, c) = (
-            RedisServer::start(),
-            RedisServer::start(),
-            RedisServer::start(),
-        );
+        let (a, b, c) = support::three();
         let servers = [&a, &b, &c];
         let keys = spread_keys();
         let fast = config_toml(
@@ -334,11 +314,7 @@ fn crash_after_the_commit_point_rolls_forward() {
 
 #[test]
 fn two_proxies_resolving_one_transaction_agree() {
-    let (a, b, c) = (
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    );
+    let (a, b, c) = support::three();
     let servers = [&a, &b, &c];
     let keys = spread_keys();
     let slow = config_toml(
@@ -464,11 +440,7 @@ fn a_participant_killed_between_prepare_and_commit_stays_all_or_nothing() {
 
 #[test]
 fn concurrent_increments_and_msets_over_two_proxies_stay_exact() {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = support::servers(3);
     let refs: Vec<&RedisServer> = servers.iter().collect();
     let toml = config_toml(&refs, &two_phase("[pool.two_phase]\nretries = 30"));
     let proxies = [Proxy::start_toml(&toml), Proxy::start_toml(&toml)];
@@ -526,11 +498,7 @@ fn concurrent_increments_and_msets_over_two_proxies_stay_exact() {
 
 #[test]
 fn crossing_multi_key_writes_do_not_deadlock() {
-    let servers = [
-        RedisServer::start(),
-        RedisServer::start(),
-        RedisServer::start(),
-    ];
+    let servers = support::servers(3);
     let refs: Vec<&RedisServer> = servers.iter().collect();
     let proxy = Proxy::start_toml(&config_toml(
         &refs,

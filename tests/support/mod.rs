@@ -225,6 +225,20 @@ impl Drop for RedisServer {
     }
 }
 
+/// Three servers, the usual pool of a test.
+pub fn three() -> (RedisServer, RedisServer, RedisServer) {
+    (
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    )
+}
+
+/// `n` servers, for tests that index them.
+pub fn servers(n: usize) -> Vec<RedisServer> {
+    (0..n).map(|_| RedisServer::start()).collect()
+}
+
 /// Sends one command as a RESP array over a fresh TCP connection and returns the raw reply bytes
 /// read until the first complete line (enough for simple replies).
 pub fn raw_command(addr: SocketAddr, args: &[&str]) -> std::io::Result<Vec<u8>> {
