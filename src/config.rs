@@ -57,6 +57,12 @@ pub struct Config {
     /// exiting anyway. Default `10s`.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Runtime threads serving clients. `1` (the default) runs everything on one thread, as a
+    /// sidecar should: no wake-up crosses threads, which measured faster and cheaper in CPU per
+    /// request than 2 worker threads on a 2-core machine (docs/benchmarks.md). More threads
+    /// use tokio's work-stealing scheduler.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
     /// The pool of redis-servers and how keys are spread over it.
     pub pool: PoolConfig,
     /// Limits on what clients may make Keyway hold.
@@ -323,6 +329,10 @@ fn default_max_clients() -> usize {
 fn default_max_client_output() -> usize {
     64 * 1024 * 1024
 }
+fn default_threads() -> usize {
+    1
+}
+
 fn default_drain() -> Duration {
     Duration::from_secs(10)
 }
@@ -380,6 +390,13 @@ impl Config {
         };
         check_addr(&self.listen).map_err(|m| invalid("listen".into(), Some("listen"), m))?;
         check_addr(&self.admin).map_err(|m| invalid("admin".into(), Some("admin"), m))?;
+        if !(1..=1024).contains(&self.threads) {
+            return Err(invalid(
+                "threads".into(),
+                Some("threads"),
+                format!("must be between 1 and 1024, not {}", self.threads),
+            ));
+        }
         self.pool.validate(text)?;
         if self.limits.max_clients == 0 {
             return Err(invalid(
@@ -561,6 +578,7 @@ weight = 2
         assert_eq!(c.pool.hash_tag, "{}");
         assert_eq!(c.pool.servers[1].weight, 2.0);
         assert_eq!(c.admin, "127.0.0.1:9380");
+        assert_eq!(c.threads, 1);
     }
 
     #[test]
@@ -588,6 +606,7 @@ weight = 2
             ("replicas = 1", "replicas = 3", "replicas"),
             ("timeout = \"250ms\"", "timeout = \"soon\"", "timeout"),
             ("replicas = 1", "hash_tag = \"{\"", "hash_tag"),
+            ("[pool]", "threads = 0\n[pool]", "threads"),
         ] {
             let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(key), "{to}: {e}");

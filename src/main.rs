@@ -178,10 +178,17 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Serve { config, no_watch } => {
             let c = Config::load(&config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the runtime")?;
+            let runtime = if c.threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(c.threads)
+                    .enable_all()
+                    .build()
+            }
+            .context("cannot start the runtime")?;
             runtime.block_on(async {
                 let running = keyway::server::start(&c).await?;
                 tracing::info!(

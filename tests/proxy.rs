@@ -538,3 +538,51 @@ fn redis_rs_async_multiplexed_connection_works() {
         assert_eq!(n, 1000);
     });
 }
+
+#[test]
+fn both_runtime_flavors_serve_the_same_traffic() {
+    // threads = 1 (the default) runs one current-thread runtime; more threads run tokio's
+    // work-stealing scheduler. Both must serve pipelines, splits and concurrent clients alike.
+    let (a, b, c) = three();
+    for threads in ["1", "3"] {
+        let toml = config_toml(&[&a, &b, &c], "")
+            .replace("[pool]", &format!("threads = {threads}\n[pool]"));
+        let proxy = support::ProxyProcess::start(&toml, &[]);
+        let url = format!("redis://{}/", proxy.addr);
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let mut con = redis::Client::open(url.as_str())
+                        .and_then(|c| c.get_connection())
+                        .expect("connect to keyway");
+                    let mut pipe = redis::pipe();
+                    for i in 0..500 {
+                        pipe.cmd("SET").arg(format!("t{w}:{i}")).arg(i).ignore();
+                    }
+                    pipe.query::<()>(&mut con).expect("pipeline");
+                    let keys: Vec<String> = (0..500).map(|i| format!("t{w}:{i}")).collect();
+                    let values: Vec<i64> = con.mget(&keys).expect("MGET across servers");
+                    assert_eq!(values, (0..500).collect::<Vec<i64>>());
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("client thread");
+        }
+        // The setting took: tokio names its worker threads; a current-thread runtime has none.
+        let workers = std::fs::read_dir(format!("/proc/{}/task", proxy.child.id()))
+            .expect("proc task dir")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with("tokio-r"))
+            .count();
+        if threads == "1" {
+            assert_eq!(workers, 0, "threads = 1 runs on the main thread");
+        } else {
+            assert!(workers >= 3, "threads = 3 runs 3 workers, saw {workers}");
+        }
+    }
+    for s in [&a, &b, &c] {
+        assert!(s.dbsize() > 300, "server holds {}", s.dbsize());
+    }
+}

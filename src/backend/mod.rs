@@ -38,6 +38,11 @@ use crate::protocol::{Limits, ReplyDecoder};
 const MAX_IN_FLIGHT: usize = 16 * 1024;
 /// Jobs taken from the queue per batch write.
 const BATCH: usize = 256;
+/// Starting size of a connection's read and write buffers.
+const BUF_START: usize = 16 * 1024;
+/// A buffer grown past this by a burst of large frames is replaced once empty, so that a
+/// heavy run does not leave every server connection holding its peak.
+const BUF_KEEP: usize = 256 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -291,8 +296,8 @@ async fn serve(
     let (mut rd, mut wr) = stream.into_split();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut decoder = ReplyDecoder::new(Limits::for_replies());
-    let mut inbuf = BytesMut::with_capacity(16 * 1024);
-    let mut outbuf = BytesMut::with_capacity(16 * 1024);
+    let mut inbuf = BytesMut::with_capacity(BUF_START);
+    let mut outbuf = BytesMut::with_capacity(BUF_START);
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut rx_open = true;
     let m = &shared.metrics;
@@ -308,11 +313,22 @@ async fn serve(
             let _ = f.reply.send(Err(err.clone()));
         }
     };
+    // The oldest request's deadline. The timer is re-armed lazily: it may fire for a request
+    // that has been answered since, and then it is set to the new oldest one's deadline. So it
+    // is touched about once per timeout period, not once per request.
+    let timer = tokio::time::sleep(shared.timeout);
+    tokio::pin!(timer);
+    let mut armed = false;
     loop {
         if !rx_open && in_flight.is_empty() {
             return End::Closed;
         }
-        let deadline = in_flight.front().map(|f| f.sent + shared.timeout);
+        if !armed {
+            if let Some(front) = in_flight.front() {
+                timer.as_mut().reset(front.sent + shared.timeout);
+                armed = true;
+            }
+        }
         tokio::select! {
             biased;
             read = rd.read_buf(&mut inbuf) => {
@@ -345,7 +361,16 @@ async fn serve(
                                     return End::Failed("reply without a request".into());
                                 }
                             },
-                            Ok(None) => break,
+                            Ok(None) => {
+                                if inbuf.is_empty() && inbuf.capacity() > BUF_KEEP {
+                                    // A burst of large replies grew the buffer: let it go.
+                                    inbuf = BytesMut::with_capacity(BUF_START);
+                                }
+                                if in_flight.is_empty() && in_flight.capacity() > BATCH * 4 {
+                                    in_flight = VecDeque::new();
+                                }
+                                break;
+                            }
                             Err(e) => {
                                 let reason = e.to_string();
                                 fail_all(&mut in_flight, BackendError::Protocol {
@@ -359,14 +384,20 @@ async fn serve(
                     },
                 }
             }
-            _ = sleep_until_opt(deadline) => {
-                tracing::warn!(server = %shared.name, addr = %shared.addr, in_flight = in_flight.len(), "server request timed out; dropping the connection");
-                fail_all(&mut in_flight, BackendError::Timeout {
-                    server: shared.name.clone(),
-                    addr: shared.addr.clone(),
-                    timeout: shared.timeout,
-                });
-                return End::Failed(format!("request timed out after {:?}", shared.timeout));
+            () = &mut timer, if armed => {
+                armed = false;
+                let expired = in_flight
+                    .front()
+                    .is_some_and(|f| f.sent + shared.timeout <= Instant::now());
+                if expired {
+                    tracing::warn!(server = %shared.name, addr = %shared.addr, in_flight = in_flight.len(), "server request timed out; dropping the connection");
+                    fail_all(&mut in_flight, BackendError::Timeout {
+                        server: shared.name.clone(),
+                        addr: shared.addr.clone(),
+                        timeout: shared.timeout,
+                    });
+                    return End::Failed(format!("request timed out after {:?}", shared.timeout));
+                }
             }
             n = rx.recv_many(&mut batch, BATCH), if rx_open && in_flight.len() < MAX_IN_FLIGHT => {
                 if n == 0 {
@@ -374,8 +405,11 @@ async fn serve(
                     continue;
                 }
                 if n < BATCH {
-                    // Let the sessions that run in this scheduler tick add their requests, so
-                    // that they share one write (and the server one read) instead of one each.
+                    // Let the sessions that run in this scheduler tick, and those whose clients
+                    // the next I/O poll finds ready, add their requests, so that they share one
+                    // write (and the server one read) instead of one each. Measured: fewer
+                    // syscalls and more throughput per CPU than writing at once, on both
+                    // runtime flavors (docs/benchmarks.md).
                     tokio::task::yield_now().await;
                     while batch.len() < BATCH {
                         match rx.try_recv() {
@@ -397,12 +431,13 @@ async fn serve(
                         signals,
                     });
                 }
-                // One write per batch, bounded by the oldest job's deadline so that a server
-                // that stopped reading cannot hold this task.
-                let oldest = in_flight.front().map_or(sent, |f| f.sent) + shared.timeout;
-                match tokio::time::timeout_at(oldest, wr.write_all(&outbuf)).await {
-                    Ok(Ok(())) => outbuf.clear(),
-                    Ok(Err(e)) => {
+                // Usually the socket takes the whole batch at once; otherwise the rest goes out
+                // bounded by the oldest job's deadline, so that a server that stopped reading
+                // cannot hold this task.
+                let written = match wr.try_write(&outbuf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(e) => {
                         let reason = e.to_string();
                         fail_all(&mut in_flight, BackendError::Unavailable {
                             server: shared.name.clone(),
@@ -411,14 +446,39 @@ async fn serve(
                         });
                         return End::Failed(reason);
                     }
-                    Err(_) => {
-                        fail_all(&mut in_flight, BackendError::Timeout {
-                            server: shared.name.clone(),
-                            addr: shared.addr.clone(),
-                            timeout: shared.timeout,
-                        });
-                        return End::Failed("write timed out".into());
+                };
+                if written < outbuf.len() {
+                    let oldest = in_flight.front().map_or(sent, |f| f.sent) + shared.timeout;
+                    let rest = outbuf.get(written..).unwrap_or_default();
+                    match tokio::time::timeout_at(oldest, wr.write_all(rest)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            let reason = e.to_string();
+                            fail_all(&mut in_flight, BackendError::Unavailable {
+                                server: shared.name.clone(),
+                                addr: shared.addr.clone(),
+                                reason: Arc::from(reason.as_str()),
+                            });
+                            return End::Failed(reason);
+                        }
+                        Err(_) => {
+                            fail_all(&mut in_flight, BackendError::Timeout {
+                                server: shared.name.clone(),
+                                addr: shared.addr.clone(),
+                                timeout: shared.timeout,
+                            });
+                            return End::Failed("write timed out".into());
+                        }
                     }
+                }
+                if outbuf.capacity() > BUF_KEEP {
+                    // A burst of large requests grew the buffer: let it go.
+                    outbuf = BytesMut::with_capacity(BUF_START);
+                } else {
+                    outbuf.clear();
+                }
+                if batch.capacity() > BATCH * 2 {
+                    batch = Vec::with_capacity(BATCH);
                 }
             }
         }
@@ -441,11 +501,4 @@ fn is_script(frame: &[u8]) -> bool {
             .is_some_and(|n| n.eq_ignore_ascii_case(word))
     };
     starts(b"EVAL") || starts(b"FCALL")
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

@@ -230,9 +230,9 @@ async fn active(
     let mut closing: Option<Option<Disconnect>> = None;
     let mut draining = shared.drain.is_cancelled();
     let idle = limits.idle_timeout;
-    let mut swaps = shared.topology.subscribe();
-    let idle_timer = tokio::time::sleep(idle);
-    tokio::pin!(idle_timer);
+    // Armed only while a partial frame waits for the rest (with nothing pending, the session
+    // parks instead), so that a busy session touches no timer per request.
+    let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
     // The client spoke (the socket turned readable): take what it sent.
     planner.refresh();
@@ -303,6 +303,11 @@ async fn active(
         let can_read = closing.is_none() && pending.len() < limits.max_pipeline;
         let idle_armed =
             !idle.is_zero() && closing.is_none() && pending.is_empty() && out.is_empty();
+        if !idle_armed {
+            idle_timer = None;
+        } else if idle_timer.is_none() {
+            idle_timer = Some(Box::pin(tokio::time::sleep(idle)));
+        }
         tokio::select! {
             biased;
             // Writing comes first: `out` holds only what the client's socket did not take yet,
@@ -336,28 +341,28 @@ async fn active(
                     closing = Some(None);
                 } else {
                     planner.refresh();
-                    if idle_armed {
-                        idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                    }
+                    idle_timer = None;
                 }
             }
-            _ = &mut idle_timer, if idle_armed => {
+            () = poll_fn(|cx| poll_timer(&mut idle_timer, cx)), if idle_armed => {
                 tracing::debug!(client = id, "idle timeout; closing");
                 closing = Some(Some(Disconnect::IdleTimeout));
             }
-            _ = shared.drain.cancelled(), if !draining => {
-                draining = true;
-            }
-            // A new topology: let go of the old one even while idle.
-            Ok(()) = swaps.changed() => {
-                planner.refresh();
-            }
         }
-        if !idle.is_zero() && !pending.is_empty() {
-            idle_timer
-                .as_mut()
-                .reset(tokio::time::Instant::now() + idle);
+        // Draining is checked between events (an atomic load), not waited on: an active
+        // session has its next event coming anyway (a reply, a read), and a parked one waits
+        // for it. A topology swap reaches the planner at the next read (`refresh`).
+        if !draining && shared.drain.is_cancelled() {
+            draining = true;
         }
+    }
+}
+
+/// Polls an optional timer; without one, never ready.
+fn poll_timer(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context<'_>) -> Poll<()> {
+    match timer {
+        Some(t) => t.as_mut().poll(cx),
+        None => Poll::Pending,
     }
 }
 

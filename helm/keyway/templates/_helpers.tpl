@@ -154,6 +154,9 @@ admin = {{ include "keyway.admin" . | toJson }}
 {{- if not (kindIs "invalid" $c.drain_timeout) }}
 drain_timeout = {{ include "keyway.tomlScalar" $c.drain_timeout }}
 {{- end }}
+{{- if not (kindIs "invalid" $c.threads) }}
+threads = {{ include "keyway.tomlScalar" $c.threads }}
+{{- end }}
 
 [pool]
 {{- range $k := list "replicas" "hash_tag" "connections" "timeout" "read" "write" "warmup" }}
