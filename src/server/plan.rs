@@ -68,7 +68,30 @@ fn is_write(spec: &command::CommandSpec) -> bool {
         || matches!(spec.name, "eval" | "evalsha" | "fcall")
 }
 
-/// Per-session planning state: the snapshot in use and scratch space reused across requests.
+/// What a client has set that outlives a burst of requests: kept while its session is parked,
+/// when no [`Planner`] exists.
+pub(crate) struct ClientState {
+    /// CLIENT SETNAME.
+    name: Option<Bytes>,
+    /// Round-robin position of this client's reads.
+    rr: usize,
+}
+
+impl ClientState {
+    /// A new client's state. Reads start their round robin at the client id, so that clients
+    /// do not all begin on the same replica.
+    pub(crate) fn new(id: u64) -> ClientState {
+        ClientState {
+            name: None,
+            // Truncation is fine: only the remainder modulo the replica count matters.
+            rr: id as usize,
+        }
+    }
+}
+
+/// Per-session planning state for one active stretch: the snapshot in use and scratch space
+/// reused across requests. A parked session keeps only its [`ClientState`], so that it holds
+/// no topology snapshot (an old snapshot would keep removed servers' connections open).
 pub(crate) struct Planner {
     pub(crate) shared: Arc<Shared>,
     pub(crate) topo: Arc<Topology>,
@@ -82,15 +105,24 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
-    pub(crate) fn new(shared: Arc<Shared>, id: u64) -> Planner {
+    /// A planner on the current topology for client `id`, resuming `client`'s settings.
+    pub(crate) fn new(shared: Arc<Shared>, id: u64, client: ClientState) -> Planner {
         let topo = shared.topology.load();
         Planner {
             shared,
             topo,
             id,
-            client_name: None,
+            client_name: client.name,
             keys: Vec::new(),
-            rr: id as usize,
+            rr: client.rr,
+        }
+    }
+
+    /// Ends the stretch: what must outlive it.
+    pub(crate) fn into_client(self) -> ClientState {
+        ClientState {
+            name: self.client_name,
+            rr: self.rr,
         }
     }
 

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::plan::Planner;
+use super::plan::{ClientState, Planner};
 use super::Shared;
 use crate::backend::Reply;
 use crate::metrics::Metrics;
@@ -119,8 +119,8 @@ impl Disconnect {
 /// How an active stretch of a session ended.
 enum Stretch {
     /// Everything received was answered and nothing is buffered: park until the client
-    /// speaks again.
-    Parked,
+    /// speaks again, keeping what the client set.
+    Parked(ClientState),
     /// The connection is finished.
     Closed,
 }
@@ -129,60 +129,56 @@ enum Stretch {
 ///
 /// A session alternates between two states, so that an idle client costs little memory:
 ///
-/// - **Parked** (this function): nothing pending, nothing buffered. The task holds only the
-///   socket, the decoder and the planner, and waits for the client to speak (or for a drain,
-///   the idle timeout, a topology swap).
-/// - **Active** ([`active`], boxed): buffers, the queue of pending replies, timers; it returns
+/// - **Parked** (this function): nothing pending, nothing buffered, no topology snapshot. The
+///   task holds the socket, the client's settings ([`ClientState`]) and the drain waiter, and
+///   waits for the client to speak (or for a drain, or the idle timeout).
+/// - **Active** ([`active`], boxed): planner, buffers, the queue of pending replies; it returns
 ///   to parked as soon as everything received has been answered.
 ///
 /// # Errors
 ///
 /// The I/O error that ended the connection, if any.
-pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut planner = Planner::new(shared.clone(), id);
-    // Wakes at each topology swap and when Keyway starts draining.
-    let mut events = shared.topology.subscribe();
+pub(crate) async fn run(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    id: u64,
+) -> std::io::Result<()> {
+    let mut client = ClientState::new(id);
     let idle = shared.client_limits.idle_timeout;
     loop {
-        // Parked: two variants of the wait, so that a session without an idle timeout does not
-        // carry a timer.
-        let woke = if idle.is_zero() {
-            tokio::select! {
-                biased;
-                ready = rd.readable() => Woke::Readable(ready),
-                Ok(()) = events.changed() => Woke::Event,
+        // Parked. The drain waiter is created before the flag is checked, so a drain that
+        // starts in between still wakes it. The idle timer exists only when one is configured.
+        let drain = shared.drain.cancelled();
+        let mut drain = std::pin::pin!(drain);
+        let mut idle_timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
+        let woke = poll_fn(|cx| {
+            if drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Drain);
             }
-        } else {
-            tokio::select! {
-                biased;
-                ready = rd.readable() => Woke::Readable(ready),
-                Ok(()) = events.changed() => Woke::Event,
-                _ = tokio::time::sleep(idle) => Woke::Idle,
+            if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                return Poll::Ready(Woke::Readable(ready));
             }
-        };
+            poll_timer(&mut idle_timer, cx).map(|()| Woke::Idle)
+        })
+        .await;
         match woke {
             Woke::Readable(ready) => ready?,
-            Woke::Event if shared.drain.is_cancelled() => {
+            Woke::Drain => {
                 count_disconnect(&shared.metrics, Disconnect::Drain);
-                let _ = wr.shutdown().await;
+                let _ = stream.shutdown().await;
                 return Ok(());
-            }
-            Woke::Event => {
-                // A new topology: let go of the old one even while parked.
-                planner.refresh();
-                continue;
             }
             Woke::Idle => {
                 tracing::debug!(client = id, "idle timeout; closing");
                 count_disconnect(&shared.metrics, Disconnect::IdleTimeout);
-                let _ = wr.shutdown().await;
+                let _ = stream.shutdown().await;
                 return Ok(());
             }
         }
-        let stretch = Box::pin(active(&mut rd, &mut wr, &shared, &mut planner, id));
+        let planner = Planner::new(shared.clone(), id, client);
+        let stretch = Box::pin(active(&mut stream, &shared, planner, id));
         match stretch.await? {
-            Stretch::Parked => {}
+            Stretch::Parked(kept) => client = kept,
             Stretch::Closed => return Ok(()),
         }
     }
@@ -191,7 +187,7 @@ pub(crate) async fn run(stream: TcpStream, shared: Arc<Shared>, id: u64) -> std:
 /// What woke a parked session.
 enum Woke {
     Readable(std::io::Result<()>),
-    Event,
+    Drain,
     Idle,
 }
 
@@ -209,12 +205,13 @@ fn count_disconnect(metrics: &Metrics, why: Disconnect) {
 /// replies are pending; a client whose untaken replies would pass `max_client_output` bytes is
 /// disconnected.
 async fn active(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    stream: &mut TcpStream,
     shared: &Arc<Shared>,
-    planner: &mut Planner,
+    mut planner: Planner,
     id: u64,
 ) -> std::io::Result<Stretch> {
+    let (mut rd, mut wr) = stream.split();
+    let (rd, wr) = (&mut rd, &mut wr);
     // A parked session has no partial frame, so the decoder starts afresh each stretch.
     let mut decoder = RequestDecoder::new(shared.limits);
     let decoder = &mut decoder;
@@ -243,7 +240,7 @@ async fn active(
         Poll::Ready(Ok(0)) => closing = Some(None),
         Poll::Ready(Ok(_)) => {}
         Poll::Ready(Err(e)) => return Err(e),
-        Poll::Pending => return Ok(Stretch::Parked),
+        Poll::Pending => return Ok(Stretch::Parked(planner.into_client())),
     }
 
     loop {
@@ -298,7 +295,7 @@ async fn active(
                 return Ok(Stretch::Closed);
             }
         } else if quiet && inbuf.is_empty() {
-            return Ok(Stretch::Parked);
+            return Ok(Stretch::Parked(planner.into_client()));
         }
         let can_read = closing.is_none() && pending.len() < limits.max_pipeline;
         let idle_armed =
@@ -374,7 +371,7 @@ fn poll_timer(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context
 /// goes quiet holds no read buffer; with a partial frame buffered, reads go straight into
 /// `inbuf`, grown by `READ_CHUNK`.
 fn poll_read_some(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut tokio::net::tcp::ReadHalf<'_>,
     inbuf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
