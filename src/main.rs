@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use keyway::config::Config;
 use keyway::routing::{key_slot, HashTag, SlotTable};
+
+/// jemalloc, configured in `.cargo/config.toml` to hand freed pages back to the OS within about
+/// a second (glibc malloc kept tens of MiB after a burst of clients; docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Keyway: a sharding proxy for Redis.
 #[derive(Parser)]
