@@ -319,6 +319,9 @@ async fn serve(
     let timer = tokio::time::sleep(shared.timeout);
     tokio::pin!(timer);
     let mut armed = false;
+    // Jobs in the previous batch: a connection whose batches are single jobs (one client at a
+    // time) gains nothing by waiting for company, and skips the yield below.
+    let mut last_batch = 0usize;
     loop {
         if !rx_open && in_flight.is_empty() {
             return End::Closed;
@@ -404,7 +407,7 @@ async fn serve(
                     rx_open = false;
                     continue;
                 }
-                if n < BATCH {
+                if n < BATCH && (n > 1 || last_batch > 1) {
                     // Let the sessions that run in this scheduler tick, and those whose clients
                     // the next I/O poll finds ready, add their requests, so that they share one
                     // write (and the server one read) instead of one each. Measured: fewer
@@ -419,6 +422,7 @@ async fn serve(
                     }
                 }
                 let n = batch.len();
+                last_batch = n;
                 let sent = Instant::now();
                 m.requests.inc_by(n as u64);
                 m.in_flight.add(n as i64);
