@@ -348,13 +348,16 @@ async fn serve(
                         });
                         return End::Failed(reason);
                     }
-                    Ok(_) => loop {
+                    // One clock read for every reply this read brought.
+                    Ok(_) => {
+                        let now = Instant::now();
+                        loop {
                         match decoder.decode(&mut inbuf) {
                             Ok(Some(frame)) => match in_flight.pop_front() {
                                 Some(f) => {
                                     *backoff = BACKOFF_MIN;
                                     m.in_flight.dec();
-                                    m.latency.observe(f.sent.elapsed().as_secs_f64());
+                                    m.latency.observe(now.saturating_duration_since(f.sent).as_secs_f64());
                                     if f.signals && Health::is_failure_reply(&frame) {
                                         shared.health.failure("server answered that it cannot serve");
                                     }
@@ -384,7 +387,8 @@ async fn serve(
                                 return End::Failed(reason);
                             }
                         }
-                    },
+                        }
+                    }
                 }
             }
             () = &mut timer, if armed => {

@@ -381,11 +381,31 @@ fn find(container: Option<&str>, name: &[u8]) -> Option<&'static CommandSpec> {
         }
         *dst = b.to_ascii_lowercase();
     }
-    let full = std::str::from_utf8(buf.get(..len)?).ok()?;
-    let at = table::COMMANDS
-        .binary_search_by(|s| s.name.cmp(full))
-        .ok()?;
-    table::COMMANDS.get(at)
+    let full = buf.get(..len)?;
+    let bucket = INDEX.get(bucket_of(full)?)?;
+    bucket
+        .iter()
+        .filter_map(|&i| table::COMMANDS.get(usize::from(i)))
+        .find(|s| s.name.as_bytes() == full)
+}
+
+/// Buckets of the table by name length and first letter, so that a lookup compares one to
+/// three names instead of binary-searching 366 (this is on every request's path).
+static INDEX: std::sync::LazyLock<Vec<Vec<u16>>> = std::sync::LazyLock::new(|| {
+    let mut index = vec![Vec::new(); NAME_MAX * 32];
+    for (i, spec) in table::COMMANDS.iter().enumerate() {
+        let slot = bucket_of(spec.name.as_bytes()).and_then(|b| index.get_mut(b));
+        if let (Some(slot), Ok(i)) = (slot, u16::try_from(i)) {
+            slot.push(i);
+        }
+    }
+    index
+});
+
+/// The [`INDEX`] bucket of a lowercase name; `None` for an empty or too long one.
+fn bucket_of(name: &[u8]) -> Option<usize> {
+    let first = *name.first()?;
+    (name.len() < NAME_MAX).then(|| name.len() * 32 + usize::from(first & 31))
 }
 
 /// How redis-server quotes a client's argument in an error: at most `max` bytes, cut at a NUL

@@ -244,11 +244,13 @@ async fn active(
     }
 
     loop {
-        // Dispatch every whole frame already buffered, up to the pipeline limit.
+        // Dispatch every whole frame already buffered, up to the pipeline limit. Frames that
+        // arrived in one read share one start time (one clock read per batch, not per frame).
+        let mut now: Option<Instant> = None;
         while closing.is_none() && pending.len() < limits.max_pipeline && barriers == 0 {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(request)) => {
-                    let started = Instant::now();
+                    let started = *now.get_or_insert_with(Instant::now);
                     let (reply, spec, quit) = planner.dispatch(request);
                     let command = metrics.command_index(spec);
                     let barrier = matches!(reply, Pending::Task(_));
@@ -401,7 +403,7 @@ fn poll_read_some(
 }
 
 /// Counts a finished request.
-fn account(metrics: &Metrics, (entry, reply): &(EntryDone, Bytes)) {
+fn account(metrics: &Metrics, (entry, reply): &(EntryDone, Bytes), now: Instant) {
     let m = metrics.command_at(entry.command);
     if reply.first() == Some(&b'-') {
         m.error.inc();
@@ -410,7 +412,7 @@ fn account(metrics: &Metrics, (entry, reply): &(EntryDone, Bytes)) {
     }
     metrics
         .request_duration
-        .observe(entry.started.elapsed().as_secs_f64());
+        .observe(now.saturating_duration_since(entry.started).as_secs_f64());
 }
 
 /// What is left of an [`Entry`] once its reply is out.
@@ -433,9 +435,10 @@ fn collect(
     limit: usize,
 ) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
+    let now = Instant::now();
     let mut next = Some(first);
     while let Some(done) = next.take() {
-        account(metrics, &done);
+        account(metrics, &done, now);
         if done.0.barrier {
             *barriers = barriers.saturating_sub(1);
         }
