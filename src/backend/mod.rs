@@ -301,6 +301,9 @@ async fn serve(
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut rx_open = true;
     let m = &shared.metrics;
+    // Reply latencies are counted locally and published once per read, not with atomic
+    // updates per reply.
+    let latencies = m.latency.local();
     let fail_all = |in_flight: &mut VecDeque<InFlight>, err: BackendError| {
         let n = in_flight.len() as u64;
         match err {
@@ -357,7 +360,7 @@ async fn serve(
                                 Some(f) => {
                                     *backoff = BACKOFF_MIN;
                                     m.in_flight.dec();
-                                    m.latency.observe(now.saturating_duration_since(f.sent).as_secs_f64());
+                                    latencies.observe(now.saturating_duration_since(f.sent).as_secs_f64());
                                     if f.signals && Health::is_failure_reply(&frame) {
                                         shared.health.failure("server answered that it cannot serve");
                                     }
@@ -368,6 +371,7 @@ async fn serve(
                                 }
                             },
                             Ok(None) => {
+                                latencies.flush();
                                 if inbuf.is_empty() && inbuf.capacity() > BUF_KEEP {
                                     // A burst of large replies grew the buffer: let it go.
                                     inbuf = BytesMut::with_capacity(BUF_START);

@@ -216,6 +216,9 @@ async fn active(
     let mut decoder = RequestDecoder::new(shared.limits);
     let decoder = &mut decoder;
     let metrics = &shared.metrics;
+    // Request durations are counted locally and published once per batch of replies, not with
+    // atomic updates per request.
+    let durations = metrics.request_duration.local();
     let limits = &shared.client_limits;
     let mut inbuf = BytesMut::new();
     let mut out = BytesMut::new();
@@ -324,7 +327,8 @@ async fn active(
                 }
             }
             first = poll_fn(|cx| front(&mut pending, cx)), if !pending.is_empty() => {
-                let within = collect(first, &mut pending, &mut out, metrics, &mut barriers, limits.max_client_output);
+                let within = collect(first, &mut pending, &mut out, metrics, &durations, &mut barriers, limits.max_client_output);
+                durations.flush();
                 if !within {
                     tracing::info!(
                         client = id,
@@ -403,16 +407,19 @@ fn poll_read_some(
 }
 
 /// Counts a finished request.
-fn account(metrics: &Metrics, (entry, reply): &(EntryDone, Bytes), now: Instant) {
+fn account(
+    metrics: &Metrics,
+    durations: &prometheus::local::LocalHistogram,
+    (entry, reply): &(EntryDone, Bytes),
+    now: Instant,
+) {
     let m = metrics.command_at(entry.command);
     if reply.first() == Some(&b'-') {
         m.error.inc();
     } else {
         m.ok.inc();
     }
-    metrics
-        .request_duration
-        .observe(now.saturating_duration_since(entry.started).as_secs_f64());
+    durations.observe(now.saturating_duration_since(entry.started).as_secs_f64());
 }
 
 /// What is left of an [`Entry`] once its reply is out.
@@ -431,6 +438,7 @@ fn collect(
     pending: &mut VecDeque<Entry>,
     out: &mut BytesMut,
     metrics: &Metrics,
+    durations: &prometheus::local::LocalHistogram,
     barriers: &mut usize,
     limit: usize,
 ) -> bool {
@@ -438,7 +446,7 @@ fn collect(
     let now = Instant::now();
     let mut next = Some(first);
     while let Some(done) = next.take() {
-        account(metrics, &done, now);
+        account(metrics, durations, &done, now);
         if done.0.barrier {
             *barriers = barriers.saturating_sub(1);
         }

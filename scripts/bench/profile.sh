@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Where a proxy's time goes, per request: syscalls by kind, context switches and CPU time
+# (perf stat: syscall tracepoints and software counters, which work where hardware counters do
+# not), then the split of CPU samples between kernel and user space and the top user-space
+# symbols (perf record -e cpu-clock). Keyway with threads = 1 (its default, one current-thread
+# runtime) and threads = 2 (two work-stealing workers), and twemproxy, on the same 3-server pool.
+#
+#   scripts/bench/profile.sh                 # GET -P 1 (200k requests), then GET -P 16 (2M)
+#   scripts/bench/profile.sh set 16 1000000  # one cell of your choice
+#
+# Environment: BENCH_KEYWAY_BIN=path (else cargo build --release), PROFILE_TOP=15 (symbols shown).
+# Needs: perf (Debian linux-perf), redis-server, redis-benchmark, nutcracker, python3.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+die() { echo "profile: $*" >&2; exit 1; }
+for tool in perf redis-server redis-benchmark redis-cli nutcracker python3; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y linux-perf redis-server redis-tools nutcracker)"
+done
+perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 \
+  || die "perf cannot read syscall tracepoints here (try: sysctl kernel.perf_event_paranoid=-1)"
+
+if [[ $# -ge 3 ]]; then cells=("$1:$2:$3"); else cells=("get:1:200000" "get:16:2000000"); fi
+top=${PROFILE_TOP:-15}
+if [[ -n ${BENCH_KEYWAY_BIN:-} ]]; then
+  keyway=$BENCH_KEYWAY_BIN
+else
+  cargo build --release --quiet || die "cargo build --release failed"
+  keyway=$PWD/target/release/keyway
+fi
+
+dir=$(mktemp -d /tmp/keyway-profile.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+read -r -a ports <<<"$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(9)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+for i in 0 1 2; do
+  redis-server --port "${ports[$i]}" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$dir" --logfile "$dir/redis-$i.log" </dev/null >/dev/null 2>&1 &
+  pids+=($!)
+done
+
+declare -A port_of pid_of
+start_keyway() { # name threads listen admin
+  cat >"$dir/$1.toml" <<EOF
+listen = "127.0.0.1:$3"
+admin = "127.0.0.1:$4"
+threads = $2
+[pool]
+timeout = "1s"
+[[pool.servers]]
+name = "a"
+addr = "127.0.0.1:${ports[0]}"
+[[pool.servers]]
+name = "b"
+addr = "127.0.0.1:${ports[1]}"
+[[pool.servers]]
+name = "c"
+addr = "127.0.0.1:${ports[2]}"
+EOF
+  env -u KEYWAY_THREADS RUST_LOG=warn "$keyway" serve --config "$dir/$1.toml" </dev/null >"$dir/$1.log" 2>&1 &
+  pids+=($!)
+  pid_of[$1]=$!
+  port_of[$1]=$3
+}
+sleep 0.3
+start_keyway keyway-threads-1 1 "${ports[3]}" "${ports[4]}"
+start_keyway keyway-threads-2 2 "${ports[5]}" "${ports[6]}"
+cat >"$dir/twemproxy.yml" <<EOF
+profile:
+  listen: 127.0.0.1:${ports[7]}
+  hash: fnv1a_64
+  distribution: ketama
+  redis: true
+  auto_eject_hosts: false
+  server_connections: 1
+  preconnect: true
+  timeout: 1000
+  servers:
+   - 127.0.0.1:${ports[0]}:1 a
+   - 127.0.0.1:${ports[1]}:1 b
+   - 127.0.0.1:${ports[2]}:1 c
+EOF
+nutcracker -c "$dir/twemproxy.yml" -s "${ports[8]}" -a 127.0.0.1 -o "$dir/twemproxy.log" </dev/null >/dev/null 2>&1 &
+pids+=($!)
+pid_of[twemproxy]=$!
+port_of[twemproxy]=${ports[7]}
+targets=(keyway-threads-1 keyway-threads-2 twemproxy)
+for t in "${targets[@]}"; do
+  ok=0
+  for _ in $(seq 100); do
+    [[ $(redis-cli -p "${port_of[$t]}" set profile:probe 1 2>/dev/null) == OK ]] && { ok=1; break; }
+    sleep 0.1
+  done
+  (( ok )) || die "$t did not start serving (see $dir/$t.log)"
+done
+
+events=raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches,task-clock
+
+echo "# profile: keyway $("$keyway" --version) (git $(git rev-parse --short HEAD 2>/dev/null || echo '?')), $(nproc) cores, $(uname -sr)"
+for cell in "${cells[@]}"; do
+  IFS=: read -r test pipe n <<<"$cell"
+  echo
+  echo "## $test -P $pipe -c 50, $n requests: per request"
+  printf '%-18s %9s %7s %9s %7s %7s %7s %7s %7s %9s\n' target rps syscalls send+recv write+read epoll futex ctxsw cpu_us user_%
+  for t in "${targets[@]}"; do
+    pid=${pid_of[$t]}
+    perf stat -x, -e "$events" -p "$pid" -o "$dir/stat.csv" &
+    sp=$!
+    perf record -q -e cpu-clock -F 2999 -p "$pid" -o "$dir/perf.data" >/dev/null 2>&1 &
+    rp=$!
+    sleep 0.3
+    rps=$(redis-benchmark -p "${port_of[$t]}" -t "$test" -P "$pipe" -c 50 -n "$n" -r 100000 -d 64 --csv 2>/dev/null \
+      | tail -1 | cut -d, -f2 | tr -d '"')
+    kill -INT "$sp" "$rp" 2>/dev/null || true
+    wait "$sp" "$rp" 2>/dev/null || true
+    user=$(perf report -i "$dir/perf.data" --sort dso --stdio 2>/dev/null \
+      | awk '/%/ && !/kernel/ && !/^#/ {gsub("%","",$1); s+=$1} END {printf "%.0f", s}')
+    python3 - "$dir/stat.csv" "$n" "$t" "$rps" "$user" <<'EOF'
+import sys
+path, n, target, rps, user = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+v = {}
+for line in open(path):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0] and not line.startswith("#"):
+        try:
+            v[f[2]] = float(f[0])
+        except ValueError:
+            pass
+g = lambda k: v.get(k, 0.0) / n
+print(f"{target:<18} {float(rps):>9,.0f} {g('raw_syscalls:sys_enter'):>7.2f} "
+      f"{g('syscalls:sys_enter_sendto') + g('syscalls:sys_enter_recvfrom'):>9.2f} "
+      f"{g('syscalls:sys_enter_write') + g('syscalls:sys_enter_writev') + g('syscalls:sys_enter_read'):>7.2f} "
+      f"{g('syscalls:sys_enter_epoll_wait'):>7.2f} {g('syscalls:sys_enter_futex'):>7.2f} "
+      f"{g('context-switches'):>7.2f} {v.get('task-clock', 0.0) * 1000 / n:>7.2f} {user:>9}")
+EOF
+    if [[ $t == keyway-threads-1 ]]; then
+      perf report -i "$dir/perf.data" --sort dso,sym --stdio 2>/dev/null \
+        | awk -v top="$top" '/%/ && !/^#/ && !/kernel/ && n < top {print; n++}' >"$dir/top.txt" || true
+    fi
+  done
+  echo
+  echo "top user-space symbols, keyway-threads-1 (share of all its CPU samples):"
+  sed 's/^/    /' "$dir/top.txt"
+done
