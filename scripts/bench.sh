@@ -194,6 +194,10 @@ ticks() { # pid -> utime+stime in clock ticks
   echo $(( ${12} + ${13} ))
 }
 pool_ticks() { local sum=0 p; for p in "${pool_pids[@]}"; do sum=$((sum + $(ticks "$p"))); done; echo "$sum"; }
+# The whole machine's busy time (user, nice, system, irq, softirq) in clock ticks: every process,
+# the load generator included. On a saturated machine throughput is inversely proportional to
+# it per request, which is what bounds the throughput ratios (see report.py).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
@@ -260,16 +264,16 @@ for test in get set; do
 done
 
 results=$dir/results.tsv
-printf 'kind\trep\ttest\tpipe\ttarget\tn\trps\tp50\tp99\tsecs\tcpu_ticks\tpool_ticks\n' >"$results"
+printf 'kind\trep\ttest\tpipe\ttarget\tn\trps\tp50\tp99\tsecs\tcpu_ticks\tpool_ticks\tmachine_ticks\n' >"$results"
 clk=$(getconf CLK_TCK)
 cell() { # kind rep target test pipe clients n
-  local kind=$1 rep=$2 t=$3 test=$4 p=$5 c=$6 n=$7 c0 c1 q0 q1 rps p50 p99
-  c0=$(ticks "${pid_of[$t]}"); q0=$(pool_ticks)
+  local kind=$1 rep=$2 t=$3 test=$4 p=$5 c=$6 n=$7 c0 c1 q0 q1 m0 m1 rps p50 p99
+  c0=$(ticks "${pid_of[$t]}"); q0=$(pool_ticks); m0=$(machine_ticks)
   read -r rps p50 p99 <<<"$(bench "$t" "$test" "$p" "$c" "$n")"
   [[ -n $rps ]] || die "no result for $t $test -P $p -c $c"
-  c1=$(ticks "${pid_of[$t]}"); q1=$(pool_ticks)
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$rep" "$test" "$p" "$t" "$n" "$rps" \
-    "$p50" "$p99" "$(python3 -c "print(round($n/$rps, 2))")" "$((c1 - c0))" "$((q1 - q0))" >>"$results"
+  c1=$(ticks "${pid_of[$t]}"); q1=$(pool_ticks); m1=$(machine_ticks)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$rep" "$test" "$p" "$t" "$n" "$rps" \
+    "$p50" "$p99" "$(python3 -c "print(round($n/$rps, 2))")" "$((c1 - c0))" "$((q1 - q0))" "$((m1 - m0))" >>"$results"
 }
 for rep in $(seq "$REPS"); do
   # Rotate the order each round (D K T, K T D, T D K, ...) so no target always goes first.

@@ -57,6 +57,10 @@ def main():
         # CPU microseconds per request: the measured process, and the three pool servers.
         r["cpu_us"] = int(r["cpu_ticks"]) / clk * 1e6 / r["n"]
         r["pool_us"] = int(r["pool_ticks"]) / clk * 1e6 / r["n"]
+        # The whole machine (every process, the load generator included), and how busy it was.
+        if r.get("machine_ticks"):
+            r["machine_us"] = int(r["machine_ticks"]) / clk * 1e6 / r["n"]
+            r["busy"] = int(r["machine_ticks"]) / clk / max(r["secs"], 1e-9) / int(facts.get("nproc", "1"))
 
     def cell(kind, test, pipe, target):
         return sorted((r for r in rows if r["kind"] == kind and r["test"] == test
@@ -129,6 +133,37 @@ def main():
                        f"{cpu['twemproxy']:.2f} | {fmt_ratio(cpu_kt[(t, p)])} | "
                        f"{pool['keyway']:.2f} / {pool['twemproxy']:.2f} |")
     out.append("")
+
+    # ---- what bounds the throughput ratios
+    if all("machine_us" in r for r in rows if r["kind"] == "tput"):
+        out += ["### What bounds the throughput ratios",
+                "",
+                "Machine CPU is the busy time of the whole machine (every process: redis-benchmark, "
+                "the servers, the proxy, the kernel's work for all of them; /proc/stat) per request. "
+                "When the machine is saturated (busy near 100%), throughput is inversely proportional "
+                "to it, so a proxy's ratios are set by the machine CPU per request of each setup. "
+                "\"Rest\" is what the keyway setup spends outside Keyway's own process. From it follow "
+                "the ratio a proxy costing nothing would reach against twemproxy (twemproxy's machine "
+                "CPU / rest), and the CPU per request Keyway may use to meet each throughput target "
+                "(target machine CPU / ratio - rest); a budget under 0 cannot be met by any proxy. "
+                "Medians of rounds.",
+                "",
+                "| test | -P | machine busy D / K / T | machine CPU µs/req D / K / T | rest behind keyway | zero-cost proxy / twemproxy | keyway CPU budget: vs twemproxy target | vs direct target | keyway CPU |",
+                "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for t in tests:
+            for p in pipes:
+                mach = {x: med([r["machine_us"] for r in cell("tput", t, p, x)]) for x in TARGETS}
+                busy = " / ".join(f"{med([r['busy'] for r in cell('tput', t, p, x)]) * 100:.0f}%" for x in TARGETS)
+                kcpu = med([r["cpu_us"] for r in cell("tput", t, p, "keyway")])
+                rest = mach["keyway"] - kcpu
+                zero = mach["twemproxy"] / rest if rest > 0 else float("inf")
+                want_t, want_d = (1.25, 0.80) if p == 1 else (1.8, 0.70)
+                bud_t = mach["twemproxy"] / want_t - rest
+                bud_d = mach["direct"] / want_d - rest
+                out.append(f"| {label[t]} | {p} | {busy} | {mach['direct']:.2f} / {mach['keyway']:.2f} / "
+                           f"{mach['twemproxy']:.2f} | {rest:.2f} | {zero:.2f}x | {bud_t:.2f} (for {want_t}x) | "
+                           f"{bud_d:.2f} (for {want_d}x) | {kcpu:.2f} |")
+        out.append("")
 
     # ---- low-load latency
     lat_tests = [t for t in ("get", "set") if any(r["kind"] == "lat" and r["test"] == t for r in rows)]
