@@ -450,3 +450,25 @@ fn key_positions_of_movable_commands() {
         })
     );
 }
+
+#[test]
+fn every_table_entry_is_found_by_its_name_in_any_case() {
+    // The lookup index (by name length and first letter) must reach every entry, containers'
+    // subcommands included, and a request's case must not matter.
+    let mut n = 0;
+    for spec in all_specs() {
+        let found = lookup(spec.name).map(|s| s.name);
+        assert_eq!(found, Some(spec.name), "lookup({})", spec.name);
+        let upper = spec.name.to_ascii_uppercase();
+        assert_eq!(
+            lookup(&upper).map(|s| s.name),
+            Some(spec.name),
+            "lookup({upper})"
+        );
+        n += 1;
+    }
+    assert!(n >= 366, "{n} entries");
+    for missing in ["", "gett", "ge", "client|nosuch", "nosuch|list", "get|x"] {
+        assert!(lookup(missing).is_none(), "{missing:?} must not resolve");
+    }
+}

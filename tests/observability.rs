@@ -452,3 +452,33 @@ fn idle_clients_are_closed_after_the_idle_timeout() {
         1.0
     );
 }
+
+#[test]
+fn a_drain_closes_idle_clients_and_clients_holding_half_a_command() {
+    // Neither a parked client nor one that sent part of a frame and went quiet may hold a drain
+    // up to its deadline: both are closed as soon as Keyway drains, and it exits 0.
+    let a = RedisServer::start();
+    let toml = config_toml(&[&a], "").replace("[pool]", "drain_timeout = \"60s\"\n[pool]");
+    let mut proxy = ProxyProcess::start(&toml, &[]);
+    let mut idle = RawClient::connect(proxy.addr);
+    idle.send(b"*1\r\n$4\r\nPING\r\n");
+    assert_eq!(idle.read_exact_or_eof(7), b"+PONG\r\n");
+    let mut half = RawClient::connect(proxy.addr);
+    half.send(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n");
+    assert_eq!(half.read_exact_or_eof(7), b"+PONG\r\n");
+    proxy.signal("TERM");
+    assert_eq!(
+        half.read_to_close(),
+        b"",
+        "the half-sent command gets no reply"
+    );
+    assert_eq!(idle.read_to_close(), b"");
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        proxy.log()
+    );
+    // Exiting well inside the 60 s deadline shows neither client held the drain up.
+    assert!(proxy.log().contains("drained;"), "{}", proxy.log());
+}

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Where a proxy's time goes, per request: syscalls by kind, context switches and CPU time
 # (perf stat: syscall tracepoints and software counters, which work where hardware counters do
-# not), then the split of CPU samples between kernel and user space and the top user-space
-# symbols (perf record -e cpu-clock). Keyway with threads = 1 (its default, one current-thread
-# runtime) and threads = 2 (two work-stealing workers), and twemproxy, on the same 3-server pool.
+# not), the split of CPU samples between kernel and user space and the top user-space symbols
+# (perf record -e cpu-clock), and, from a second run of the cell that records every write with
+# its socket, the writes per client batch (-P requests: 1 is the floor) and the writes to the
+# servers per request (how well requests of different clients share a write).
+#
+# Targets, on the same 3-server pool: Keyway with threads = 1 (its default, one current-thread
+# runtime) and threads = 2 (two work-stealing workers), both with its default
+# pool.connections = 2; Keyway with one connection per server (keyway-1-conn); twemproxy.
 #
 #   scripts/bench/profile.sh                 # GET -P 1 (200k requests), then GET -P 16 (2M)
 #   scripts/bench/profile.sh set 16 1000000  # one cell of your choice
@@ -40,7 +45,7 @@ trap cleanup EXIT
 
 read -r -a ports <<<"$(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(9)]
+socks = [socket.socket() for _ in range(11)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')"
@@ -51,12 +56,13 @@ for i in 0 1 2; do
 done
 
 declare -A port_of pid_of
-start_keyway() { # name threads listen admin
+start_keyway() { # name threads connections listen admin
   cat >"$dir/$1.toml" <<EOF
-listen = "127.0.0.1:$3"
-admin = "127.0.0.1:$4"
+listen = "127.0.0.1:$4"
+admin = "127.0.0.1:$5"
 threads = $2
 [pool]
+connections = $3
 timeout = "1s"
 [[pool.servers]]
 name = "a"
@@ -71,11 +77,12 @@ EOF
   env -u KEYWAY_THREADS RUST_LOG=warn "$keyway" serve --config "$dir/$1.toml" </dev/null >"$dir/$1.log" 2>&1 &
   pids+=($!)
   pid_of[$1]=$!
-  port_of[$1]=$3
+  port_of[$1]=$4
 }
 sleep 0.3
-start_keyway keyway-threads-1 1 "${ports[3]}" "${ports[4]}"
-start_keyway keyway-threads-2 2 "${ports[5]}" "${ports[6]}"
+start_keyway keyway-threads-1 1 2 "${ports[3]}" "${ports[4]}"
+start_keyway keyway-threads-2 2 2 "${ports[5]}" "${ports[6]}"
+start_keyway keyway-1-conn 1 1 "${ports[9]}" "${ports[10]}"
 cat >"$dir/twemproxy.yml" <<EOF
 profile:
   listen: 127.0.0.1:${ports[7]}
@@ -95,7 +102,7 @@ nutcracker -c "$dir/twemproxy.yml" -s "${ports[8]}" -a 127.0.0.1 -o "$dir/twempr
 pids+=($!)
 pid_of[twemproxy]=$!
 port_of[twemproxy]=${ports[7]}
-targets=(keyway-threads-1 keyway-threads-2 twemproxy)
+targets=(keyway-threads-1 keyway-threads-2 keyway-1-conn twemproxy)
 for t in "${targets[@]}"; do
   ok=0
   for _ in $(seq 100); do
@@ -112,7 +119,8 @@ for cell in "${cells[@]}"; do
   IFS=: read -r test pipe n <<<"$cell"
   echo
   echo "## $test -P $pipe -c 50, $n requests: per request"
-  printf '%-18s %9s %7s %9s %7s %7s %7s %7s %7s %9s\n' target rps syscalls send+recv write+read epoll futex ctxsw cpu_us user_%
+  printf '%-18s %9s %7s %9s %7s %7s %7s %7s %7s %9s %12s %12s\n' target rps syscalls send+recv write+read epoll futex ctxsw cpu_us user_% \
+    writes/batch srv_writes
   for t in "${targets[@]}"; do
     pid=${pid_of[$t]}
     perf stat -x, -e "$events" -p "$pid" -o "$dir/stat.csv" &
@@ -126,9 +134,45 @@ for cell in "${cells[@]}"; do
     wait "$sp" "$rp" 2>/dev/null || true
     user=$(perf report -i "$dir/perf.data" --sort dso --stdio 2>/dev/null \
       | awk '/%/ && !/kernel/ && !/^#/ {gsub("%","",$1); s+=$1} END {printf "%.0f", s}')
-    python3 - "$dir/stat.csv" "$n" "$t" "$rps" "$user" <<'EOF'
+    # A second run of the same cell records every write with its socket, to tell writes to
+    # clients (replies) from writes to the servers (request batches). Server sockets are the
+    # ones connected to the pool's ports.
+    python3 - "$pid" "${ports[0]} ${ports[1]} ${ports[2]}" >"$dir/server-fds" <<'EOF'
+import os, sys
+pid, pool = sys.argv[1], {int(p) for p in sys.argv[2].split()}
+inodes = set()
+for line in open("/proc/net/tcp").readlines()[1:]:
+    f = line.split()
+    if int(f[2].split(":")[1], 16) in pool:
+        inodes.add(f[9])
+for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        continue
+    if link.startswith("socket:[") and link[8:-1] in inodes:
+        print(fd)
+EOF
+    perf record -q -e syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_write \
+      -p "$pid" -o "$dir/writes.data" >/dev/null 2>&1 &
+    wp=$!
+    sleep 0.3
+    redis-benchmark -p "${port_of[$t]}" -t "$test" -P "$pipe" -c 50 -n "$n" -r 100000 -d 64 -q >/dev/null 2>&1
+    kill -INT "$wp" 2>/dev/null || true
+    wait "$wp" 2>/dev/null || true
+    perf script -i "$dir/writes.data" -F trace 2>/dev/null \
+      | sed -n 's/.*fd: \(0x[0-9a-f]*\).*/\1/p' >"$dir/write-fds" || true
+    python3 - "$dir/stat.csv" "$n" "$t" "$rps" "$user" "$pipe" "$dir/server-fds" "$dir/write-fds" <<'EOF'
 import sys
 path, n, target, rps, user = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+pipe, server_fds, write_fds = int(sys.argv[6]), sys.argv[7], sys.argv[8]
+servers = {int(x) for x in open(server_fds).read().split()}
+to_servers = to_clients = 0
+for x in open(write_fds).read().split():
+    if int(x, 16) in servers:
+        to_servers += 1
+    else:
+        to_clients += 1
 v = {}
 for line in open(path):
     f = line.strip().split(",")
@@ -142,7 +186,8 @@ print(f"{target:<18} {float(rps):>9,.0f} {g('raw_syscalls:sys_enter'):>7.2f} "
       f"{g('syscalls:sys_enter_sendto') + g('syscalls:sys_enter_recvfrom'):>9.2f} "
       f"{g('syscalls:sys_enter_write') + g('syscalls:sys_enter_writev') + g('syscalls:sys_enter_read'):>7.2f} "
       f"{g('syscalls:sys_enter_epoll_wait'):>7.2f} {g('syscalls:sys_enter_futex'):>7.2f} "
-      f"{g('context-switches'):>7.2f} {v.get('task-clock', 0.0) * 1000 / n:>7.2f} {user:>9}")
+      f"{g('context-switches'):>7.2f} {v.get('task-clock', 0.0) * 1000 / n:>7.2f} {user:>9} "
+      f"{to_clients / (n / pipe):>12.2f} {to_servers / n:>12.3f}")
 EOF
     if [[ $t == keyway-threads-1 ]]; then
       perf report -i "$dir/perf.data" --sort dso,sym --stdio 2>/dev/null \

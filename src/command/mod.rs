@@ -29,8 +29,9 @@
 //! # Lookup cost
 //!
 //! [`resolve`] lowercases the name (and the subcommand of a container such as `CLIENT`) into a
-//! stack buffer and binary-searches the sorted static table: no allocation, no hashing, no
-//! initialisation. Only errors allocate (their messages quote the client's arguments).
+//! stack buffer and looks it up in an index of the static table by name length and first
+//! letter (built once, on first use), which leaves one to three names to compare: no
+//! allocation, no hashing. Only errors allocate (their messages quote the client's arguments).
 
 mod keys;
 mod table;

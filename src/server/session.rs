@@ -151,20 +151,24 @@ pub(crate) async fn run(
     let idle = shared.client_limits.idle_timeout;
     loop {
         // Parked. The drain waiter is created before the flag is checked, so a drain that
-        // starts in between still wakes it. The idle timer exists only when one is configured.
+        // starts in between still wakes it; it lives on through the active stretch, which
+        // waits on it only while nothing else can wake it (a partial frame). The idle timer
+        // exists only when one is configured, and only while parked.
         let drain = shared.drain.cancelled();
         let mut drain = std::pin::pin!(drain);
-        let mut idle_timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
-        let woke = poll_fn(|cx| {
-            if drain.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Woke::Drain);
-            }
-            if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-                return Poll::Ready(Woke::Readable(ready));
-            }
-            poll_timer(&mut idle_timer, cx).map(|()| Woke::Idle)
-        })
-        .await;
+        let woke = {
+            let mut idle_timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
+            poll_fn(|cx| {
+                if drain.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Drain);
+                }
+                if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                    return Poll::Ready(Woke::Readable(ready));
+                }
+                poll_timer(&mut idle_timer, cx).map(|()| Woke::Idle)
+            })
+            .await
+        };
         match woke {
             Woke::Readable(ready) => ready?,
             Woke::Drain => {
@@ -180,7 +184,7 @@ pub(crate) async fn run(
             }
         }
         let planner = Planner::new(shared.clone(), id, client);
-        let stretch = Box::pin(active(&mut stream, &shared, planner, id));
+        let stretch = Box::pin(active(&mut stream, &shared, planner, drain.as_mut(), id));
         match stretch.await? {
             Stretch::Parked(kept) => client = kept,
             Stretch::Closed => return Ok(()),
@@ -212,6 +216,7 @@ async fn active(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     mut planner: Planner,
+    mut drain: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     id: u64,
 ) -> std::io::Result<Stretch> {
     let (mut rd, mut wr) = stream.split();
@@ -239,7 +244,6 @@ async fn active(
     let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
     // The client spoke (the socket turned readable): take what it sent.
-    planner.refresh();
     // One poll: readiness may be stale (nothing to read after all), and then the session
     // parks again rather than wait here with its buffers.
     let first = poll_read_some(rd, &mut inbuf, &mut Context::from_waker(Waker::noop()));
@@ -257,6 +261,11 @@ async fn active(
         while closing.is_none() && pending.len() < limits.max_pipeline && barriers == 0 {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(request)) => {
+                    if now.is_none() {
+                        // A batch of frames starts: on the topology current now (a swap may
+                        // have come while earlier replies were awaited).
+                        planner.refresh();
+                    }
                     let started = *now.get_or_insert_with(Instant::now);
                     let (reply, spec, quit) = planner.dispatch(request);
                     let command = metrics.command_index(spec);
@@ -359,9 +368,13 @@ async fn active(
                 if read? == 0 {
                     closing = Some(None);
                 } else {
-                    planner.refresh();
                     idle_timer = None;
                 }
+            }
+            // Waiting for the rest of a frame, nothing pending: only a drain can come first.
+            // (With replies pending, the next reply wakes the loop, which checks the flag.)
+            () = &mut drain, if !draining && pending.is_empty() && out.is_empty() => {
+                draining = true;
             }
             () = poll_fn(|cx| poll_timer(&mut idle_timer, cx)), if idle_armed => {
                 tracing::debug!(client = id, "idle timeout; closing");
