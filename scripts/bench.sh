@@ -8,6 +8,7 @@
 #   REPS=3            repetitions of the throughput and low-load latency matrices (quick: 1)
 #   DURATION=4        target seconds per throughput cell, -c 50 (quick: 1)
 #   LAT_DURATION=3    target seconds per low-load latency cell, -c 1 (quick: 1)
+#   LAT_ROUNDS=30     rounds of the microsecond latency probe, 400 requests per target each (quick: 6)
 #   CONNS=10000       idle client connections for the memory test (quick: 1000)
 #   HEAVY_SECS=8      length of the heavy pipelined run for the memory-return test (quick: 2)
 #   BENCH_OUT=docs/benchmarks.md   where the report goes (the generated section is replaced)
@@ -27,15 +28,15 @@ root=$(pwd)
 quick=${BENCH_QUICK:-0}
 # The exact command, for the report: the variables the caller set, then the script.
 cmd="scripts/bench.sh"
-for v in HEAVY_SECS CONNS LAT_DURATION DURATION REPS BENCH_QUICK; do
+for v in HEAVY_SECS CONNS LAT_ROUNDS LAT_DURATION DURATION REPS BENCH_QUICK; do
   [[ -n ${!v:-} ]] && cmd="$v=${!v} $cmd"
 done
 if [[ $quick == 1 ]]; then
   REPS=${REPS:-1}; DURATION=${DURATION:-1}; LAT_DURATION=${LAT_DURATION:-1}
-  CONNS=${CONNS:-1000}; HEAVY_SECS=${HEAVY_SECS:-2}
+  CONNS=${CONNS:-1000}; HEAVY_SECS=${HEAVY_SECS:-2}; LAT_ROUNDS=${LAT_ROUNDS:-6}
 else
   REPS=${REPS:-3}; DURATION=${DURATION:-4}; LAT_DURATION=${LAT_DURATION:-3}
-  CONNS=${CONNS:-10000}; HEAVY_SECS=${HEAVY_SECS:-8}
+  CONNS=${CONNS:-10000}; HEAVY_SECS=${HEAVY_SECS:-8}; LAT_ROUNDS=${LAT_ROUNDS:-30}
 fi
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 TESTS=(set get incr mset)
@@ -236,7 +237,7 @@ facts=$dir/facts.tsv
     "$(git diff --quiet HEAD 2>/dev/null || echo ', working tree modified')"
   printf 'load_start\t%s\n' "$load_start"
   printf 'quick\t%s\n' "$quick"
-  printf 'params\tREPS=%s DURATION=%ss LAT_DURATION=%ss CONNS=%s HEAVY_SECS=%s\n' "$REPS" "$DURATION" "$LAT_DURATION" "$CONNS" "$HEAVY_SECS"
+  printf 'params\tREPS=%s DURATION=%ss LAT_DURATION=%ss LAT_ROUNDS=%s CONNS=%s HEAVY_SECS=%s\n' "$REPS" "$DURATION" "$LAT_DURATION" "$LAT_ROUNDS" "$CONNS" "$HEAVY_SECS"
 } >"$facts"
 
 # ---- 1. memory with idle connections (fresh processes, before any load)
@@ -289,6 +290,15 @@ for rep in $(seq "$REPS"); do
   for test in get set; do
     for t in "${order[@]}"; do cell lat "$rep" "$t" "$test" 1 1 "${n_of[$t/$test/lat]}"; done
   done
+done
+
+# ---- 2b. low-load latency with microsecond resolution (redis-benchmark's percentiles move in
+# 8 µs steps here): one client, targets interleaved every LAT_PER_ROUND requests.
+for test in get set; do
+  log "low-load latency probe: $test (${LAT_ROUNDS} rounds)"
+  python3 scripts/bench/latency.py --test "$test" --rounds "$LAT_ROUNDS" \
+    --port "direct=$direct_port" --port "keyway=$keyway_port" --port "twemproxy=$twem_port" \
+    >"$dir/latency-$test.json" || die "latency probe failed ($test)"
 done
 
 # ---- 3. memory after a heavy pipelined run, once its clients have left
