@@ -344,9 +344,9 @@ async fn active(
                 if within && !pending.is_empty() && out.len() < COALESCE_MAX {
                     // More replies are due (a pipeline split over several servers): let the
                     // server connections that the next I/O poll finds ready deliver theirs, so
-                    // that the client gets one write rather than one per server (measured with
-                    // GET -P 16: 1.24 writes per pipeline instead of 1.54; more passes gained
-                    // nothing). None for a lone request, which is answered at once.
+                    // that the client gets one write rather than one per server (the writes/batch
+                    // column of scripts/bench/profile.sh). None for a lone request, which is
+                    // answered at once.
                     tokio::task::yield_now().await;
                     let mut cx = Context::from_waker(Waker::noop());
                     if let Poll::Ready(more) = front(&mut pending, &mut cx) {
