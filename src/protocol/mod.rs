@@ -44,6 +44,7 @@ mod reply;
 mod value;
 
 pub use decode::{Request, RequestDecoder};
+pub(crate) use encode::bulk_encoded_len;
 pub use encode::{
     write_array_header, write_bulk, write_command, write_error, write_integer, write_nil,
     write_simple,

@@ -17,14 +17,17 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::merge;
 use super::session::{error_bytes, Pending};
 use super::{local, Shared};
 use crate::command::{self, Kind, Merge};
 use crate::config::{ReadPolicy, WriteMode};
-use crate::protocol::Request;
+use crate::protocol::{bulk_encoded_len, write_array_header, write_bulk, Request};
+
+/// Most bytes an array header (`*<n>\r\n`) takes.
+const ARRAY_HEADER_MAX: usize = 23;
 use crate::routing::{key_slot, Slot};
 use crate::topology::{Placement, Topology};
 use crate::txn;
@@ -519,23 +522,28 @@ impl Planner {
                 None => parts.push((p, vec![k])),
             }
         }
-        let name = args.first().cloned().unwrap_or_default();
+        let name = args.first().map_or(&[][..], |n| &n[..]);
         let mut replies = Vec::with_capacity(parts.len());
         let mut positions = Vec::with_capacity(parts.len());
         for (placement, ks) in parts {
-            let mut sub = Vec::with_capacity(1 + ks.len() * group);
-            sub.push(name.clone());
-            for &k in &ks {
+            // The sub-command is encoded straight from the client's arguments into its frame.
+            let carried = |k: usize| {
                 let start = 1 + k * group;
-                sub.extend(
-                    args.get(start..start + group)
-                        .unwrap_or_default()
-                        .iter()
-                        .cloned(),
-                );
+                args.get(start..start + group).unwrap_or_default()
+            };
+            let len = ks
+                .iter()
+                .flat_map(|&k| carried(k))
+                .fold(ARRAY_HEADER_MAX + bulk_encoded_len(name.len()), |n, a| {
+                    n + bulk_encoded_len(a.len())
+                });
+            let mut frame = BytesMut::with_capacity(len);
+            write_array_header(&mut frame, 1 + ks.len() * group);
+            write_bulk(&mut frame, name);
+            for a in ks.iter().flat_map(|&k| carried(k)) {
+                write_bulk(&mut frame, a);
             }
-            let frame = Request::from_args(sub).frame().clone();
-            replies.push(self.route(placement, write, frame));
+            replies.push(self.route(placement, write, frame.freeze()));
             positions.push(ks);
         }
         Pending::Merge(Box::pin(merge::split(how, replies, positions, n_keys)))
