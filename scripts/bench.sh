@@ -24,6 +24,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 quick=${BENCH_QUICK:-0}
 # The exact command, for the report: the variables the caller set, then the script.
@@ -83,15 +85,8 @@ trap 'exit 130' INT TERM
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# ---- free loopback ports (bound then released; a race with another process is unlikely)
-read -r -a ports <<<"$(python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(8)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)"
+# ---- free loopback ports
+read -r -a ports <<<"$(free_ports 8)"
 pool_ports=("${ports[0]}" "${ports[1]}" "${ports[2]}")
 direct_port=${ports[3]}
 keyway_port=${ports[4]}
@@ -129,18 +124,7 @@ drain_timeout = "1s"
 [pool]
 connections = 2   # Keyway's default
 timeout = "1s"
-
-[[pool.servers]]
-name = "a"
-addr = "127.0.0.1:${pool_ports[0]}"
-
-[[pool.servers]]
-name = "b"
-addr = "127.0.0.1:${pool_ports[1]}"
-
-[[pool.servers]]
-name = "c"
-addr = "127.0.0.1:${pool_ports[2]}"
+$(pool_servers_toml "${pool_ports[@]}")
 
 [limits]
 max_clients = $((CONNS + 1000))
@@ -154,21 +138,7 @@ pid_of[keyway]=$!
 pids+=($!)
 
 # ---- twemproxy
-cat >"$dir/twemproxy.yml" <<EOF
-bench:
-  listen: 127.0.0.1:$twem_port
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  server_connections: 1
-  preconnect: true
-  timeout: 1000
-  servers:
-   - 127.0.0.1:${pool_ports[0]}:1 a
-   - 127.0.0.1:${pool_ports[1]}:1 b
-   - 127.0.0.1:${pool_ports[2]}:1 c
-EOF
+twemproxy_yml bench "$twem_port" "${pool_ports[@]}" >"$dir/twemproxy.yml"
 nutcracker -t -c "$dir/twemproxy.yml" >/dev/null 2>&1 || die "nutcracker rejected $dir/twemproxy.yml"
 nutcracker -c "$dir/twemproxy.yml" -s "$twem_stats" -a 127.0.0.1 -v 4 -o "$dir/twemproxy.log" </dev/null >/dev/null 2>&1 &
 pid_of[twemproxy]=$!

@@ -17,6 +17,8 @@
 # Needs: perf (Debian linux-perf), redis-server, redis-benchmark, nutcracker, python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/bench/lib.sh
+. scripts/bench/lib.sh
 
 die() { echo "profile: $*" >&2; exit 1; }
 for tool in perf redis-server redis-benchmark redis-cli nutcracker python3; do
@@ -43,12 +45,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r -a ports <<<"$(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(11)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+read -r -a ports <<<"$(free_ports 11)"
 for i in 0 1 2; do
   redis-server --port "${ports[$i]}" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$dir" --logfile "$dir/redis-$i.log" </dev/null >/dev/null 2>&1 &
@@ -64,15 +61,7 @@ threads = $2
 [pool]
 connections = $3
 timeout = "1s"
-[[pool.servers]]
-name = "a"
-addr = "127.0.0.1:${ports[0]}"
-[[pool.servers]]
-name = "b"
-addr = "127.0.0.1:${ports[1]}"
-[[pool.servers]]
-name = "c"
-addr = "127.0.0.1:${ports[2]}"
+$(pool_servers_toml "${ports[0]}" "${ports[1]}" "${ports[2]}")
 EOF
   env -u KEYWAY_THREADS RUST_LOG=warn "$keyway" serve --config "$dir/$1.toml" </dev/null >"$dir/$1.log" 2>&1 &
   pids+=($!)
@@ -83,21 +72,7 @@ sleep 0.3
 start_keyway keyway-threads-1 1 2 "${ports[3]}" "${ports[4]}"
 start_keyway keyway-threads-2 2 2 "${ports[5]}" "${ports[6]}"
 start_keyway keyway-1-conn 1 1 "${ports[9]}" "${ports[10]}"
-cat >"$dir/twemproxy.yml" <<EOF
-profile:
-  listen: 127.0.0.1:${ports[7]}
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  auto_eject_hosts: false
-  server_connections: 1
-  preconnect: true
-  timeout: 1000
-  servers:
-   - 127.0.0.1:${ports[0]}:1 a
-   - 127.0.0.1:${ports[1]}:1 b
-   - 127.0.0.1:${ports[2]}:1 c
-EOF
+twemproxy_yml profile "${ports[7]}" "${ports[0]}" "${ports[1]}" "${ports[2]}" >"$dir/twemproxy.yml"
 nutcracker -c "$dir/twemproxy.yml" -s "${ports[8]}" -a 127.0.0.1 -o "$dir/twemproxy.log" </dev/null >/dev/null 2>&1 &
 pids+=($!)
 pid_of[twemproxy]=$!

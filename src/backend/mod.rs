@@ -103,6 +103,35 @@ struct Shared {
     health: Arc<Health>,
 }
 
+impl Shared {
+    /// The server could not be reached, for `reason`.
+    fn unavailable(&self, reason: &str) -> BackendError {
+        BackendError::Unavailable {
+            server: self.name.clone(),
+            addr: self.addr.clone(),
+            reason: Arc::from(reason),
+        }
+    }
+
+    /// No reply within the timeout.
+    fn timed_out(&self) -> BackendError {
+        BackendError::Timeout {
+            server: self.name.clone(),
+            addr: self.addr.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    /// The server broke the protocol.
+    fn protocol(&self, reason: &str) -> BackendError {
+        BackendError::Protocol {
+            server: self.name.clone(),
+            addr: self.addr.clone(),
+            reason: Arc::from(reason),
+        }
+    }
+}
+
 /// The connections to one server.
 pub struct Pool {
     shared: Arc<Shared>,
@@ -211,11 +240,7 @@ impl Pool {
     }
 
     fn unavailable(&self, reason: &str) -> BackendError {
-        BackendError::Unavailable {
-            server: self.shared.name.clone(),
-            addr: self.shared.addr.clone(),
-            reason: Arc::from(reason),
-        }
+        self.shared.unavailable(reason)
     }
 }
 
@@ -266,11 +291,7 @@ async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Jo
                 job = rx.recv() => match job {
                     Some(job) => {
                         shared.metrics.unavailable.inc();
-                        let _ = job.reply.send(Err(BackendError::Unavailable {
-                            server: shared.name.clone(),
-                            addr: shared.addr.clone(),
-                            reason: Arc::from(reason.as_str()),
-                        }));
+                        let _ = job.reply.send(Err(shared.unavailable(&reason)));
                     }
                     None => return,
                 },
@@ -344,11 +365,7 @@ async fn serve(
                             Err(e) => e.to_string(),
                             _ => "connection closed by server".to_string(),
                         };
-                        fail_all(&mut in_flight, BackendError::Unavailable {
-                            server: shared.name.clone(),
-                            addr: shared.addr.clone(),
-                            reason: Arc::from(reason.as_str()),
-                        });
+                        fail_all(&mut in_flight, shared.unavailable(&reason));
                         return End::Failed(reason);
                     }
                     // One clock read for every reply this read brought.
@@ -383,11 +400,7 @@ async fn serve(
                             }
                             Err(e) => {
                                 let reason = e.to_string();
-                                fail_all(&mut in_flight, BackendError::Protocol {
-                                    server: shared.name.clone(),
-                                    addr: shared.addr.clone(),
-                                    reason: Arc::from(reason.as_str()),
-                                });
+                                fail_all(&mut in_flight, shared.protocol(&reason));
                                 return End::Failed(reason);
                             }
                         }
@@ -402,11 +415,7 @@ async fn serve(
                     .is_some_and(|f| f.sent + shared.timeout <= Instant::now());
                 if expired {
                     tracing::warn!(server = %shared.name, addr = %shared.addr, in_flight = in_flight.len(), "server request timed out; dropping the connection");
-                    fail_all(&mut in_flight, BackendError::Timeout {
-                        server: shared.name.clone(),
-                        addr: shared.addr.clone(),
-                        timeout: shared.timeout,
-                    });
+                    fail_all(&mut in_flight, shared.timed_out());
                     return End::Failed(format!("request timed out after {:?}", shared.timeout));
                 }
             }
@@ -451,11 +460,7 @@ async fn serve(
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
                     Err(e) => {
                         let reason = e.to_string();
-                        fail_all(&mut in_flight, BackendError::Unavailable {
-                            server: shared.name.clone(),
-                            addr: shared.addr.clone(),
-                            reason: Arc::from(reason.as_str()),
-                        });
+                        fail_all(&mut in_flight, shared.unavailable(&reason));
                         return End::Failed(reason);
                     }
                 };
@@ -466,19 +471,11 @@ async fn serve(
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             let reason = e.to_string();
-                            fail_all(&mut in_flight, BackendError::Unavailable {
-                                server: shared.name.clone(),
-                                addr: shared.addr.clone(),
-                                reason: Arc::from(reason.as_str()),
-                            });
+                            fail_all(&mut in_flight, shared.unavailable(&reason));
                             return End::Failed(reason);
                         }
                         Err(_) => {
-                            fail_all(&mut in_flight, BackendError::Timeout {
-                                server: shared.name.clone(),
-                                addr: shared.addr.clone(),
-                                timeout: shared.timeout,
-                            });
+                            fail_all(&mut in_flight, shared.timed_out());
                             return End::Failed("write timed out".into());
                         }
                     }

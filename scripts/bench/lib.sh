@@ -1,0 +1,36 @@
+# Shared by scripts/bench.sh and scripts/bench/profile.sh (sourced, not run): the pool both
+# proxies serve, described once so that the two scripts measure the same setup.
+
+# free_ports N: N free loopback ports (bound, then released; a race with another process is
+# unlikely), space-separated.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+# pool_servers_toml PORT...: Keyway's [[pool.servers]] entries, named a, b, c, ... in order.
+pool_servers_toml() {
+  local names=(a b c d e f g h) i=0 port
+  for port in "$@"; do
+    printf '\n[[pool.servers]]\nname = "%s"\naddr = "127.0.0.1:%s"\n' "${names[$i]}" "$port"
+    i=$((i + 1))
+  done
+}
+
+# twemproxy_yml NAME LISTEN_PORT PORT...: twemproxy's equivalent pool (ketama over fnv1a_64,
+# the same server names, one connection per server as is its default, no auto-eject).
+twemproxy_yml() {
+  local name=$1 listen=$2 names=(a b c d e f g h) i=0 port
+  shift 2
+  printf '%s:\n  listen: 127.0.0.1:%s\n  hash: fnv1a_64\n  distribution: ketama\n  redis: true\n' "$name" "$listen"
+  printf '  auto_eject_hosts: false\n  server_connections: 1\n  preconnect: true\n  timeout: 1000\n  servers:\n'
+  for port in "$@"; do
+    printf '   - 127.0.0.1:%s:1 %s\n' "$port" "${names[$i]}"
+    i=$((i + 1))
+  done
+}
