@@ -17,7 +17,7 @@
 #
 # What runs: 3 pool redis-servers + 1 standalone "direct" redis-server (all --save ""
 # --appendonly no, free loopback ports, temp dir), Keyway on the pool (its default
-# pool.connections = 2), twemproxy (nutcracker) on the same pool (ketama, fnv1a_64,
+# pool.connections = 1), twemproxy (nutcracker) on the same pool (ketama, fnv1a_64,
 # server_connections 1 = its default, preconnect). Every cell is one `redis-benchmark --csv`
 # invocation; the proxy's CPU time is read from /proc/PID/stat (utime+stime) around it.
 # Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3, cargo (or BENCH_KEYWAY_BIN).
@@ -122,7 +122,7 @@ admin = "127.0.0.1:$keyway_admin"
 drain_timeout = "1s"
 
 [pool]
-connections = 2   # Keyway's default
+connections = 1   # Keyway's default
 timeout = "1s"
 $(pool_servers_toml "${pool_ports[@]}")
 

@@ -80,7 +80,10 @@ pub struct PoolConfig {
     /// Hash tag delimiters, two characters (`"{}"` as Redis Cluster); `""` disables tags.
     #[serde(default = "default_hash_tag")]
     pub hash_tag: String,
-    /// Pipelined connections per server, shared by all clients.
+    /// Pipelined connections per server, shared by all clients. Default 1: on one runtime
+    /// thread a second connection adds no parallelism and halves the batches each write and
+    /// read carries; with `threads > 1`, as many connections as threads let them write in
+    /// parallel.
     #[serde(default = "default_connections")]
     pub connections: usize,
     /// Per-request deadline on a server; also the connect timeout.
@@ -303,7 +306,7 @@ fn default_hash_tag() -> String {
     "{}".into()
 }
 fn default_connections() -> usize {
-    2
+    1
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(1)
@@ -574,7 +577,7 @@ weight = 2
     fn good_config_parses_with_defaults() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.pool.timeout, Duration::from_millis(250));
-        assert_eq!(c.pool.connections, 2);
+        assert_eq!(c.pool.connections, 1);
         assert_eq!(c.pool.hash_tag, "{}");
         assert_eq!(c.pool.servers[1].weight, 2.0);
         assert_eq!(c.admin, "127.0.0.1:9380");

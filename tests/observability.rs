@@ -97,7 +97,7 @@ fn metrics_count_exactly_the_traffic_sent() {
     );
     assert_eq!(
         metric(&text, "keyway_server_connections{server=\"s0\"}"),
-        2.0,
+        1.0,
         "{text}"
     );
     assert_eq!(metric(&text, "keyway_topology_version"), 1.0);

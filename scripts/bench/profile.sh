@@ -6,9 +6,10 @@
 # its socket, the writes per client batch (-P requests: 1 is the floor) and the writes to the
 # servers per request (how well requests of different clients share a write).
 #
-# Targets, on the same 3-server pool: Keyway with threads = 1 (its default, one current-thread
-# runtime) and threads = 2 (two work-stealing workers), both with its default
-# pool.connections = 2; Keyway with one connection per server (keyway-1-conn); twemproxy.
+# Targets, on the same 3-server pool: Keyway with its defaults (threads = 1, one current-thread
+# runtime, and pool.connections = 1); Keyway with 2 connections per server (keyway-2-conns);
+# Keyway with threads = 2 (two work-stealing workers) and 2 connections per server
+# (keyway-2-threads); twemproxy.
 #
 #   scripts/bench/profile.sh                 # GET -P 1 (200k requests), then GET -P 16 (2M)
 #   scripts/bench/profile.sh set 16 1000000  # one cell of your choice
@@ -69,15 +70,15 @@ EOF
   port_of[$1]=$4
 }
 sleep 0.3
-start_keyway keyway-threads-1 1 2 "${ports[3]}" "${ports[4]}"
-start_keyway keyway-threads-2 2 2 "${ports[5]}" "${ports[6]}"
-start_keyway keyway-1-conn 1 1 "${ports[9]}" "${ports[10]}"
+start_keyway keyway 1 1 "${ports[3]}" "${ports[4]}"
+start_keyway keyway-2-conns 1 2 "${ports[9]}" "${ports[10]}"
+start_keyway keyway-2-threads 2 2 "${ports[5]}" "${ports[6]}"
 twemproxy_yml profile "${ports[7]}" "${ports[0]}" "${ports[1]}" "${ports[2]}" >"$dir/twemproxy.yml"
 nutcracker -c "$dir/twemproxy.yml" -s "${ports[8]}" -a 127.0.0.1 -o "$dir/twemproxy.log" </dev/null >/dev/null 2>&1 &
 pids+=($!)
 pid_of[twemproxy]=$!
 port_of[twemproxy]=${ports[7]}
-targets=(keyway-threads-1 keyway-threads-2 keyway-1-conn twemproxy)
+targets=(keyway keyway-2-conns keyway-2-threads twemproxy)
 for t in "${targets[@]}"; do
   ok=0
   for _ in $(seq 100); do
@@ -164,12 +165,12 @@ print(f"{target:<18} {float(rps):>9,.0f} {g('raw_syscalls:sys_enter'):>7.2f} "
       f"{g('context-switches'):>7.2f} {v.get('task-clock', 0.0) * 1000 / n:>7.2f} {user:>9} "
       f"{to_clients / (n / pipe):>12.2f} {to_servers / n:>12.3f}")
 EOF
-    if [[ $t == keyway-threads-1 ]]; then
+    if [[ $t == keyway ]]; then
       perf report -i "$dir/perf.data" --sort dso,sym --stdio 2>/dev/null \
         | awk -v top="$top" '/%/ && !/^#/ && !/kernel/ && n < top {print; n++}' >"$dir/top.txt" || true
     fi
   done
   echo
-  echo "top user-space symbols, keyway-threads-1 (share of all its CPU samples):"
+  echo "top user-space symbols, keyway (share of all its CPU samples):"
   sed 's/^/    /' "$dir/top.txt"
 done
