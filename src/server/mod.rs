@@ -78,7 +78,6 @@ impl Shared {
     pub fn begin_drain(&self) {
         self.metrics.draining.set(1);
         self.drain.cancel();
-        self.topology.nudge();
     }
 
     /// Waits until every client is gone or `deadline` passes; returns whether all are gone.

@@ -192,9 +192,6 @@ pub struct TopologyHandle {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// One swap at a time, so that versions increase by exactly one.
     swapping: tokio::sync::Mutex<()>,
-    /// Tells idle sessions that a new version is in, so that they let go of the old one (and a
-    /// removed server's connections can close).
-    version_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl TopologyHandle {
@@ -217,24 +214,12 @@ impl TopologyHandle {
             metrics,
             pools,
             swapping: tokio::sync::Mutex::new(()),
-            version_tx: tokio::sync::watch::Sender::new(1),
         })
     }
 
     /// The metrics the pools report into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    /// A receiver that wakes at every swap (and at [`TopologyHandle::nudge`]).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.version_tx.subscribe()
-    }
-
-    /// Wakes every subscriber without a swap (sessions then look at what else changed, such
-    /// as a drain), so that parked sessions need only one thing to wait on.
-    pub fn nudge(&self) {
-        self.version_tx.send_modify(|_| {});
     }
 
     /// The current snapshot. Load it once and use it to the end of the request.
@@ -268,7 +253,6 @@ impl TopologyHandle {
         }
         let next = Arc::new(next);
         self.current.store(next.clone());
-        self.version_tx.send_replace(version);
         self.metrics
             .topology_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
