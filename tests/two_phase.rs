@@ -214,6 +214,23 @@ fn assert_everywhere(servers: &[&RedisServer], proxy: &Proxy, keys: &[String], w
     }
 }
 
+/// Every key set to "old" through a healthy proxy on `toml`, then an MSET of "new" by a proxy
+/// that crashes at `failpoint`.
+fn old_then_crashed_mset(toml: &str, failpoint: &str, servers: &[&RedisServer], keys: &[String]) {
+    old_values(toml, keys);
+    crash_during_mset(failpoint, servers, keys);
+}
+
+/// A two-phase pool whose recovery runs on the given lock timeout and sweep interval.
+fn recovery_toml(servers: &[&RedisServer], lock_timeout: &str, sweep_interval: &str) -> String {
+    config_toml(
+        servers,
+        &two_phase(&format!(
+            "[pool.two_phase]\nlock_timeout = \"{lock_timeout}\"\nsweep_interval = \"{sweep_interval}\""
+        )),
+    )
+}
+
 fn spread_keys() -> Vec<String> {
     (0..8).map(|i| format!("crash{i}")).collect()
 }
@@ -223,12 +240,8 @@ fn crash_after_prepare_rolls_back_through_the_sweep() {
     let (a, b, c) = support::three();
     let servers = [&a, &b, &c];
     let keys = spread_keys();
-    let fast = config_toml(
-        &servers,
-        &two_phase("[pool.two_phase]\nlock_timeout = \"300ms\"\nsweep_interval = \"100ms\""),
-    );
-    old_values(&fast, &keys);
-    crash_during_mset("after_prepare", &servers, &keys);
+    let fast = recovery_toml(&servers, "300ms", "100ms");
+    old_then_crashed_mset(&fast, "after_prepare", &servers, &keys);
     // Locks and intents are left behind by the dead proxy.
     assert!(servers.iter().any(|s| !leftovers(s).is_empty()));
     // A fresh proxy's sweep resolves them: the transaction never reached its commit point.
@@ -257,12 +270,8 @@ fn crash_after_prepare_is_resolved_by_the_next_write_that_meets_the_lock() {
     let servers = [&a, &b, &c];
     let keys = spread_keys();
     // No sweep to speak of: only a write can find the stale lock.
-    let toml = config_toml(
-        &servers,
-        &two_phase("[pool.two_phase]\nlock_timeout = \"300ms\"\nsweep_interval = \"1h\""),
-    );
-    old_values(&toml, &keys);
-    crash_during_mset("after_prepare", &servers, &keys);
+    let toml = recovery_toml(&servers, "300ms", "1h");
+    old_then_crashed_mset(&toml, "after_prepare", &servers, &keys);
     let proxy = Proxy::start_toml(&toml);
     std::thread::sleep(Duration::from_millis(400));
     let mut con = proxy.client();
@@ -289,12 +298,8 @@ fn crash_after_the_commit_point_rolls_forward() {
         let (a, b, c) = support::three();
         let servers = [&a, &b, &c];
         let keys = spread_keys();
-        let fast = config_toml(
-            &servers,
-            &two_phase("[pool.two_phase]\nlock_timeout = \"300ms\"\nsweep_interval = \"100ms\""),
-        );
-        old_values(&fast, &keys);
-        crash_during_mset(failpoint, &servers, &keys);
+        let fast = recovery_toml(&servers, "300ms", "100ms");
+        old_then_crashed_mset(&fast, failpoint, &servers, &keys);
         let proxy = Proxy::start_toml(&fast);
         assert!(
             wait_until(Duration::from_secs(5), || servers
@@ -317,12 +322,8 @@ fn two_proxies_resolving_one_transaction_agree() {
     let (a, b, c) = support::three();
     let servers = [&a, &b, &c];
     let keys = spread_keys();
-    let slow = config_toml(
-        &servers,
-        &two_phase("[pool.two_phase]\nlock_timeout = \"100ms\"\nsweep_interval = \"1h\""),
-    );
-    old_values(&slow, &keys);
-    crash_during_mset("after_prepare", &servers, &keys);
+    let slow = recovery_toml(&servers, "100ms", "1h");
+    old_then_crashed_mset(&slow, "after_prepare", &servers, &keys);
     let p1 = Proxy::start_toml(&slow);
     let p2 = Proxy::start_toml(&slow);
     std::thread::sleep(Duration::from_millis(200));
