@@ -508,3 +508,52 @@ fn failover_none_answers_a_clear_error_and_all_down_still_tries() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_split_command_with_a_part_on_a_hung_server_answers_that_servers_error() {
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    // Health checks slow enough that the hung server stays up: its parts are sent and time out.
+    let proxy = Proxy::start_toml(&config_toml(
+        &[&a, &b],
+        "timeout = \"300ms\"\n[pool.health]\ninterval = \"30s\"",
+    ));
+    let mut con = proxy.client();
+    let on_a = keys_on(&proxy, 0, "ha", 3);
+    let on_b = keys_on(&proxy, 1, "hb", 3);
+    let mixed: Vec<&String> = on_a.iter().zip(&on_b).flat_map(|(x, y)| [x, y]).collect();
+    let mut mset = redis::cmd("MSET");
+    for k in &mixed {
+        mset.arg(k.as_str()).arg("before");
+    }
+    let _: () = mset.query(&mut con).unwrap();
+    b.signal("STOP");
+    let start = Instant::now();
+    let mut mset = redis::cmd("MSET");
+    for k in &mixed {
+        mset.arg(k.as_str()).arg("after");
+    }
+    let err = mset.query::<()>(&mut con).unwrap_err().to_string();
+    assert!(err.contains("s1"), "the error names the hung server: {err}");
+    let err = redis::cmd("MGET")
+        .arg(&mixed)
+        .query::<Vec<Option<String>>>(&mut con)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("s1"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The healthy server's part was applied: a split write is not atomic (two_phase is).
+    let got: Vec<String> = a.client().mget(&on_a).unwrap();
+    assert_eq!(got, vec!["after"; 3]);
+    b.signal("CONT");
+    // Once the server answers again, so does the split.
+    assert!(wait_until(Duration::from_secs(5), || {
+        redis::cmd("MGET")
+            .arg(&mixed)
+            .query::<Vec<Option<String>>>(&mut con)
+            .is_ok()
+    }));
+}

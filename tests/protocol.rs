@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use keyway::protocol::{
-    write_command, Limits, ProtocolError, ReplyDecoder, Request, RequestDecoder, Value,
+    write_bulk, write_command, Limits, ProtocolError, ReplyDecoder, Request, RequestDecoder, Value,
 };
 use proptest::prelude::*;
 
@@ -205,6 +205,19 @@ proptest! {
             if let Item::Inline(_) = item {
                 prop_assert_eq!(r, &Request::from_args(r.args().to_vec()));
             }
+            // Any run of arguments is found encoded in the frame, as a split copies it.
+            let n = r.args().len();
+            for i in 0..n {
+                prop_assert_eq!(r.encoded_args(i..i), None);
+                for j in i + 1..=n {
+                    let mut run = BytesMut::new();
+                    for a in &r.args()[i..j] {
+                        write_bulk(&mut run, a);
+                    }
+                    prop_assert_eq!(r.encoded_args(i..j), Some(run.as_ref()));
+                }
+            }
+            prop_assert_eq!(r.encoded_args(n..n + 1), None);
         }
         let (split, err, rest) = requests(&input, &pieces(input.len(), &cuts), Limits::default());
         prop_assert_eq!(err, None);

@@ -88,6 +88,23 @@ impl Request {
         Request { frame, args }
     }
 
+    /// The bytes that encode `args()[range]` in the frame (`$len\r\nbody\r\n` each, back to
+    /// back), for copying a run of arguments into another command with one copy. `None` for
+    /// an empty or out-of-bounds range.
+    ///
+    /// Every frame holds its arguments in order, each under the one header the decoder accepts
+    /// for its length (no sign, no leading zeros), so the run is one contiguous span.
+    pub fn encoded_args(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        let first = self.args.get(range.start)?;
+        let last = self.args.get(range.end.checked_sub(1)?)?;
+        let base = self.frame.as_ptr() as usize;
+        let first_at = (first.as_ptr() as usize).checked_sub(base)?;
+        let last_at = (last.as_ptr() as usize).checked_sub(base)?;
+        let start = first_at.checked_sub(3 + decimal_len(first.len() as u64))?;
+        let span = self.frame.get(start..last_at + last.len() + 2)?;
+        (span.first() == Some(&b'$') && span.ends_with(b"\r\n")).then_some(span)
+    }
+
     /// The request's parts: the frame to forward and the arguments.
     pub fn into_parts(self) -> (Bytes, Vec<Bytes>) {
         (self.frame, self.args)
@@ -129,6 +146,9 @@ pub struct RequestDecoder {
 
 /// Above this many ranges kept from one huge command, the buffer is given back after it.
 const KEEP_RANGES: usize = 4096;
+
+/// Ranges reserved up front for a frame, at most (its header says how many it will need).
+const RESERVE_RANGES: usize = 64;
 
 impl RequestDecoder {
     /// A decoder enforcing `limits`.
@@ -195,6 +215,9 @@ impl RequestDecoder {
                         .filter(|&n| n <= self.limits.max_array_len)
                         .ok_or(ProtocolError::InvalidMultibulkLength)?;
                     self.ranges.clear();
+                    // One allocation for the argument list, not one per doubling; a header
+                    // alone does not get more than a small command's worth.
+                    self.ranges.reserve(remaining.min(RESERVE_RANGES));
                     self.state = State::Multibulk {
                         pos: next,
                         remaining,

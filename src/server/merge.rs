@@ -42,42 +42,64 @@ fn frame(build: impl FnOnce(&mut BytesMut)) -> Bytes {
     out.freeze()
 }
 
-/// Merges the replies of a split multi-key command. `positions[i]` lists the key numbers (in
-/// the client's order) carried by sub-command `i`.
-pub(crate) async fn split(
-    how: Merge,
-    replies: Vec<Pending>,
-    positions: Vec<Vec<usize>>,
-    n_keys: usize,
-) -> Bytes {
+/// Merges the replies of a split multi-key command. `owner[k]` is the sub-command (index into
+/// `replies`) that carried key number `k`, in the client's order.
+pub(crate) async fn split(how: Merge, replies: Vec<Pending>, owner: Vec<u32>) -> Bytes {
+    if how == Merge::Ok {
+        return all_ok(replies).await;
+    }
     let values = match values(replies).await {
         Ok(v) => v,
         Err(e) => return e,
     };
     match how {
         Merge::Array => {
-            let mut slots: Vec<Option<Value>> = vec![None; n_keys];
-            for (v, ks) in values.into_iter().zip(positions) {
-                let Value::Array(items) = v else {
+            // Each server answered its keys in the order they were sent: key k is the next
+            // unread item of its sub-command's reply.
+            let mut items = Vec::with_capacity(values.len());
+            for (part, v) in values.into_iter().enumerate() {
+                let Value::Array(xs) = v else {
                     return unexpected(&v);
                 };
-                if items.len() != ks.len() {
+                let carried = owner.iter().filter(|&&p| p as usize == part).count();
+                if xs.len() != carried {
                     return error_bytes("keyway: a server answered a different number of keys");
                 }
-                for (item, k) in items.into_iter().zip(ks) {
-                    if let Some(slot) = slots.get_mut(k) {
-                        *slot = Some(item);
-                    }
-                }
+                items.push(xs.into_iter());
             }
             frame(|out| {
-                write_array_header(out, n_keys);
-                for v in slots {
-                    v.unwrap_or(Value::Nil).encode(out);
+                write_array_header(out, owner.len());
+                for &part in &owner {
+                    items
+                        .get_mut(part as usize)
+                        .and_then(Iterator::next)
+                        .unwrap_or(Value::Nil)
+                        .encode(out);
                 }
             })
         }
         other => combine(other, values),
+    }
+}
+
+/// `+OK` when every reply is `+OK` (MSET's parts): the first other reply otherwise, an error
+/// as the server sent it.
+async fn all_ok(replies: Vec<Pending>) -> Bytes {
+    const OK: &[u8] = b"+OK\r\n";
+    let mut other = None;
+    for p in replies {
+        let frame = resolve(p).await;
+        if frame.as_ref() != OK && other.is_none() {
+            other = Some(frame);
+        }
+    }
+    match other {
+        None => Bytes::from_static(OK),
+        Some(frame) => match Value::parse(&frame) {
+            Ok(Value::Error(_)) => frame,
+            Ok(v) => unexpected(&v),
+            Err(e) => error_bytes(&format!("keyway: bad reply from server: {e}")),
+        },
     }
 }
 

@@ -46,6 +46,18 @@ const SPOP_FANOUT: &str = "ERR SPOP picks members at random, so replicas would p
 /// about 8000 values (an error no `pcall` can catch).
 const MAX_STAGED_ARGS: usize = 7000;
 
+/// Appends `request`'s arguments in `range`, encoded: one copy of their span of the frame.
+fn put_args(out: &mut BytesMut, request: &Request, range: std::ops::Range<usize>) {
+    match request.encoded_args(range.clone()) {
+        Some(span) => out.extend_from_slice(span),
+        None => {
+            for a in request.args().get(range).unwrap_or_default() {
+                write_bulk(out, a);
+            }
+        }
+    }
+}
+
 /// Why a write cannot be staged in a two-phase transaction, if it cannot.
 fn not_stageable(spec: &command::CommandSpec) -> Option<String> {
     let why = if spec.flags.contains(command::Flags::NOSCRIPT) {
@@ -501,52 +513,59 @@ impl Planner {
             return self.two_phase_split(spec, &request, group);
         }
         let topo = self.topo.clone();
-        // Placement of each key, in key order.
-        let mut placements = Vec::with_capacity(n_keys);
+        // One sub-command per distinct placement. `owner[k]` is the part that carries key k;
+        // each part counts its keys and the bytes their arguments take.
+        let mut owner: Vec<u32> = Vec::with_capacity(n_keys);
+        let mut parts: Vec<(Placement<'_>, usize, usize)> = Vec::new();
         for g in args[1..].chunks(group) {
             let slot = self.slot(g.first().map_or(&[][..], |k| k));
-            match topo.placement(slot) {
-                Ok(p) => placements.push(p),
+            let placement = match topo.placement(slot) {
+                Ok(p) => p,
                 Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
-            }
-        }
-        let first = placements.first().copied().unwrap_or(Placement::One(0));
-        if placements.iter().all(|&p| p == first) {
-            return self.route(first, write, request.frame().clone());
-        }
-        // One sub-command per distinct placement, remembering which keys it carries.
-        let mut parts: Vec<(Placement<'_>, Vec<usize>)> = Vec::new();
-        for (k, &p) in placements.iter().enumerate() {
-            match parts.iter_mut().find(|(q, _)| *q == p) {
-                Some((_, ks)) => ks.push(k),
-                None => parts.push((p, vec![k])),
-            }
-        }
-        let name = args.first().map_or(&[][..], |n| &n[..]);
-        let mut replies = Vec::with_capacity(parts.len());
-        let mut positions = Vec::with_capacity(parts.len());
-        for (placement, ks) in parts {
-            // The sub-command is encoded straight from the client's arguments into its frame.
-            let carried = |k: usize| {
-                let start = 1 + k * group;
-                args.get(start..start + group).unwrap_or_default()
             };
-            let len = ks
-                .iter()
-                .flat_map(|&k| carried(k))
-                .fold(ARRAY_HEADER_MAX + bulk_encoded_len(name.len()), |n, a| {
-                    n + bulk_encoded_len(a.len())
-                });
-            let mut frame = BytesMut::with_capacity(len);
-            write_array_header(&mut frame, 1 + ks.len() * group);
-            write_bulk(&mut frame, name);
-            for a in ks.iter().flat_map(|&k| carried(k)) {
-                write_bulk(&mut frame, a);
+            let bytes = g.iter().map(|a| bulk_encoded_len(a.len())).sum::<usize>();
+            let part = match parts.iter().position(|&(p, _, _)| p == placement) {
+                Some(i) => i,
+                None => {
+                    parts.push((placement, 0, 0));
+                    parts.len() - 1
+                }
+            };
+            if let Some((_, keys, len)) = parts.get_mut(part) {
+                *keys += 1;
+                *len += bytes;
             }
-            replies.push(self.route(placement, write, frame.freeze()));
-            positions.push(ks);
+            // Parts are distinct servers or replica sets, far fewer than u32::MAX.
+            owner.push(part as u32);
         }
-        Pending::Merge(Box::pin(merge::split(how, replies, positions, n_keys)))
+        if let [(placement, _, _)] = parts[..] {
+            return self.route(placement, write, request.frame().clone());
+        }
+        // The sub-commands are copied from the client's frame: the name, then each key's run
+        // of arguments, already encoded there.
+        let name = args.first().map_or(&[][..], |n| &n[..]);
+        let mut frames: Vec<BytesMut> = parts
+            .iter()
+            .map(|&(_, keys, len)| {
+                let mut frame =
+                    BytesMut::with_capacity(ARRAY_HEADER_MAX + bulk_encoded_len(name.len()) + len);
+                write_array_header(&mut frame, 1 + keys * group);
+                put_args(&mut frame, &request, 0..1);
+                frame
+            })
+            .collect();
+        for (k, &part) in owner.iter().enumerate() {
+            if let Some(frame) = frames.get_mut(part as usize) {
+                let start = 1 + k * group;
+                put_args(frame, &request, start..start + group);
+            }
+        }
+        let replies = parts
+            .iter()
+            .zip(frames)
+            .map(|(&(placement, _, _), frame)| self.route(placement, write, frame.freeze()))
+            .collect();
+        Pending::Merge(Box::pin(merge::split(how, replies, owner)))
     }
 
     /// DBSIZE, FLUSHDB, KEYS, SCRIPT LOAD, ...: the same frame to every server.
