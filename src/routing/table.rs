@@ -25,6 +25,9 @@ pub struct SlotTable {
     servers: usize,
     /// `SLOTS * depth` server indexes; slot `s` owns `ranks[s * depth..(s + 1) * depth]`.
     ranks: Box<[u16]>,
+    /// Each slot's primary (`ranks[s * depth]`), apart: the one entry most requests read, in
+    /// 32 KiB that stay in cache instead of one line per slot of the whole table.
+    primaries: Box<[u16]>,
 }
 
 impl SlotTable {
@@ -68,10 +71,12 @@ impl SlotTable {
             top.sort_unstable_by(better);
             ranks.extend(top.iter().map(|&(_, index)| index));
         }
+        let primaries = ranks.iter().step_by(depth).copied().collect();
         Ok(SlotTable {
             depth,
             servers: n,
             ranks: ranks.into_boxed_slice(),
+            primaries,
         })
     }
 
@@ -88,8 +93,9 @@ impl SlotTable {
     #[inline]
     pub fn primary(&self, slot: Slot) -> u16 {
         // Cannot panic: `build` clamps depth to at least 1 and refuses an empty server list, so
-        // every ranking holds at least one server.
-        self.ranked(slot)[0]
+        // every ranking holds at least one server, and `primaries` has one entry per slot;
+        // `Slot::index` masks to `< SLOTS`.
+        self.primaries[slot.index()]
     }
 
     /// Servers kept per slot (`1..=server_count()`).
@@ -215,6 +221,7 @@ mod tests {
             );
             assert_eq!(top2.ranked(slot), &ranked[..2]);
             assert_eq!(full.primary(slot), ranked[0]);
+            assert_eq!(top2.primary(slot), ranked[0]);
         }
     }
 

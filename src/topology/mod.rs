@@ -119,14 +119,14 @@ impl Topology {
     /// [`PlacementError::Down`] under `replicas = 1` and `failover = none` while the slot's
     /// server is down.
     pub fn placement(&self, slot: Slot) -> Result<Placement<'_>, PlacementError> {
-        let ranked = self.table.ranked(slot);
-        let primary = self.table.primary(slot);
         if self.replicas > 1 {
             return Ok(Placement::Replicas(self.replica_set(slot)));
         }
+        let primary = self.table.primary(slot);
         if self.is_up(primary) {
             return Ok(Placement::One(primary));
         }
+        let ranked = self.table.ranked(slot);
         match self.failover {
             Failover::Next => Ok(Placement::One(
                 ranked
