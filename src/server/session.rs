@@ -30,8 +30,8 @@ use crate::backend::Reply;
 use crate::metrics::Metrics;
 use crate::protocol::{write_error, RequestDecoder};
 
-/// Replies up to this size wait one scheduler pass for the rest of their pipeline before they
-/// are written (see the `front` branch of [`active`]).
+/// Replies up to this size wait for the rest of the replies to the same read before they are
+/// written (see `hold` in [`active`]).
 const COALESCE_MAX: usize = 64 * 1024;
 
 /// Bytes read from a client at a time.
@@ -234,6 +234,12 @@ async fn active(
     let mut pending: VecDeque<Entry> = VecDeque::new();
     // Pending entries that hold back dispatch (two-phase transactions).
     let mut barriers = 0usize;
+    // Replies in `out` wait for the other replies to the requests of the same read (a pipeline
+    // split over several servers answers in pieces), so that the client gets one write per
+    // batch, as redis-server answers a read's commands together (the writes/batch column of
+    // scripts/bench/profile.sh). Up to COALESCE_MAX bytes; a later read's replies never hold
+    // back an earlier read's.
+    let mut hold = false;
     // Set once the client sent EOF, QUIT or a malformed frame, or Keyway drains: answer what
     // is pending, then close.
     let mut closing: Option<Option<Disconnect>> = None;
@@ -327,7 +333,7 @@ async fn active(
             biased;
             // Writing comes first: `out` holds only what the client's socket did not take yet,
             // which is what the output limit bounds.
-            written = wr.write(&out), if !out.is_empty() => {
+            written = wr.write(&out), if !out.is_empty() && !hold => {
                 let n = written?;
                 if n == 0 {
                     return Ok(Stretch::Closed);
@@ -340,19 +346,11 @@ async fn active(
                 }
             }
             first = poll_fn(|cx| front(&mut pending, cx)), if !pending.is_empty() => {
-                let mut within = collect(first, &mut pending, &mut out, metrics, &durations, &mut barriers, limits.max_client_output);
-                if within && !pending.is_empty() && out.len() < COALESCE_MAX {
-                    // More replies are due (a pipeline split over several servers): let the
-                    // server connections that the next I/O poll finds ready deliver theirs, so
-                    // that the client gets one write rather than one per server (the writes/batch
-                    // column of scripts/bench/profile.sh). None for a lone request, which is
-                    // answered at once.
-                    tokio::task::yield_now().await;
-                    let mut cx = Context::from_waker(Waker::noop());
-                    if let Poll::Ready(more) = front(&mut pending, &mut cx) {
-                        within = collect(more, &mut pending, &mut out, metrics, &durations, &mut barriers, limits.max_client_output);
-                    }
-                }
+                let (within, batch) = collect(first, &mut pending, &mut out, metrics, &durations, &mut barriers, limits.max_client_output);
+                // Frames of one read share their start time (see the dispatch loop above).
+                hold = within
+                    && out.len() < COALESCE_MAX
+                    && pending.front().is_some_and(|next| next.started == batch);
                 durations.flush();
                 if !within {
                     tracing::info!(
@@ -461,7 +459,8 @@ pub(crate) struct EntryDone {
 /// Appends `first` and every reply behind it that is ready now to `out`, so that they go out
 /// in one write. Returns false when unwritten output would pass `limit`: bytes the client has
 /// not taken are already waiting, and more would exceed what it may make Keyway hold. (A
-/// single reply larger than the limit still goes out when nothing else is waiting.)
+/// single reply larger than the limit still goes out when nothing else is waiting.) Also
+/// returns the start time of the last reply taken, which names its read's batch.
 fn collect(
     first: (EntryDone, Bytes),
     pending: &mut VecDeque<Entry>,
@@ -470,24 +469,26 @@ fn collect(
     durations: &prometheus::local::LocalHistogram,
     barriers: &mut usize,
     limit: usize,
-) -> bool {
+) -> (bool, Instant) {
     let mut cx = Context::from_waker(Waker::noop());
     let now = Instant::now();
+    let mut batch = first.0.started;
     let mut next = Some(first);
     while let Some(done) = next.take() {
         account(metrics, durations, &done, now);
+        batch = done.0.started;
         if done.0.barrier {
             *barriers = barriers.saturating_sub(1);
         }
         if !out.is_empty() && out.len() + done.1.len() > limit {
-            return false;
+            return (false, batch);
         }
         out.extend_from_slice(&done.1);
         if let Poll::Ready(more) = front(pending, &mut cx) {
             next = Some(more);
         }
     }
-    true
+    (true, batch)
 }
 
 /// Polls the reply at the front of the queue; pops it when ready. The queue is never empty
