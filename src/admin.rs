@@ -156,7 +156,7 @@ async fn put_topology(req: Request<Incoming>, shared: &Shared) -> Reply {
 
 /// Why Keyway should not get traffic now, or `None` when it should.
 fn not_ready(shared: &Shared) -> Option<String> {
-    if shared.drain.is_cancelled() {
+    if shared.is_draining() {
         return Some("draining: shutting down\n".into());
     }
     let topo = shared.topology.load();

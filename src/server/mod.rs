@@ -34,8 +34,11 @@ pub struct Shared {
     /// Limits on each client connection.
     pub client_limits: crate::config::LimitsConfig,
     /// Cancelled when Keyway starts draining (SIGTERM): sessions answer what they received,
-    /// then close.
-    pub drain: tokio_util::sync::CancellationToken,
+    /// then close. Cancel it only through [`Shared::begin_drain`], which also sets `draining`.
+    pub(crate) drain: tokio_util::sync::CancellationToken,
+    /// Set when draining starts, before `drain` wakes its waiters: the check sessions make
+    /// between events, one atomic load (the token's own check takes a lock).
+    draining: std::sync::atomic::AtomicBool,
     /// When this process started (INFO uptime).
     pub started: Instant,
     /// Source of client ids.
@@ -65,6 +68,7 @@ impl Shared {
             limits,
             client_limits: config.limits.clone(),
             drain: tokio_util::sync::CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             next_client_id: AtomicU64::new(1),
             clients: AtomicU64::new(0),
@@ -77,7 +81,13 @@ impl Shared {
     /// received and close.
     pub fn begin_drain(&self) {
         self.metrics.draining.set(1);
+        self.draining.store(true, Ordering::Release);
         self.drain.cancel();
+    }
+
+    /// Whether draining has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Waits until every client is gone or `deadline` passes; returns whether all are gone.
