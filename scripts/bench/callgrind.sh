@@ -23,28 +23,12 @@ for tool in valgrind callgrind_annotate redis-server redis-benchmark redis-cli p
 done
 if [[ $# -ge 3 ]]; then cells=("$1:$2:$3"); else cells=("get:1:100000" "get:16:200000"); fi
 top=${CALLGRIND_TOP:-20}
-if [[ -n ${BENCH_KEYWAY_BIN:-} ]]; then
-  keyway=$BENCH_KEYWAY_BIN
-else
-  cargo build --release --quiet || die "cargo build --release failed"
-  keyway=$PWD/target/release/keyway
-fi
+keyway=$(keyway_binary) || die "cargo build --release failed"
 
-dir=$(mktemp -d /tmp/keyway-callgrind.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+scratch_dir callgrind
 
 read -r -a ports <<<"$(free_ports 5)"
-for i in 0 1 2; do
-  redis-server --port "${ports[$i]}" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$dir" --logfile "$dir/redis-$i.log" </dev/null >/dev/null 2>&1 &
-  pids+=($!)
-done
+start_redis_servers "${ports[0]}" "${ports[1]}" "${ports[2]}"
 {
   printf 'listen = "127.0.0.1:%s"\nadmin = "127.0.0.1:%s"\n[pool]\n' "${ports[3]}" "${ports[4]}"
   # Under valgrind everything runs many times slower: a generous deadline, so that no request

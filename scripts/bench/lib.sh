@@ -34,3 +34,39 @@ twemproxy_yml() {
     i=$((i + 1))
   done
 }
+
+# keyway_binary: the Keyway binary to measure: $BENCH_KEYWAY_BIN, else a fresh release build.
+# Prints its path.
+keyway_binary() {
+  if [[ -n ${BENCH_KEYWAY_BIN:-} ]]; then
+    echo "$BENCH_KEYWAY_BIN"
+    return
+  fi
+  cargo build --release --quiet >&2 || return 1
+  echo "$PWD/target/release/keyway"
+}
+
+# scratch_dir NAME: sets dir (a new temporary directory) and pids (empty); on exit every process
+# in pids is killed and reaped, and dir is removed.
+scratch_dir() {
+  dir=$(mktemp -d "/tmp/keyway-$1.XXXXXX")
+  pids=()
+  trap scratch_cleanup EXIT
+}
+scratch_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+
+# start_redis_servers PORT...: one redis-server per port, without persistence, logging into dir;
+# their pids are added to pids.
+start_redis_servers() {
+  local i=0 port
+  for port in "$@"; do
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$dir" --logfile "$dir/redis-$i.log" </dev/null >/dev/null 2>&1 &
+    pids+=($!)
+    i=$((i + 1))
+  done
+}

@@ -30,28 +30,12 @@ perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 \
 
 if [[ $# -ge 3 ]]; then cells=("$1:$2:$3"); else cells=("get:1:200000" "get:16:2000000"); fi
 top=${PROFILE_TOP:-15}
-if [[ -n ${BENCH_KEYWAY_BIN:-} ]]; then
-  keyway=$BENCH_KEYWAY_BIN
-else
-  cargo build --release --quiet || die "cargo build --release failed"
-  keyway=$PWD/target/release/keyway
-fi
+keyway=$(keyway_binary) || die "cargo build --release failed"
 
-dir=$(mktemp -d /tmp/keyway-profile.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+scratch_dir profile
 
 read -r -a ports <<<"$(free_ports 11)"
-for i in 0 1 2; do
-  redis-server --port "${ports[$i]}" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$dir" --logfile "$dir/redis-$i.log" </dev/null >/dev/null 2>&1 &
-  pids+=($!)
-done
+start_redis_servers "${ports[0]}" "${ports[1]}" "${ports[2]}"
 
 declare -A port_of pid_of
 start_keyway() { # name threads connections listen admin
