@@ -34,6 +34,9 @@ use crate::protocol::{write_error, RequestDecoder};
 /// written (see `hold` in [`active`]).
 const COALESCE_MAX: usize = 64 * 1024;
 
+/// Pending replies an active stretch has room for before its queue grows.
+const PENDING_START: usize = 8;
+
 /// Bytes read from a client at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -240,7 +243,10 @@ async fn active(
     let limits = &shared.client_limits;
     let mut inbuf = BytesMut::new();
     let mut out = BytesMut::new();
-    let mut pending: VecDeque<Entry> = VecDeque::new();
+    // Room for a small pipeline from the start: one allocation, not one per doubling.
+    let mut pending: VecDeque<Entry> = VecDeque::with_capacity(PENDING_START);
+    // Until the first wait: the planner's snapshot was taken as this stretch began.
+    let mut fresh = true;
     // Pending entries that hold back dispatch (two-phase transactions).
     let mut barriers = 0usize;
     // Replies in `out` wait for the other replies to the requests of the same read (a pipeline
@@ -273,12 +279,17 @@ async fn active(
         // Dispatch every whole frame already buffered, up to the pipeline limit. Frames that
         // arrived in one read share one start time (one clock read per batch, not per frame).
         let mut now: Option<Instant> = None;
-        while closing.is_none() && pending.len() < limits.max_pipeline && barriers == 0 {
+        while closing.is_none()
+            && pending.len() < limits.max_pipeline
+            && barriers == 0
+            && !inbuf.is_empty()
+        {
             match decoder.decode(&mut inbuf) {
                 Ok(Some(request)) => {
-                    if now.is_none() {
+                    if now.is_none() && !std::mem::take(&mut fresh) {
                         // A batch of frames starts: on the topology current now (a swap may
-                        // have come while earlier replies were awaited).
+                        // have come while earlier replies were awaited). The stretch's first
+                        // batch has the snapshot the planner was just made with.
                         planner.refresh();
                     }
                     let started = *now.get_or_insert_with(Instant::now);
@@ -387,6 +398,8 @@ async fn active(
                 closing = Some(Some(Disconnect::IdleTimeout));
             }
         }
+        // Time passed: the next batch takes the topology current then.
+        fresh = false;
         // Draining is checked between events (an atomic load), not waited on: an active
         // session has its next event coming anyway (a reply, a read), and a parked one waits
         // for it. A topology swap reaches the planner at the next read (`refresh`).
