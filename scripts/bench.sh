@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Keyway vs twemproxy vs direct redis: throughput, CPU per request, latency, memory.
 #
-#   scripts/bench.sh                      # full run (~6-9 min), rewrites docs/benchmarks.md
+#   scripts/bench.sh                      # full run (~12 min), rewrites docs/benchmarks.md
 #   BENCH_QUICK=1 scripts/bench.sh        # smoke run (~1-2 min), same output, marked QUICK
 #
 # Environment (all optional):
