@@ -273,19 +273,21 @@ done
 # On a shared VM an idle core's wake-up costs tens of µs and where the scheduler puts three or
 # four processes on two cores changes from round to round; "core" is the placement whose result
 # does not move with that, so the target is judged on it (see docs/benchmarks.md).
-ncpu=$(nproc)
+# The CPUs this script may use (a cpuset may leave out some), as a list and one by one.
+read -r -a cpus <<<"$(python3 -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))')"
+all_cpus=$(IFS=,; echo "${cpus[*]}")
 all_pids=("${pool_pids[@]}" "${pid_of[direct]}" "${pid_of[keyway]}" "${pid_of[twemproxy]}")
 place() { # CPU list for the servers and proxies
   local p
   for p in "${all_pids[@]}"; do taskset -a -p -c "$1" "$p" >/dev/null || die "taskset $1 $p failed"; done
 }
 placements=(free)
-(( ncpu >= 2 )) && placements+=(core split)
+(( ${#cpus[@]} >= 2 )) && placements+=(core split)
 for placement in "${placements[@]}"; do
   case $placement in
-    free) place "0-$((ncpu - 1))"; client_cpus="0-$((ncpu - 1))" ;;
-    core) place 0; client_cpus=0 ;;
-    split) place 1; client_cpus=0 ;;
+    free) place "$all_cpus"; client_cpus=$all_cpus ;;
+    core) place "${cpus[0]}"; client_cpus=${cpus[0]} ;;
+    split) place "${cpus[1]}"; client_cpus=${cpus[0]} ;;
   esac
   for test in get set; do
     log "low-load latency probe: $test, placement $placement (${LAT_ROUNDS} rounds)"
@@ -294,7 +296,7 @@ for placement in "${placements[@]}"; do
       >"$dir/latency-$placement-$test.json" || die "latency probe failed ($test, $placement)"
   done
 done
-place "0-$((ncpu - 1))"
+place "$all_cpus"
 
 # ---- 3. memory after a heavy pipelined run, once its clients have left
 heavy=$dir/heavy.tsv
