@@ -371,13 +371,23 @@ async fn serve(
                     // One clock read for every reply this read brought.
                     Ok(_) => {
                         let now = Instant::now();
+                        // Requests written together share `sent`: one duration for them all.
+                        let mut last: Option<(Instant, f64)> = None;
                         loop {
                         match decoder.decode(&mut inbuf) {
                             Ok(Some(frame)) => match in_flight.pop_front() {
                                 Some(f) => {
                                     *backoff = BACKOFF_MIN;
                                     m.in_flight.dec();
-                                    latencies.observe(now.saturating_duration_since(f.sent).as_secs_f64());
+                                    let secs = match last {
+                                        Some((sent, secs)) if sent == f.sent => secs,
+                                        _ => {
+                                            let secs = now.saturating_duration_since(f.sent).as_secs_f64();
+                                            last = Some((f.sent, secs));
+                                            secs
+                                        }
+                                    };
+                                    latencies.observe(secs);
                                     if f.signals && Health::is_failure_reply(&frame) {
                                         shared.health.failure("server answered that it cannot serve");
                                     }
