@@ -16,9 +16,7 @@ cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
 
 die() { echo "callgrind-proxies: $*" >&2; exit 1; }
-for tool in valgrind callgrind_annotate redis-server redis-benchmark redis-cli nutcracker python3; do
-  command -v "$tool" >/dev/null || die "$tool not found"
-done
+require_tools valgrind callgrind_annotate redis-server redis-benchmark redis-cli nutcracker python3
 if [[ $# -ge 3 ]]; then cells=("$1:$2:$3"); else cells=("get:1:50000" "get:16:200000"); fi
 keyway=$(keyway_binary) || die "cargo build --release failed"
 
@@ -42,11 +40,7 @@ total_instructions() {
   out=$dir/$name.$requests.out
   valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$dir/$name.log" 2>&1 &
   vp=$!
-  for _ in $(seq 1 150); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  redis-cli -p "$port" ping >/dev/null 2>&1 || die "$name did not start: $(tail -3 "$dir/$name.log")"
+  wait_for_ping "$port" 30 || die "$name did not start: $(tail -3 "$dir/$name.log")"
   if (( requests > 0 )); then
     redis-benchmark -p "$port" -t "$test" -P "$pipeline" -c 50 -n "$requests" -r 100000 -d 64 -q \
       >/dev/null 2>&1 || die "redis-benchmark failed against $name"

@@ -18,9 +18,7 @@ cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
 
 die() { echo "callgrind: $*" >&2; exit 1; }
-for tool in valgrind callgrind_annotate redis-server redis-benchmark redis-cli python3; do
-  command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y valgrind redis-server redis-tools)"
-done
+require_tools valgrind callgrind_annotate redis-server redis-benchmark redis-cli python3
 if [[ $# -ge 3 ]]; then cells=("$1:$2:$3"); else cells=("get:1:100000" "get:16:200000"); fi
 top=${CALLGRIND_TOP:-20}
 keyway=$(keyway_binary) || die "cargo build --release failed"
@@ -45,11 +43,7 @@ for cell in "${cells[@]}"; do
     --toggle-collect='keyway::server::*' --toggle-collect='keyway::backend::*' \
     "$keyway" serve --config "$dir/keyway.toml" >"$dir/keyway.log" 2>&1 &
   kpid=$!
-  for _ in $(seq 1 150); do
-    redis-cli -p "${ports[3]}" ping >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  redis-cli -p "${ports[3]}" ping >/dev/null 2>&1 || die "keyway did not start: $(tail -5 "$dir/keyway.log")"
+  wait_for_ping "${ports[3]}" 30 || die "keyway did not start: $(tail -5 "$dir/keyway.log")"
   redis-benchmark -p "${ports[3]}" -t "$test" -P "$pipeline" -c 50 -n "$requests" -r 100000 -d 64 -q \
     >/dev/null 2>&1 || die "redis-benchmark failed"
   kill -INT "$kpid"

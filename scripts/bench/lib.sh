@@ -1,5 +1,6 @@
-# Shared by scripts/bench.sh and scripts/bench/profile.sh (sourced, not run): the pool both
-# proxies serve, described once so that the two scripts measure the same setup.
+# Shared by scripts/bench.sh and the scripts in scripts/bench (sourced, not run): the pool
+# both proxies serve and the chores around it, written once so that every script measures the
+# same setup.
 
 # free_ports N: N free loopback ports (bound, then released; a race with another process is
 # unlikely), space-separated.
@@ -69,4 +70,24 @@ start_redis_servers() {
     pids+=($!)
     i=$((i + 1))
   done
+}
+
+# require_tools TOOL...: exits with a message naming the first tool not on PATH.
+require_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null && continue
+    echo "$(basename "$0"): $tool not found (Debian: apt-get install -y redis-server redis-tools nutcracker valgrind linux-perf python3)" >&2
+    exit 1
+  done
+}
+
+# wait_for_ping PORT SECONDS: true once something on PORT answers PING, false after SECONDS.
+wait_for_ping() {
+  local port=$1 tries=$(( $2 * 5 ))
+  while (( tries-- > 0 )); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  redis-cli -p "$port" ping >/dev/null 2>&1
 }

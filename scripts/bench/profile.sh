@@ -22,9 +22,7 @@ cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
 
 die() { echo "profile: $*" >&2; exit 1; }
-for tool in perf redis-server redis-benchmark redis-cli nutcracker python3; do
-  command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y linux-perf redis-server redis-tools nutcracker)"
-done
+require_tools perf redis-server redis-benchmark redis-cli nutcracker python3
 perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1 \
   || die "perf cannot read syscall tracepoints here (try: sysctl kernel.perf_event_paranoid=-1)"
 

@@ -16,9 +16,7 @@ cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
 
 die() { echo "wakeups: $*" >&2; exit 1; }
-for tool in perf redis-server redis-benchmark redis-cli nutcracker python3; do
-  command -v "$tool" >/dev/null || die "$tool not found"
-done
+require_tools perf redis-server redis-benchmark redis-cli nutcracker python3
 test=${1:-get}; requests=${2:-10000}; rounds=${3:-2}
 keyway=$(keyway_binary) || die "cargo build --release failed"
 
@@ -35,11 +33,7 @@ pids+=($!)
 nutcracker -c "$dir/twemproxy.yml" -s "${ports[6]}" -o "$dir/twemproxy.log" >/dev/null 2>&1 &
 pids+=($!)
 for port in "${ports[3]}" "${ports[5]}"; do
-  for _ in $(seq 1 50); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  redis-cli -p "$port" ping >/dev/null 2>&1 || die "no proxy on port $port"
+  wait_for_ping "$port" 10 || die "no proxy on port $port"
 done
 
 echo "# wakeups: $test -c 1 -P 1, $requests requests per run; $("$keyway" --version) (git $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"
