@@ -8,16 +8,15 @@ mod support;
 
 use std::collections::{BTreeSet, HashMap};
 
-use bytes::Bytes;
 use keyway::command::{
     all_specs, key_indexes, lookup, resolve, CommandError, CommandSpec, Flags, KeySpec, Kind, Merge,
 };
+use keyway::protocol::Request;
 use redis::Value;
 
-fn args(list: &[&str]) -> Vec<Bytes> {
-    list.iter()
-        .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-        .collect()
+/// A request holding `list` as its arguments.
+fn args(list: &[&str]) -> Request {
+    Request::from_args(list)
 }
 
 fn text(v: &Value) -> String {
@@ -89,9 +88,9 @@ fn server_error(con: &mut redis::Connection, list: &[&str]) -> String {
 /// Our error for a command as it would go on the wire: `ERR message`.
 fn our_error(list: &[&str]) -> String {
     let a = args(list);
-    let err = match resolve(&a) {
+    let err = match resolve(a.args()) {
         Err(e) => e,
-        Ok(spec) => key_indexes(spec, &a, &mut Vec::new())
+        Ok(spec) => key_indexes(spec, a.args(), &mut Vec::new())
             .expect_err(&format!("{list:?} should be an error")),
     };
     format!("ERR {err}")
@@ -225,8 +224,9 @@ fn table_agrees_with_live_redis() {
     let with_keys = |s: &&CommandSpec| s.keys != KeySpec::None && !s.flags.contains(Flags::PUBSUB);
     for spec in all_specs().filter(with_keys) {
         let sample = sample(spec);
-        let sample_bytes: Vec<Bytes> = sample.iter().map(|s| Bytes::from(s.clone())).collect();
-        key_indexes(spec, &sample_bytes, &mut out).unwrap_or_else(|e| panic!("{sample:?}: {e}"));
+        let sample_request = Request::from_args(&sample);
+        key_indexes(spec, sample_request.args(), &mut out)
+            .unwrap_or_else(|e| panic!("{sample:?}: {e}"));
         let ours: Vec<&str> = out.iter().map(|&i| sample[i].as_str()).collect();
         let reply: Value = redis::cmd("COMMAND")
             .arg("GETKEYS")
@@ -306,9 +306,12 @@ fn table_is_sorted_unique_and_lowercase() {
 
 #[test]
 fn lookup_ignores_case() {
-    assert_eq!(resolve(&args(&["gEt", "k"])).map(|s| s.name), Ok("get"));
     assert_eq!(
-        resolve(&args(&["Client", "SetName", "x"])).map(|s| s.name),
+        resolve(args(&["gEt", "k"]).args()).map(|s| s.name),
+        Ok("get")
+    );
+    assert_eq!(
+        resolve(args(&["Client", "SetName", "x"]).args()).map(|s| s.name),
         Ok("client|setname")
     );
     assert_eq!(
@@ -322,14 +325,17 @@ fn lookup_ignores_case() {
 #[test]
 fn odd_names_are_unknown() {
     for name in ["", "get|x", "client|setname", &"a".repeat(100), "g\u{e9}t"] {
-        let err = resolve(&args(&[name, "k"])).expect_err(name);
+        let err = resolve(args(&[name, "k"]).args()).expect_err(name);
         assert!(
             matches!(err, CommandError::Unknown { .. }),
             "{name}: {err:?}"
         );
     }
-    assert!(matches!(resolve(&[]), Err(CommandError::Unknown { .. })));
-    let err = resolve(&args(&["client", &"s".repeat(100)])).expect_err("long subcommand");
+    assert!(matches!(
+        resolve(args(&[]).args()),
+        Err(CommandError::Unknown { .. })
+    ));
+    let err = resolve(args(&["client", &"s".repeat(100)]).args()).expect_err("long subcommand");
     assert!(
         matches!(err, CommandError::UnknownSubcommand { .. }),
         "{err:?}"
@@ -338,13 +344,14 @@ fn odd_names_are_unknown() {
 
 #[test]
 fn refused_commands_name_themselves() {
-    let err = resolve(&args(&["MOVE", "k", "1"])).expect_err("MOVE is refused");
+    let err = resolve(args(&["MOVE", "k", "1"]).args()).expect_err("MOVE is refused");
     let text = err.to_string();
     assert!(
         text.starts_with("command 'move' is not supported by keyway: "),
         "{text}"
     );
-    let err = resolve(&args(&["CLIENT", "KILL", "1.2.3.4:5"])).expect_err("CLIENT KILL is refused");
+    let err =
+        resolve(args(&["CLIENT", "KILL", "1.2.3.4:5"]).args()).expect_err("CLIENT KILL is refused");
     assert!(
         err.to_string()
             .starts_with("command 'client|kill' is not supported"),
@@ -352,7 +359,7 @@ fn refused_commands_name_themselves() {
     );
     // Arity comes first, as on redis-server.
     assert_eq!(
-        resolve(&args(&["MOVE"])),
+        resolve(args(&["MOVE"]).args()),
         Err(CommandError::Arity { name: "move" })
     );
 }
@@ -408,9 +415,9 @@ fn notable_commands_route_as_designed() {
 fn key_positions_of_movable_commands() {
     let keys = |list: &[&str]| {
         let a = args(list);
-        let spec = resolve(&a).expect("resolves");
+        let spec = resolve(a.args()).expect("resolves");
         let mut out = Vec::new();
-        key_indexes(spec, &a, &mut out).map(|()| out)
+        key_indexes(spec, a.args(), &mut out).map(|()| out)
     };
     assert_eq!(keys(&["EVAL", "s", "0"]), Ok(vec![]));
     assert_eq!(keys(&["EVAL", "s", "2", "a", "b", "arg"]), Ok(vec![3, 4]));

@@ -10,7 +10,8 @@
 #   scripts/bench/callgrind.sh                  # GET -P 1 (100k requests), then GET -P 16 (200k)
 #   scripts/bench/callgrind.sh mset 1 20000     # one cell of your choice
 #
-# Environment: BENCH_KEYWAY_BIN=path (else cargo build --release), CALLGRIND_TOP=20.
+# Environment: BENCH_KEYWAY_BIN=path (else cargo build --release), CALLGRIND_TOP=20,
+# CALLGRIND_KEEP=dir (keep the callgrind output files there, for callgrind_annotate by line).
 # Needs: valgrind, redis-server, redis-benchmark, redis-cli, python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,6 +49,7 @@ for cell in "${cells[@]}"; do
     >/dev/null 2>&1 || die "redis-benchmark failed"
   kill -INT "$kpid"
   wait "$kpid" 2>/dev/null || true
+  if [[ -n ${CALLGRIND_KEEP:-} ]]; then mkdir -p "$CALLGRIND_KEEP" && cp "$out" "$CALLGRIND_KEEP/"; fi
   echo
   echo "## $test -P $pipeline -c 50, $requests requests"
   # Totals and self cost per function (inlined code summed into the function it sits in).

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
+use crate::protocol::Args;
 
 // Integers as redis-server's `string2ll` accepts them (no `+`, no spaces, no leading zeros).
 use crate::protocol::parse_i64;
@@ -55,7 +55,7 @@ pub(super) const fn dest_numkeys(dest: usize, numkeys_at: usize, first: usize) -
 /// redis-server's for the same command.
 pub fn key_indexes(
     spec: &CommandSpec,
-    args: &[Bytes],
+    args: Args<'_>,
     out: &mut Vec<usize>,
 ) -> Result<(), CommandError> {
     out.clear();
@@ -179,7 +179,7 @@ const POSITIVE: &str = "numkeys should be greater than 0";
 /// The number of keys of a `numkeys` form, checked against the arguments there are.
 fn count_numkeys(
     spec: &CommandSpec,
-    args: &[Bytes],
+    args: Args<'_>,
     numkeys_at: usize,
     first: usize,
     step: usize,
@@ -193,7 +193,7 @@ fn count_numkeys(
         _ => NumKeysStyle::SortedSets,
     };
     let invalid = |message: &'static str| invalid(Cow::Borrowed(message));
-    let raw = args.get(numkeys_at).map(|b| parse_i64(b));
+    let raw = args.get(numkeys_at).map(parse_i64);
     let n = match (raw.flatten(), &style) {
         (None, NumKeysStyle::Script | NumKeysStyle::SortedSets) => {
             return Err(invalid(NOT_AN_INTEGER))
@@ -229,7 +229,7 @@ fn count_numkeys(
 
 /// XREAD/XREADGROUP, as `xreadGetKeys`: skip the options up to `STREAMS`; the keys are the first
 /// half of what follows.
-fn streams(spec: &CommandSpec, args: &[Bytes], out: &mut Vec<usize>) -> Result<(), CommandError> {
+fn streams(spec: &CommandSpec, args: Args<'_>, out: &mut Vec<usize>) -> Result<(), CommandError> {
     let mut at = None;
     let mut i = 1;
     while let Some(arg) = args.get(i) {

@@ -39,7 +39,7 @@ mod table;
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
+use crate::protocol::Args;
 
 pub use keys::key_indexes;
 
@@ -316,7 +316,7 @@ const NAME_MAX: usize = 48;
 /// [`CommandError::Unknown`] / [`CommandError::UnknownSubcommand`] for names Redis 7.0 does not
 /// know, [`CommandError::Arity`] for a wrong argument count (checked first, as redis-server does),
 /// then [`CommandError::Refused`] for commands Keyway does not serve.
-pub fn resolve(args: &[Bytes]) -> Result<&'static CommandSpec, CommandError> {
+pub fn resolve(args: Args<'_>) -> Result<&'static CommandSpec, CommandError> {
     let Some(name) = args.first() else {
         return Err(unknown(args));
     };
@@ -422,9 +422,9 @@ fn quote_into(out: &mut Vec<u8>, arg: &[u8], max: usize) {
 
 /// redis-server's `unknown command` error: the name cut at 128 bytes, then the arguments quoted
 /// one by one while the list is shorter than 128 bytes.
-fn unknown(args: &[Bytes]) -> CommandError {
+fn unknown(args: Args<'_>) -> CommandError {
     let mut name = Vec::new();
-    quote_into(&mut name, args.first().map_or(&[][..], |b| &b[..]), 128);
+    quote_into(&mut name, args.first().unwrap_or_default(), 128);
     let mut list = Vec::new();
     for arg in args.iter().skip(1) {
         if list.len() >= 128 {

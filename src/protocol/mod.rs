@@ -43,7 +43,7 @@ pub(crate) use number::parse_i64;
 mod reply;
 mod value;
 
-pub use decode::{Request, RequestDecoder};
+pub use decode::{Args, Request, RequestDecoder};
 pub(crate) use encode::bulk_encoded_len;
 pub use encode::{
     write_array_header, write_bulk, write_command, write_error, write_integer, write_nil,

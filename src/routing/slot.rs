@@ -97,6 +97,12 @@ impl HashTag {
     }
 }
 
+/// CRC16-XMODEM with 16 lookup tables (8 KiB), which takes 16 bytes per step instead of one: a
+/// slot costs about half the instructions of a byte-at-a-time table for the usual 10 to 40 byte
+/// keys (see docs/routing.md).
+static CRC16: crc::Crc<u16, crc::Table<16>> =
+    crc::Crc::<u16, crc::Table<16>>::new(&crc::CRC_16_XMODEM);
+
 /// The slot of `key`: `CRC16-XMODEM(k) mod 16384`, where `k` is the tag content when `tag` is
 /// set and `key` holds a non-empty tag, else the whole key ([`HashTag::hashed_part`]). With
 /// [`HashTag::REDIS`] this equals `CLUSTER KEYSLOT` of Redis Cluster for every key.
@@ -106,7 +112,7 @@ pub fn key_slot(key: &[u8], tag: Option<HashTag>) -> Slot {
         Some(tag) => tag.hashed_part(key),
         None => key,
     };
-    Slot::new(crc16::State::<crc16::XMODEM>::calculate(hashed))
+    Slot::new(CRC16.checksum(hashed))
 }
 
 #[cfg(test)]
@@ -116,10 +122,22 @@ mod tests {
     #[test]
     fn crc16_xmodem_check_value() {
         // The CRC catalogue's check value for CRC-16/XMODEM, also in Redis's crc16.c.
-        assert_eq!(
-            crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
-            0x31C3
-        );
+        assert_eq!(CRC16.checksum(b"123456789"), 0x31C3);
+    }
+
+    #[test]
+    fn crc16_agrees_with_a_byte_at_a_time_implementation() {
+        // Every length from 0 to 100 (each remainder of the 16-byte steps), varied bytes.
+        let mut key = Vec::new();
+        for len in 0..=100u32 {
+            key.clear();
+            key.extend((0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+            assert_eq!(
+                CRC16.checksum(&key),
+                crc16::State::<crc16::XMODEM>::calculate(&key),
+                "length {len}"
+            );
+        }
     }
 
     #[test]

@@ -4,13 +4,13 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::plan::Planner;
 use super::session::{error_bytes, Pending};
 use crate::command::{self, CommandSpec};
 use crate::protocol::{
-    write_array_header, write_bulk, write_integer, write_nil, write_simple, Request,
+    write_array_header, write_bulk, write_integer, write_nil, write_simple, Args, Request,
 };
 
 /// Keyway's version, as INFO and HELLO report it.
@@ -44,7 +44,7 @@ pub(crate) fn answer(
             (reply, true)
         }
         "select" => {
-            if args.get(1).is_some_and(|db| db.as_ref() == b"0") {
+            if args.get(1) == Some(b"0") {
                 ready(|o| write_simple(o, "OK"))
             } else {
                 err("ERR keyway serves database 0 only (SELECT n is not supported by a sharding proxy)")
@@ -52,7 +52,7 @@ pub(crate) fn answer(
         }
         "hello" => hello(planner, args),
         "client|setname" => {
-            let name = args.get(2).cloned().unwrap_or_default();
+            let name = args.bytes(2).unwrap_or_default();
             if name.iter().any(|&b| b <= b' ' || b > b'~') {
                 return err(
                     "ERR Client names cannot contain spaces, newlines or special characters.",
@@ -82,9 +82,8 @@ pub(crate) fn answer(
             write_integer(o, n as i64)
         }),
         "command|info" => ready(|o| {
-            let names = args.get(2..).unwrap_or_default();
-            write_array_header(o, names.len());
-            for name in names {
+            write_array_header(o, args.len().saturating_sub(2));
+            for name in args.iter().skip(2) {
                 match std::str::from_utf8(name).ok().and_then(command::lookup) {
                     Some(s) => command_info(o, s),
                     None => o.extend_from_slice(b"*-1\r\n"),
@@ -130,7 +129,7 @@ fn command_info(o: &mut BytesMut, s: &CommandSpec) {
 }
 
 /// HELLO [protover [AUTH ..] [SETNAME ..]]: RESP2 only, for now.
-fn hello(planner: &mut Planner, args: &[Bytes]) -> (Pending, bool) {
+fn hello(planner: &mut Planner, args: Args<'_>) -> (Pending, bool) {
     if let Some(v) = args.get(1) {
         match std::str::from_utf8(v)
             .ok()
@@ -149,7 +148,7 @@ fn hello(planner: &mut Planner, args: &[Bytes]) -> (Pending, bool) {
     let mut i = 2;
     while let Some(opt) = args.get(i) {
         if opt.eq_ignore_ascii_case(b"SETNAME") && args.get(i + 1).is_some() {
-            planner.client_name = args.get(i + 1).cloned();
+            planner.client_name = args.bytes(i + 1);
             i += 2;
         } else if opt.eq_ignore_ascii_case(b"AUTH") {
             return err("ERR keyway does not authenticate clients yet (AUTH is not supported)");

@@ -410,8 +410,8 @@ pub(crate) async fn warm_get(
     let (Some(old_server), Some(new_server)) = (topo.server(old), topo.server(new)) else {
         return reply;
     };
-    let get = crate::protocol::Request::from_args(vec![Bytes::from_static(b"GET"), key.clone()]);
-    let pttl = crate::protocol::Request::from_args(vec![Bytes::from_static(b"PTTL"), key.clone()]);
+    let get = crate::protocol::Request::from_args(&[Bytes::from_static(b"GET"), key.clone()]);
+    let pttl = crate::protocol::Request::from_args(&[Bytes::from_static(b"PTTL"), key.clone()]);
     let value_rx = old_server.pool.send(pick, get.frame().clone());
     let ttl_rx = old_server.pool.send(pick, pttl.frame().clone());
     let value = match value_rx.await {
@@ -443,7 +443,7 @@ pub(crate) async fn warm_get(
     // Sent; the client's reply does not wait for the copy.
     drop(new_server.pool.send(
         pick,
-        crate::protocol::Request::from_args(set).frame().clone(),
+        crate::protocol::Request::from_args(&set).frame().clone(),
     ));
     value
 }

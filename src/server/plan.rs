@@ -24,7 +24,7 @@ use super::session::{error_bytes, Pending};
 use super::{local, Shared};
 use crate::command::{self, Kind, Merge};
 use crate::config::{ReadPolicy, WriteMode};
-use crate::protocol::{bulk_encoded_len, write_array_header, write_bulk, Request};
+use crate::protocol::{bulk_encoded_len, write_array_header, write_bulk, Args, Request};
 
 /// Most bytes an array header (`*<n>\r\n`) takes.
 const ARRAY_HEADER_MAX: usize = 23;
@@ -46,13 +46,13 @@ const SPOP_FANOUT: &str = "ERR SPOP picks members at random, so replicas would p
 /// about 8000 values (an error no `pcall` can catch).
 const MAX_STAGED_ARGS: usize = 7000;
 
-/// Appends `request`'s arguments in `range`, encoded: one copy of their span of the frame.
-fn put_args(out: &mut BytesMut, request: &Request, range: std::ops::Range<usize>) {
-    match request.encoded_args(range.clone()) {
+/// Appends the arguments in `range`, encoded: one copy of their span of the frame.
+fn put_args(out: &mut BytesMut, args: Args<'_>, range: std::ops::Range<usize>) {
+    match args.encoded(range.clone()) {
         Some(span) => out.extend_from_slice(span),
         None => {
-            for a in request.args().get(range).unwrap_or_default() {
-                write_bulk(out, a);
+            for i in range {
+                write_bulk(out, args.get(i).unwrap_or_default());
             }
         }
     }
@@ -283,17 +283,13 @@ impl Planner {
                 args.len()
             )));
         }
-        let keys: Vec<Bytes> = self
-            .keys
-            .iter()
-            .filter_map(|&i| args.get(i).cloned())
-            .collect();
-        let readback: Vec<Bytes> = match (spec.name, args.get(1), args.get(2)) {
+        let keys: Vec<Bytes> = self.keys.iter().filter_map(|&i| args.bytes(i)).collect();
+        let readback: Vec<Bytes> = match (spec.name, args.bytes(1), args.bytes(2)) {
             ("incr" | "incrby" | "decr" | "decrby", Some(key), _) => {
-                vec![Bytes::from_static(b"GET"), key.clone()]
+                vec![Bytes::from_static(b"GET"), key]
             }
             ("hincrby", Some(key), Some(field)) => {
-                vec![Bytes::from_static(b"HGET"), key.clone(), field.clone()]
+                vec![Bytes::from_static(b"HGET"), key, field]
             }
             _ => Vec::new(),
         };
@@ -334,23 +330,23 @@ impl Planner {
         group: usize,
     ) -> Pending {
         let args = request.args();
-        let name = args.first().cloned().unwrap_or_default();
+        let name = args.bytes(0).unwrap_or_default();
         let (step_name, shape) = match spec.name {
             "mset" => (Bytes::from_static(b"SET"), txn::ReplyShape::Ok),
             _ => (name, txn::ReplyShape::Sum),
         };
         let mut parts: std::collections::BTreeMap<u16, txn::Part> = Default::default();
         let mut primary = None;
-        for g in args.get(1..).unwrap_or_default().chunks(group) {
-            let Some(key) = g.first() else { continue };
-            let set = self.topo.replica_set(self.slot(key));
+        for at in (1..args.len()).step_by(group) {
+            let Some(key) = args.bytes(at) else { continue };
+            let set = self.topo.replica_set(self.slot(&key));
             let key_primary = set.first().copied().unwrap_or(0);
             primary.get_or_insert(key_primary);
             for &server in set {
                 let part = parts.entry(server).or_default();
                 part.keys.push(key.clone());
                 let mut command = vec![step_name.clone()];
-                command.extend(g.iter().cloned());
+                command.extend((at..at + group).filter_map(|i| args.bytes(i)));
                 part.steps.push(txn::Step {
                     command,
                     readback: Vec::new(),
@@ -385,7 +381,7 @@ impl Planner {
     /// previous one, and a hit is returned and copied to the new primary with its TTL.
     fn warm_get(&mut self, new: u16, old: u16, request: Request) -> Pending {
         let first = self.send_to(new, request.frame().clone());
-        let key = request.args().get(1).cloned().unwrap_or_default();
+        let key = request.args().bytes(1).unwrap_or_default();
         Pending::Merge(Box::pin(merge::warm_get(
             first,
             self.topo.clone(),
@@ -517,13 +513,13 @@ impl Planner {
         // each part counts its keys and the bytes their arguments take.
         let mut owner: Vec<u32> = Vec::with_capacity(n_keys);
         let mut parts: Vec<(Placement<'_>, usize, usize)> = Vec::new();
-        for g in args[1..].chunks(group) {
-            let slot = self.slot(g.first().map_or(&[][..], |k| k));
+        for at in (1..args.len()).step_by(group) {
+            let slot = self.slot(args.get(at).unwrap_or_default());
             let placement = match topo.placement(slot) {
                 Ok(p) => p,
                 Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
             };
-            let bytes = g.iter().map(|a| bulk_encoded_len(a.len())).sum::<usize>();
+            let bytes = args.encoded(at..at + group).map_or(0, <[u8]>::len);
             let part = match parts.iter().position(|&(p, _, _)| p == placement) {
                 Some(i) => i,
                 None => {
@@ -543,21 +539,21 @@ impl Planner {
         }
         // The sub-commands are copied from the client's frame: the name, then each key's run
         // of arguments, already encoded there.
-        let name = args.first().map_or(&[][..], |n| &n[..]);
+        let name = args.first().unwrap_or_default();
         let mut frames: Vec<BytesMut> = parts
             .iter()
             .map(|&(_, keys, len)| {
                 let mut frame =
                     BytesMut::with_capacity(ARRAY_HEADER_MAX + bulk_encoded_len(name.len()) + len);
                 write_array_header(&mut frame, 1 + keys * group);
-                put_args(&mut frame, &request, 0..1);
+                put_args(&mut frame, args, 0..1);
                 frame
             })
             .collect();
         for (k, &part) in owner.iter().enumerate() {
             if let Some(frame) = frames.get_mut(part as usize) {
                 let start = 1 + k * group;
-                put_args(frame, &request, start..start + group);
+                put_args(frame, args, start..start + group);
             }
         }
         let replies = parts
@@ -619,7 +615,7 @@ impl Planner {
         if let Some(c) = sub.get_mut(1) {
             *c = Bytes::from(server_cursor.to_string());
         }
-        let frame = Request::from_args(sub).frame().clone();
+        let frame = Request::from_args(&sub).frame().clone();
         let reply = self.send_to(index as u16, frame);
         Pending::Merge(Box::pin(merge::scan(reply, index, self.topo.clone())))
     }

@@ -177,7 +177,7 @@ fn eval(script: &'static str, keys: Vec<Bytes>, args: Vec<Bytes>) -> Bytes {
     all.push(Bytes::from(keys.len().to_string()));
     all.extend(keys);
     all.extend(args);
-    Request::from_args(all).frame().clone()
+    Request::from_args(&all).frame().clone()
 }
 
 /// Sends one script to a server and parses its reply.
@@ -500,7 +500,7 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         all_acknowledged &= acknowledged;
     }
     if all_acknowledged {
-        let del = Request::from_args(vec![Bytes::from_static(b"DEL"), decision.clone()]);
+        let del = Request::from_args(&[Bytes::from_static(b"DEL"), decision.clone()]);
         if let Some(s) = topo.server(plan.primary) {
             // Sent; its reply is not needed (a decision left behind expires in a day).
             drop(s.pool.send(pick, del.frame().clone()));
@@ -649,7 +649,7 @@ async fn resolve_holder(
     metrics: &Metrics,
 ) -> Result<Decision, String> {
     let intent = intent_key(holder);
-    let frame = Request::from_args(vec![
+    let frame = Request::from_args(&[
         Bytes::from_static(b"HGET"),
         intent,
         Bytes::from_static(b"primary"),
