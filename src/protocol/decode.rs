@@ -322,6 +322,27 @@ impl RequestDecoder {
         Ok(Some(Request::from_args(&args)))
     }
 
+    /// Reads the `$len\r\n` line at `pos`: the body length and the offset after the line, or
+    /// `None` until the line is complete.
+    #[inline]
+    fn bulk_header(&self, buf: &[u8], pos: usize) -> Result<Option<(usize, usize)>, ProtocolError> {
+        let (len, next) = match short_length(buf, pos + 1) {
+            Some(line) => line,
+            None => match number_line(buf, pos) {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(None),
+                Err(NumberError::Invalid) => return Err(ProtocolError::InvalidBulkLength),
+                Err(NumberError::TooLong) => return Err(ProtocolError::TooBigBulkCount),
+                Err(NumberError::Crlf) => return Err(ProtocolError::ExpectedCrlf),
+            },
+        };
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= self.limits.max_bulk_len)
+            .ok_or(ProtocolError::InvalidBulkLength)?;
+        Ok(Some((len, next)))
+    }
+
     /// Continues a multibulk frame whose header was read.
     fn multibulk(
         &mut self,
@@ -331,7 +352,8 @@ impl RequestDecoder {
         mut bulk: Option<usize>,
     ) -> Result<Option<Request>, ProtocolError> {
         while remaining > 0 {
-            match bulk {
+            let len = match bulk.take() {
+                Some(len) => len,
                 None => {
                     let Some(&first) = buf.get(pos) else {
                         break;
@@ -339,41 +361,27 @@ impl RequestDecoder {
                     if first != b'$' {
                         return Err(ProtocolError::ExpectedDollar(first));
                     }
-                    let header = match short_length(buf, pos + 1) {
-                        Some(line) => Ok(Some(line)),
-                        None => number_line(buf, pos),
-                    };
-                    let (len, next) = match header {
-                        Ok(Some(line)) => line,
-                        Ok(None) => break,
-                        Err(NumberError::Invalid) => return Err(ProtocolError::InvalidBulkLength),
-                        Err(NumberError::TooLong) => return Err(ProtocolError::TooBigBulkCount),
-                        Err(NumberError::Crlf) => return Err(ProtocolError::ExpectedCrlf),
-                    };
-                    let len = usize::try_from(len)
-                        .ok()
-                        .filter(|&n| n <= self.limits.max_bulk_len)
-                        .ok_or(ProtocolError::InvalidBulkLength)?;
-                    bulk = Some(len);
-                    pos = next;
-                }
-                Some(len) => {
-                    // Cannot overflow: len <= max_bulk_len and pos <= buf.len(), but be safe.
-                    let end = pos
-                        .checked_add(len)
-                        .ok_or(ProtocolError::InvalidBulkLength)?;
-                    let Some(crlf) = buf.get(end..end.saturating_add(2)) else {
+                    let Some((len, next)) = self.bulk_header(buf, pos)? else {
                         break;
                     };
-                    if crlf != b"\r\n" {
-                        return Err(ProtocolError::ExpectedCrlf);
-                    }
-                    self.ranges.push((pos, end));
-                    pos = end + 2;
-                    bulk = None;
-                    remaining -= 1;
+                    pos = next;
+                    len
                 }
+            };
+            // Cannot overflow: len <= max_bulk_len and pos <= buf.len(), but be safe.
+            let end = pos
+                .checked_add(len)
+                .ok_or(ProtocolError::InvalidBulkLength)?;
+            let Some(crlf) = buf.get(end..end.saturating_add(2)) else {
+                bulk = Some(len);
+                break;
+            };
+            if crlf != b"\r\n" {
+                return Err(ProtocolError::ExpectedCrlf);
             }
+            self.ranges.push((pos, end));
+            pos = end + 2;
+            remaining -= 1;
         }
         if remaining > 0 {
             self.state = State::Multibulk {
@@ -400,6 +408,7 @@ const SHORT_DIGITS: usize = 18;
 /// zero, at most [`SHORT_DIGITS`]) and `\r\n`. Returns the length and the offset after the line;
 /// `None` for anything else (incomplete, negative, malformed, too long), which
 /// [`number_line`] then reads and judges with redis-server's rules.
+#[inline(always)]
 fn short_length(buf: &[u8], at: usize) -> Option<(i64, usize)> {
     let mut n: i64 = 0;
     let mut i = at;

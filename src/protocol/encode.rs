@@ -6,28 +6,55 @@
 
 use bytes::{BufMut, BytesMut};
 
-/// Appends the decimal digits of `n`.
-pub(crate) fn put_u64(out: &mut BytesMut, mut n: u64) {
-    // u64::MAX has 20 digits.
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        start -= 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+/// A number line `{kind}{n}\r\n` (`*3\r\n`, `$64\r\n`, `:-1\r\n`) built on the stack: the
+/// headers of every array, bulk string and integer are made here and copied with one call.
+pub(crate) struct NumberLine {
+    /// Kind, sign, 20 digits, CRLF; the line fills the end.
+    buf: [u8; 24],
+    start: usize,
 }
 
-/// Appends the decimal form of `n` (with `-` when negative).
-pub(crate) fn put_i64(out: &mut BytesMut, n: i64) {
-    if n < 0 {
-        out.put_u8(b'-');
+impl NumberLine {
+    #[inline]
+    pub(crate) fn new(kind: u8, n: i64) -> NumberLine {
+        let mut buf = [0u8; 24];
+        let [.., cr, lf] = &mut buf;
+        (*cr, *lf) = (b'\r', b'\n');
+        let mut start = buf.len() - 2;
+        let mut m = n.unsigned_abs();
+        for slot in buf.iter_mut().rev().skip(2) {
+            *slot = b'0' + (m % 10) as u8;
+            start -= 1;
+            m /= 10;
+            if m == 0 {
+                break;
+            }
+        }
+        // At most 20 digits were written, so two places remain before them.
+        if n < 0 {
+            start = start.saturating_sub(1);
+            if let Some(sign) = buf.get_mut(start) {
+                *sign = b'-';
+            }
+        }
+        start = start.saturating_sub(1);
+        if let Some(k) = buf.get_mut(start) {
+            *k = kind;
+        }
+        NumberLine { buf, start }
     }
-    put_u64(out, n.unsigned_abs());
+
+    /// The array header `*n\r\n`.
+    #[inline]
+    pub(crate) fn array(n: usize) -> NumberLine {
+        // An array of n elements holds n values in memory: n is far below i64::MAX.
+        NumberLine::new(b'*', n as i64)
+    }
+
+    #[inline]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or_default()
+    }
 }
 
 /// Bytes `put_u64(n)` writes.
@@ -74,18 +101,14 @@ pub fn write_error(out: &mut BytesMut, msg: &str) {
 
 /// Appends `:n\r\n`.
 pub fn write_integer(out: &mut BytesMut, n: i64) {
-    out.reserve(23);
-    out.put_u8(b':');
-    put_i64(out, n);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(NumberLine::new(b':', n).as_bytes());
 }
 
 /// Appends `$len\r\nb\r\n`.
 pub fn write_bulk(out: &mut BytesMut, b: &[u8]) {
     out.reserve(bulk_encoded_len(b.len()));
-    out.put_u8(b'$');
-    put_u64(out, b.len() as u64);
-    out.extend_from_slice(b"\r\n");
+    // A slice is at most isize::MAX bytes long.
+    out.extend_from_slice(NumberLine::new(b'$', b.len() as i64).as_bytes());
     out.extend_from_slice(b);
     out.extend_from_slice(b"\r\n");
 }
@@ -97,10 +120,7 @@ pub fn write_nil(out: &mut BytesMut) {
 
 /// Appends `*n\r\n`; the caller then appends the `n` elements.
 pub fn write_array_header(out: &mut BytesMut, n: usize) {
-    out.reserve(23);
-    out.put_u8(b'*');
-    put_u64(out, n as u64);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(NumberLine::array(n).as_bytes());
 }
 
 /// Appends a command: a RESP array of bulk strings, the form every server accepts.

@@ -44,7 +44,7 @@ mod reply;
 mod value;
 
 pub use decode::{Args, Request, RequestDecoder};
-pub(crate) use encode::bulk_encoded_len;
+pub(crate) use encode::NumberLine;
 pub use encode::{
     write_array_header, write_bulk, write_command, write_error, write_integer, write_nil,
     write_simple,

@@ -86,11 +86,11 @@ impl HashTag {
     /// first `close` after it; if there is none, or nothing between them, the whole key.
     #[inline]
     pub fn hashed_part(self, key: &[u8]) -> &[u8] {
-        let Some(start) = key.iter().position(|&b| b == self.open) else {
+        let Some(start) = memchr::memchr(self.open, key) else {
             return key;
         };
         let rest = key.get(start + 1..).unwrap_or_default();
-        match rest.iter().position(|&b| b == self.close) {
+        match memchr::memchr(self.close, rest) {
             Some(len) if len > 0 => rest.get(..len).unwrap_or(key),
             _ => key,
         }

@@ -24,13 +24,20 @@ use super::session::{error_bytes, Pending};
 use super::{local, Shared};
 use crate::command::{self, Kind, Merge};
 use crate::config::{ReadPolicy, WriteMode};
-use crate::protocol::{bulk_encoded_len, write_array_header, write_bulk, Args, Request};
+use crate::protocol::{write_bulk, Args, NumberLine, Request};
 
-/// Most bytes an array header (`*<n>\r\n`) takes.
-const ARRAY_HEADER_MAX: usize = 23;
 use crate::routing::{key_slot, Slot};
 use crate::topology::{Placement, Topology};
 use crate::txn;
+
+/// One server's (or replica set's) share of a split command.
+struct SubCommand<'t> {
+    placement: Placement<'t>,
+    /// Keys it carries.
+    keys: usize,
+    /// Bytes their encoded arguments take.
+    len: usize,
+}
 
 /// Keys in one SCAN cursor are `server cursor << SCAN_SHIFT | server index`.
 pub(crate) const SCAN_SHIFT: u32 = 10;
@@ -503,64 +510,68 @@ impl Planner {
             let msg = format!("wrong number of arguments for '{}' command", spec.name);
             return Pending::Ready(error_bytes(&msg));
         }
-        let n_keys = (args.len() - 1) / group;
         let write = is_write(spec);
         if write && self.topo.write == WriteMode::TwoPhase {
             return self.two_phase_split(spec, &request, group);
         }
         let topo = self.topo.clone();
         // One sub-command per distinct placement. `owner[k]` is the part that carries key k;
-        // each part counts its keys and the bytes their arguments take.
-        let mut owner: Vec<u32> = Vec::with_capacity(n_keys);
-        let mut parts: Vec<(Placement<'_>, usize, usize)> = Vec::new();
+        // each part counts its keys and the bytes of their arguments, so that its frame is
+        // allocated once, at its size.
+        let mut owner: Vec<u32> = Vec::with_capacity((args.len() - 1) / group);
+        let mut parts: Vec<SubCommand<'_>> = Vec::new();
         for at in (1..args.len()).step_by(group) {
             let slot = self.slot(args.get(at).unwrap_or_default());
             let placement = match topo.placement(slot) {
                 Ok(p) => p,
                 Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
             };
-            let bytes = args.encoded(at..at + group).map_or(0, <[u8]>::len);
-            let part = match parts.iter().position(|&(p, _, _)| p == placement) {
+            let len = args.encoded(at..at + group).map_or(0, <[u8]>::len);
+            let part = match parts.iter().position(|p| p.placement == placement) {
                 Some(i) => i,
                 None => {
-                    parts.push((placement, 0, 0));
+                    parts.push(SubCommand {
+                        placement,
+                        keys: 0,
+                        len: 0,
+                    });
                     parts.len() - 1
                 }
             };
-            if let Some((_, keys, len)) = parts.get_mut(part) {
-                *keys += 1;
-                *len += bytes;
+            if let Some(p) = parts.get_mut(part) {
+                p.keys += 1;
+                p.len += len;
             }
             // Parts are distinct servers or replica sets, far fewer than u32::MAX.
             owner.push(part as u32);
         }
-        if let [(placement, _, _)] = parts[..] {
+        if let [only] = &parts[..] {
+            let placement = only.placement;
             return self.route(placement, write, request.frame().clone());
         }
-        // The sub-commands are copied from the client's frame: the name, then each key's run
+        // Each sub-command is copied from the client's frame: the name, then each key's run
         // of arguments, already encoded there.
-        let name = args.first().unwrap_or_default();
-        let mut frames: Vec<BytesMut> = parts
-            .iter()
-            .map(|&(_, keys, len)| {
-                let mut frame =
-                    BytesMut::with_capacity(ARRAY_HEADER_MAX + bulk_encoded_len(name.len()) + len);
-                write_array_header(&mut frame, 1 + keys * group);
-                put_args(&mut frame, args, 0..1);
-                frame
-            })
-            .collect();
+        let name_len = args.encoded(0..1).map_or(0, <[u8]>::len);
+        let mut frames: Vec<BytesMut> = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let header = NumberLine::array(1 + p.keys * group);
+            let mut frame = BytesMut::with_capacity(header.as_bytes().len() + name_len + p.len);
+            frame.extend_from_slice(header.as_bytes());
+            put_args(&mut frame, args, 0..1);
+            frames.push(frame);
+        }
         for (k, &part) in owner.iter().enumerate() {
             if let Some(frame) = frames.get_mut(part as usize) {
-                let start = 1 + k * group;
-                put_args(frame, args, start..start + group);
+                let at = 1 + k * group;
+                put_args(frame, args, at..at + group);
             }
         }
-        let replies = parts
-            .iter()
-            .zip(frames)
-            .map(|(&(placement, _, _), frame)| self.route(placement, write, frame.freeze()))
-            .collect();
+        // A loop, not `collect`: collecting would reuse an allocation for the replies and then
+        // shrink it with a `realloc` per request.
+        let mut replies = Vec::with_capacity(parts.len());
+        for (p, frame) in parts.iter().zip(frames) {
+            replies.push(self.route(p.placement, write, frame.freeze()));
+        }
         Pending::Merge(Box::pin(merge::split(how, replies, owner)))
     }
 
