@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::encode::{command_encoded_len, decimal_len, write_command};
 use super::inline::split_args;
-use super::number::{number_line, NumberError};
+use super::number::{number_line, short_length, NumberError};
 use super::{CodecError, Limits, ProtocolError};
 
 /// A client command: always a valid RESP multibulk frame plus where each argument lies in it.
@@ -401,34 +401,6 @@ impl RequestDecoder {
     }
 }
 
-/// Digits of the longest length [`short_length`] reads: below `10^18`, so it cannot overflow.
-const SHORT_DIGITS: usize = 18;
-
-/// The common case of a length line, read in one pass: the digits at `at` (no sign, no leading
-/// zero, at most [`SHORT_DIGITS`]) and `\r\n`. Returns the length and the offset after the line;
-/// `None` for anything else (incomplete, negative, malformed, too long), which
-/// [`number_line`] then reads and judges with redis-server's rules.
-#[inline(always)]
-fn short_length(buf: &[u8], at: usize) -> Option<(i64, usize)> {
-    let mut n: i64 = 0;
-    let mut i = at;
-    loop {
-        match *buf.get(i)? {
-            d @ b'0'..=b'9' if i - at < SHORT_DIGITS => {
-                n = n * 10 + i64::from(d - b'0');
-                i += 1;
-            }
-            b'\r' => break,
-            _ => return None,
-        }
-    }
-    let digits = i - at;
-    if digits == 0 || (digits > 1 && buf.get(at) == Some(&b'0')) || buf.get(i + 1) != Some(&b'\n') {
-        return None;
-    }
-    Some((n, i + 2))
-}
-
 impl tokio_util::codec::Decoder for RequestDecoder {
     type Item = Request;
     type Error = CodecError;
@@ -727,51 +699,6 @@ mod tests {
         let empty = Request::from_args::<&[u8]>(&[]);
         assert_eq!(empty.name(), b"");
         assert_eq!(empty.frame().as_ref(), b"*0\r\n");
-    }
-
-    #[test]
-    fn short_length_agrees_with_number_line_wherever_it_answers() {
-        // Every line of up to 6 bytes over an alphabet with every interesting byte, after `$`.
-        let alphabet = b"0159\r\n-+x";
-        let mut answered = 0;
-        let mut line = Vec::new();
-        for len in 0..=6u32 {
-            for mut code in 0..alphabet.len().pow(len) {
-                line.clear();
-                line.push(b'$');
-                for _ in 0..len {
-                    line.push(alphabet[code % alphabet.len()]);
-                    code /= alphabet.len();
-                }
-                if let Some(short) = short_length(&line, 1) {
-                    answered += 1;
-                    assert_eq!(number_line(&line, 0), Ok(Some(short)), "{line:?}");
-                }
-            }
-        }
-        assert!(answered > 1000, "{answered}");
-        // The longest it reads, and one digit more (left to number_line).
-        let max = format!("${}\r\n", "9".repeat(SHORT_DIGITS));
-        assert_eq!(
-            short_length(max.as_bytes(), 1),
-            Some((999_999_999_999_999_999, max.len()))
-        );
-        assert_eq!(
-            short_length(format!("$1{}\r\n", "0".repeat(SHORT_DIGITS)).as_bytes(), 1),
-            None
-        );
-        // Leading zeros, signs and a lone `\r` are number_line's to judge.
-        for line in [
-            &b"$01\r\n"[..],
-            b"$-1\r\n",
-            b"$+1\r\n",
-            b"$\r\n",
-            b"$1\rx",
-            b"$1\r",
-            b"$12",
-        ] {
-            assert_eq!(short_length(line, 1), None, "{line:?}");
-        }
     }
 
     #[test]

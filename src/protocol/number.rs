@@ -67,6 +67,34 @@ pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
     }
 }
 
+/// Digits of the longest length [`short_length`] reads: below `10^18`, so it cannot overflow.
+const SHORT_DIGITS: usize = 18;
+
+/// The common case of a request's length line (`*3`, `$5`), read in one pass: the digits at `at` (no sign, no leading
+/// zero, at most [`SHORT_DIGITS`]) and `\r\n`. Returns the length and the offset after the line;
+/// `None` for anything else (incomplete, negative, malformed, too long), which
+/// [`number_line`] then reads and judges with redis-server's rules.
+#[inline(always)]
+pub(crate) fn short_length(buf: &[u8], at: usize) -> Option<(i64, usize)> {
+    let mut n: i64 = 0;
+    let mut i = at;
+    loop {
+        match *buf.get(i)? {
+            d @ b'0'..=b'9' if i - at < SHORT_DIGITS => {
+                n = n * 10 + i64::from(d - b'0');
+                i += 1;
+            }
+            b'\r' => break,
+            _ => return None,
+        }
+    }
+    let digits = i - at;
+    if digits == 0 || (digits > 1 && buf.get(at) == Some(&b'0')) || buf.get(i + 1) != Some(&b'\n') {
+        return None;
+    }
+    Some((n, i + 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +140,50 @@ mod tests {
             Err(NumberError::TooLong)
         );
         assert_eq!(number_line(b"*11111111111111111111", 0), Ok(None));
+    }
+
+    #[test]
+    fn short_length_agrees_with_number_line_wherever_it_answers() {
+        // Every line of up to 6 bytes over an alphabet with every interesting byte, after `$`.
+        let alphabet = b"0159\r\n-+x";
+        let mut answered = 0;
+        let mut line = Vec::new();
+        for len in 0..=6u32 {
+            for mut code in 0..alphabet.len().pow(len) {
+                line.clear();
+                line.push(b'$');
+                for _ in 0..len {
+                    line.push(alphabet[code % alphabet.len()]);
+                    code /= alphabet.len();
+                }
+                if let Some(short) = short_length(&line, 1) {
+                    answered += 1;
+                    assert_eq!(number_line(&line, 0), Ok(Some(short)), "{line:?}");
+                }
+            }
+        }
+        assert!(answered > 1000, "{answered}");
+        // The longest it reads, and one digit more (left to number_line).
+        let max = format!("${}\r\n", "9".repeat(SHORT_DIGITS));
+        assert_eq!(
+            short_length(max.as_bytes(), 1),
+            Some((999_999_999_999_999_999, max.len()))
+        );
+        assert_eq!(
+            short_length(format!("$1{}\r\n", "0".repeat(SHORT_DIGITS)).as_bytes(), 1),
+            None
+        );
+        // Leading zeros, signs and a lone `\r` are number_line's to judge.
+        for line in [
+            &b"$01\r\n"[..],
+            b"$-1\r\n",
+            b"$+1\r\n",
+            b"$\r\n",
+            b"$1\rx",
+            b"$1\r",
+            b"$12",
+        ] {
+            assert_eq!(short_length(line, 1), None, "{line:?}");
+        }
     }
 }
