@@ -566,8 +566,8 @@ impl Planner {
                 put_args(frame, args, at..at + group);
             }
         }
-        // A loop, not `collect`: collecting would reuse an allocation for the replies and then
-        // shrink it with a `realloc` per request.
+        // Pushed into a vector sized up front. (A `collect` from an owning iterator over the
+        // parts would reuse their allocation and shrink it with a `realloc` per request.)
         let mut replies = Vec::with_capacity(parts.len());
         for (p, frame) in parts.iter().zip(frames) {
             replies.push(self.route(p.placement, write, frame.freeze()));
