@@ -170,7 +170,8 @@ pub struct RequestDecoder {
     limits: Limits,
     state: State,
     /// Arguments of the frame in progress, as ranges of the buffer (multibulk) or of `scratch`
-    /// (inline). Reused across frames.
+    /// (inline). A finished multibulk frame's list goes to its `Request` (the next header
+    /// reserves a new one); an inline line's is reused.
     ranges: Vec<(usize, usize)>,
     /// Unescaped inline arguments. Reused across frames.
     scratch: Vec<u8>,

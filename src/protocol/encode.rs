@@ -57,7 +57,7 @@ impl NumberLine {
     }
 }
 
-/// Bytes `put_u64(n)` writes.
+/// Decimal digits of `n`.
 pub(crate) fn decimal_len(mut n: u64) -> usize {
     let mut len = 1;
     while n >= 10 {

@@ -70,10 +70,10 @@ pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
 /// Digits of the longest length [`short_length`] reads: below `10^18`, so it cannot overflow.
 const SHORT_DIGITS: usize = 18;
 
-/// The common case of a request's length line (`*3`, `$5`), read in one pass: the digits at `at` (no sign, no leading
-/// zero, at most [`SHORT_DIGITS`]) and `\r\n`. Returns the length and the offset after the line;
-/// `None` for anything else (incomplete, negative, malformed, too long), which
-/// [`number_line`] then reads and judges with redis-server's rules.
+/// The common case of a request's length line (`*3`, `$5`), read in one pass: the digits at
+/// `at` (no sign, no leading zero, at most [`SHORT_DIGITS`]) and `\r\n`. Returns the length and
+/// the offset after the line; `None` for anything else (incomplete, negative, malformed, too
+/// long), which [`number_line`] then reads and judges with redis-server's rules.
 #[inline(always)]
 pub(crate) fn short_length(buf: &[u8], at: usize) -> Option<(i64, usize)> {
     let mut n: i64 = 0;
