@@ -42,8 +42,9 @@ fn frame(build: impl FnOnce(&mut BytesMut)) -> Bytes {
     out.freeze()
 }
 
-/// Merges the replies of a split multi-key command. `owner[k]` is the sub-command (index into
-/// `replies`) that carried key number `k`, in the client's order.
+/// Merges the replies of a split multi-key command. For [`Merge::Array`], `owner[k]` is the
+/// sub-command (index into `replies`) that carried key number `k`, in the client's order; the
+/// other merges do not look at it (it may be empty).
 pub(crate) async fn split(how: Merge, replies: Vec<Pending>, owner: Vec<u32>) -> Bytes {
     if how == Merge::Ok {
         return all_ok(replies).await;

@@ -515,18 +515,19 @@ impl Planner {
             return self.two_phase_split(spec, &request, group);
         }
         let topo = self.topo.clone();
-        // One sub-command per distinct placement. `owner[k]` is the part that carries key k;
-        // each part counts its keys and the bytes of their arguments, so that its frame is
-        // allocated once, at its size.
-        let mut owner: Vec<u32> = Vec::with_capacity((args.len() - 1) / group);
-        let mut parts: Vec<SubCommand<'_>> = Vec::new();
+        // One sub-command per distinct placement. Each key's run of arguments (`$len\r\nkey\r\n`
+        // and its values, already encoded in the client's frame) is looked up once and copied
+        // once; each part counts its keys and bytes, so that its frame is allocated once, at
+        // its size.
+        let mut runs: Vec<(u32, Option<&[u8]>)> = Vec::with_capacity((args.len() - 1) / group);
+        let mut parts: Vec<SubCommand<'_>> = Vec::with_capacity(topo.servers.len().min(8));
         for at in (1..args.len()).step_by(group) {
             let slot = self.slot(args.get(at).unwrap_or_default());
             let placement = match topo.placement(slot) {
                 Ok(p) => p,
                 Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
             };
-            let len = args.encoded(at..at + group).map_or(0, <[u8]>::len);
+            let run = args.encoded(at..at + group);
             let part = match parts.iter().position(|p| p.placement == placement) {
                 Some(i) => i,
                 None => {
@@ -540,30 +541,38 @@ impl Planner {
             };
             if let Some(p) = parts.get_mut(part) {
                 p.keys += 1;
-                p.len += len;
+                p.len += run.map_or(0, <[u8]>::len);
             }
             // Parts are distinct servers or replica sets, far fewer than u32::MAX.
-            owner.push(part as u32);
+            runs.push((part as u32, run));
         }
         if let [only] = &parts[..] {
             let placement = only.placement;
             return self.route(placement, write, request.frame().clone());
         }
-        // Each sub-command is copied from the client's frame: the name, then each key's run
-        // of arguments, already encoded there.
-        let name_len = args.encoded(0..1).map_or(0, <[u8]>::len);
+        // Each sub-command is copied from the client's frame: the name, then each key's run.
+        let name = args.encoded(0..1);
+        let name_len = name.map_or(0, <[u8]>::len);
         let mut frames: Vec<BytesMut> = Vec::with_capacity(parts.len());
         for p in &parts {
             let header = NumberLine::array(1 + p.keys * group);
             let mut frame = BytesMut::with_capacity(header.as_bytes().len() + name_len + p.len);
             frame.extend_from_slice(header.as_bytes());
-            put_args(&mut frame, args, 0..1);
+            match name {
+                Some(name) => frame.extend_from_slice(name),
+                None => put_args(&mut frame, args, 0..1),
+            }
             frames.push(frame);
         }
-        for (k, &part) in owner.iter().enumerate() {
+        for (k, &(part, run)) in runs.iter().enumerate() {
             if let Some(frame) = frames.get_mut(part as usize) {
-                let at = 1 + k * group;
-                put_args(frame, args, at..at + group);
+                match run {
+                    Some(run) => frame.extend_from_slice(run),
+                    None => {
+                        let at = 1 + k * group;
+                        put_args(frame, args, at..at + group);
+                    }
+                }
             }
         }
         // Pushed into a vector sized up front. (A `collect` from an owning iterator over the
@@ -572,6 +581,12 @@ impl Planner {
         for (p, frame) in parts.iter().zip(frames) {
             replies.push(self.route(p.placement, write, frame.freeze()));
         }
+        // Only an array merge (MGET) needs to know which part carried each key.
+        let owner = if how == Merge::Array {
+            runs.iter().map(|&(part, _)| part).collect()
+        } else {
+            Vec::new()
+        };
         Pending::Merge(Box::pin(merge::split(how, replies, owner)))
     }
 
