@@ -1,9 +1,13 @@
 //! Pipelined, multiplexed connections to the redis-servers.
 //!
 //! Each server has a [`Pool`] of `connections` TCP connections shared by every client session.
-//! A connection is one task that owns its socket: it takes [`Job`]s (a request frame and a
-//! one-shot reply slot) from an unbounded queue (bounded upstream by the clients' pipeline limits), writes them in batches (one syscall per batch),
-//! and matches replies to jobs in FIFO order, the order Redis answers a connection's requests in.
+//! A connection is one task that owns its socket. Sessions hand it requests through its
+//! queue: the request bytes are appended to the queue's buffer and, in the same order, a
+//! one-shot reply slot to its list (unbounded: what bounds it is upstream, the clients'
+//! pipeline limits). The task swaps the whole buffer out, writes it in one syscall, and matches
+//! replies to slots in FIFO order, the order Redis answers a connection's requests in. A
+//! request is copied once, by its session, into the buffer that goes to the socket; the queue
+//! wakes the task only when it turns non-empty.
 //!
 //! The connection task is a small state machine:
 //!
@@ -27,16 +31,18 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
 use crate::protocol::{Limits, ReplyDecoder};
 
-/// Most jobs written and not yet answered on one connection.
+/// Requests written and not yet answered on one connection past which it takes no more from its
+/// queue until replies come.
 const MAX_IN_FLIGHT: usize = 16 * 1024;
-/// Jobs taken from the queue per batch write.
+/// Queued requests from which a connection writes at once, without waiting a scheduler turn
+/// for company; also the reply-slot list's starting size.
 const BATCH: usize = 256;
 /// Starting size of a connection's read and write buffers.
 const BUF_START: usize = 16 * 1024;
@@ -75,12 +81,66 @@ pub enum BackendError {
 /// The result of one request: the raw reply frame, or why there is none.
 pub type Reply = Result<Bytes, BackendError>;
 
-/// One request for a connection task.
-pub struct Job {
-    /// A complete RESP request frame.
-    pub frame: Bytes,
-    /// Where the reply goes. A dropped receiver (client gone) is fine: the reply is discarded.
-    pub reply: oneshot::Sender<Reply>,
+/// A request queued for a connection task: where its reply goes (a dropped receiver, a client
+/// gone, is fine: the reply is discarded), and whether an error reply to it may say something
+/// about the server's health (not for scripts, whose error text a client chooses:
+/// `redis.error_reply('LOADING')`).
+struct Queued {
+    reply: oneshot::Sender<Reply>,
+    signals: bool,
+}
+
+/// What sessions hand one connection task: request bytes back to back, and in the same order
+/// their reply slots.
+struct Queue {
+    state: std::sync::Mutex<QueueState>,
+    /// Wakes the task when the queue turns non-empty, or closes.
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    bytes: BytesMut,
+    jobs: Vec<Queued>,
+    /// The pool is gone: no more requests will come.
+    closed: bool,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            state: std::sync::Mutex::new(QueueState::default()),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The state, locked. Nothing that runs under this lock can panic halfway (appending bytes
+    /// and a slot), so a poisoned lock still holds consistent state and is used as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes every queued request: their bytes are swapped into `bytes` (which must be empty:
+    /// the queue keeps its allocation for the next requests) and their slots appended to `jobs`.
+    /// Returns whether the queue is closed.
+    fn take(&self, bytes: &mut BytesMut, jobs: &mut Vec<Queued>) -> bool {
+        let mut q = self.lock();
+        std::mem::swap(&mut q.bytes, bytes);
+        jobs.append(&mut q.jobs);
+        q.closed
+    }
+
+    /// Requests queued now.
+    fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_one();
+    }
 }
 
 /// How a pool reaches and times its server.
@@ -135,7 +195,7 @@ impl Shared {
 /// The connections to one server.
 pub struct Pool {
     shared: Arc<Shared>,
-    conns: Box<[mpsc::UnboundedSender<Job>]>,
+    conns: Box<[Arc<Queue>]>,
     /// Stops the health prober when the pool goes.
     _prober: tokio_util::sync::DropGuard,
 }
@@ -147,6 +207,15 @@ impl fmt::Debug for Pool {
             .field("addr", &self.shared.addr)
             .field("connections", &self.conns.len())
             .finish()
+    }
+}
+
+impl Drop for Pool {
+    /// The pool left the topology: its connection tasks answer what is in flight and end.
+    fn drop(&mut self) {
+        for queue in self.conns.iter() {
+            queue.close();
+        }
     }
 }
 
@@ -180,9 +249,9 @@ impl Pool {
         });
         let conns = (0..options.connections.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(connection_task(shared.clone(), rx));
-                tx
+                let queue = Arc::new(Queue::new());
+                tokio::spawn(connection_task(shared.clone(), queue.clone()));
+                queue
             })
             .collect();
         Pool {
@@ -226,15 +295,40 @@ impl Pool {
     /// has at most `max_pipeline` requests pending, and Keyway at most `max_clients` clients),
     /// and a synchronous send keeps the request path free of await points.
     pub fn send(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
+        self.send_with(pick, !is_script(&frame), |out| {
+            out.extend_from_slice(&frame)
+        })
+    }
+
+    /// Like [`Pool::send`], for a request that `write` appends, whole, to the connection's
+    /// outgoing bytes (a split command's part is written there straight from the client's
+    /// frame). `signals`: whether an error reply may count against the server's health (false
+    /// for scripts and functions).
+    pub fn send_with(
+        &self,
+        pick: usize,
+        signals: bool,
+        write: impl FnOnce(&mut BytesMut),
+    ) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
-        let job = Job { frame, reply: tx };
         // `conns` is never empty (spawn opens at least one); `get` keeps this panic-free anyway.
-        if let Some(conn) = self.conns.get(pick % self.conns.len().max(1)) {
-            if let Err(mpsc::error::SendError(job)) = conn.send(job) {
-                let _ = job
-                    .reply
-                    .send(Err(self.unavailable("connection task stopped")));
+        let Some(queue) = self.conns.get(pick % self.conns.len().max(1)) else {
+            let _ = tx.send(Err(self.unavailable("no connection")));
+            return rx;
+        };
+        let wake = {
+            let mut q = queue.lock();
+            if q.closed {
+                drop(q);
+                let _ = tx.send(Err(self.unavailable("connection task stopped")));
+                return rx;
             }
+            write(&mut q.bytes);
+            q.jobs.push(Queued { reply: tx, signals });
+            q.jobs.len() == 1
+        };
+        if wake {
+            queue.notify.notify_one();
         }
         rx
     }
@@ -256,7 +350,7 @@ struct InFlight {
 /// Runs one connection for its whole life: connect, serve, back off, repeat. It ends when the
 /// pool is dropped (the server left the topology): the queue closes, in-flight jobs are
 /// answered, and the socket is closed.
-async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let reason =
@@ -268,7 +362,7 @@ async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Jo
                     shared.open.fetch_add(1, Ordering::Relaxed);
                     shared.metrics.connections.inc();
                     tracing::debug!(server = %shared.name, addr = %shared.addr, "connected");
-                    let end = serve(&shared, stream, &mut rx, &mut backoff).await;
+                    let end = serve(&shared, stream, &queue, &mut backoff).await;
                     shared.open.fetch_sub(1, Ordering::Relaxed);
                     shared.metrics.connections.dec();
                     match end {
@@ -282,19 +376,24 @@ async fn connection_task(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Jo
         // Passive health: a failed connect, a reset or a timed-out request is one failure.
         shared.health.failure(&reason);
         tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?backoff, "server connection failed");
-        // Backoff: fail whatever arrives until it is time to dial again.
+        // Backoff: fail what is queued, and whatever arrives, until it is time to dial again.
         let until = Instant::now() + backoff;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+        let mut bytes = BytesMut::new();
+        let mut jobs = Vec::new();
         loop {
+            let closed = queue.take(&mut bytes, &mut jobs);
+            bytes.clear();
+            shared.metrics.unavailable.inc_by(jobs.len() as u64);
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(shared.unavailable(&reason)));
+            }
+            if closed {
+                return;
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
-                job = rx.recv() => match job {
-                    Some(job) => {
-                        shared.metrics.unavailable.inc();
-                        let _ = job.reply.send(Err(shared.unavailable(&reason)));
-                    }
-                    None => return,
-                },
+                () = queue.notify.notified() => {}
             }
         }
     }
@@ -308,19 +407,21 @@ enum End {
 }
 
 /// The Connected state: forward jobs and match replies until the socket fails or times out.
-async fn serve(
-    shared: &Shared,
-    stream: TcpStream,
-    rx: &mut mpsc::UnboundedReceiver<Job>,
-    backoff: &mut Duration,
-) -> End {
+async fn serve(shared: &Shared, stream: TcpStream, queue: &Queue, backoff: &mut Duration) -> End {
     let (mut rd, mut wr) = stream.into_split();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut decoder = ReplyDecoder::new(Limits::for_replies());
     let mut inbuf = BytesMut::with_capacity(BUF_START);
     let mut outbuf = BytesMut::with_capacity(BUF_START);
-    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
-    let mut rx_open = true;
+    // Reply slots taken from the queue with their bytes.
+    let mut taken: Vec<Queued> = Vec::with_capacity(BATCH);
+    let mut queue_open = true;
+    // One wait for the queue at a time, kept across loop turns (a notification is never lost
+    // with a dropped waiter), renewed once it fires.
+    let notified = queue.notify.notified();
+    tokio::pin!(notified);
+    // Requests may have been queued while connecting: look once without waiting for news.
+    queue.notify.notify_one();
     let m = &shared.metrics;
     // Reply latencies are counted locally and published once per read, not with atomic
     // updates per reply.
@@ -347,7 +448,7 @@ async fn serve(
     // time) gains nothing by waiting for company, and skips the yield below.
     let mut last_batch = 0usize;
     loop {
-        if !rx_open && in_flight.is_empty() {
+        if !queue_open && in_flight.is_empty() {
             return End::Closed;
         }
         if !armed {
@@ -429,37 +530,35 @@ async fn serve(
                     return End::Failed(format!("request timed out after {:?}", shared.timeout));
                 }
             }
-            n = rx.recv_many(&mut batch, BATCH), if rx_open && in_flight.len() < MAX_IN_FLIGHT => {
-                if n == 0 {
-                    rx_open = false;
-                    continue;
-                }
-                if n < BATCH && (n > 1 || last_batch > 1) {
+            () = &mut notified, if queue_open && in_flight.len() < MAX_IN_FLIGHT => {
+                notified.set(queue.notify.notified());
+                let waiting = queue.len();
+                if waiting > 0 && waiting < BATCH && (waiting > 1 || last_batch > 1) {
                     // Let the sessions that run in this scheduler tick, and those whose clients
                     // the next I/O poll finds ready, add their requests, so that they share one
                     // write (and the server one read) instead of one each. Measured: fewer
                     // syscalls and more throughput per CPU than writing at once, on both
                     // runtime flavors (docs/benchmarks.md).
                     tokio::task::yield_now().await;
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
                 }
-                let n = batch.len();
+                // `outbuf` is empty here (cleared after every write): the queue gets it back
+                // for the requests that come next.
+                if queue.take(&mut outbuf, &mut taken) {
+                    queue_open = false;
+                }
+                let n = taken.len();
+                if n == 0 {
+                    continue;
+                }
                 last_batch = n;
                 let sent = Instant::now();
                 m.requests.inc_by(n as u64);
                 m.in_flight.add(n as i64);
-                for job in batch.drain(..) {
-                    outbuf.extend_from_slice(&job.frame);
-                    let signals = !is_script(&job.frame);
+                for job in taken.drain(..) {
                     in_flight.push_back(InFlight {
                         reply: job.reply,
                         sent,
-                        signals,
+                        signals: job.signals,
                     });
                 }
                 // Usually the socket takes the whole batch at once; otherwise the rest goes out
@@ -496,8 +595,8 @@ async fn serve(
                 } else {
                     outbuf.clear();
                 }
-                if batch.capacity() > BATCH * 2 {
-                    batch = Vec::with_capacity(BATCH);
+                if taken.capacity() > BATCH * 2 {
+                    taken = Vec::with_capacity(BATCH);
                 }
             }
         }

@@ -551,35 +551,49 @@ impl Planner {
             return self.route(placement, write, request.frame().clone());
         }
         // Each sub-command is copied from the client's frame: the name, then each key's run.
+        // A part for one server is written straight into that connection's outgoing bytes; a
+        // part for a replica set (which the write mode may fan out) is built as a frame first.
         let name = args.encoded(0..1);
         let name_len = name.map_or(0, <[u8]>::len);
-        let mut frames: Vec<BytesMut> = Vec::with_capacity(parts.len());
-        for p in &parts {
-            let header = NumberLine::array(1 + p.keys * group);
-            let mut frame = BytesMut::with_capacity(header.as_bytes().len() + name_len + p.len);
-            frame.extend_from_slice(header.as_bytes());
+        let write_part = |out: &mut BytesMut, index: usize, keys: usize| {
+            out.extend_from_slice(NumberLine::array(1 + keys * group).as_bytes());
             match name {
-                Some(name) => frame.extend_from_slice(name),
-                None => put_args(&mut frame, args, 0..1),
+                Some(name) => out.extend_from_slice(name),
+                None => put_args(out, args, 0..1),
             }
-            frames.push(frame);
-        }
-        for (k, &(part, run)) in runs.iter().enumerate() {
-            if let Some(frame) = frames.get_mut(part as usize) {
+            for (k, &(part, run)) in runs.iter().enumerate() {
+                if part as usize != index {
+                    continue;
+                }
                 match run {
-                    Some(run) => frame.extend_from_slice(run),
+                    Some(run) => out.extend_from_slice(run),
                     None => {
                         let at = 1 + k * group;
-                        put_args(frame, args, at..at + group);
+                        put_args(out, args, at..at + group);
                     }
                 }
             }
-        }
+        };
         // Pushed into a vector sized up front. (A `collect` from an owning iterator over the
         // parts would reuse their allocation and shrink it with a `realloc` per request.)
         let mut replies = Vec::with_capacity(parts.len());
-        for (p, frame) in parts.iter().zip(frames) {
-            replies.push(self.route(p.placement, write, frame.freeze()));
+        for (index, p) in parts.iter().enumerate() {
+            let reply = match p.placement {
+                Placement::One(server) => match topo.server(server) {
+                    Some(s) => Pending::Forward(s.pool.send_with(self.pick(), true, |out| {
+                        write_part(out, index, p.keys);
+                    })),
+                    None => Pending::Ready(error_bytes(
+                        "keyway: internal routing error (no such server)",
+                    )),
+                },
+                Placement::Replicas(_) => {
+                    let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
+                    write_part(&mut frame, index, p.keys);
+                    self.route(p.placement, write, frame.freeze())
+                }
+            };
+            replies.push(reply);
         }
         // Only an array merge (MGET) needs to know which part carried each key.
         let owner = if how == Merge::Array {
