@@ -4,10 +4,11 @@
 //! A connection is one task that owns its socket. Sessions hand it requests through its
 //! queue: the request bytes are appended to the queue's buffer and, in the same order, a
 //! one-shot reply slot to its list (unbounded: what bounds it is upstream, the clients'
-//! pipeline limits). The task swaps the whole buffer out, writes it in one syscall, and matches
-//! replies to slots in FIFO order, the order Redis answers a connection's requests in. A
-//! request is copied once, by its session, into the buffer that goes to the socket; the queue
-//! wakes the task only when it turns non-empty.
+//! pipeline limits). The task swaps the whole buffer out and writes it (one syscall when the
+//! socket takes it all, as it usually does), and matches replies to slots in FIFO order, the
+//! order Redis answers a connection's requests in. A request is copied once, by its session,
+//! into the buffer that goes to the socket; the queue wakes the task only when it turns
+//! non-empty.
 //!
 //! The connection task is a small state machine:
 //!
@@ -39,10 +40,12 @@ use crate::metrics::ServerMetrics;
 use crate::protocol::{Limits, ReplyDecoder};
 
 /// Requests written and not yet answered on one connection past which it takes no more from its
-/// queue until replies come.
+/// queue until replies come. A soft limit: a take moves everything queued, which is bounded
+/// upstream (clients' pipeline limits).
 const MAX_IN_FLIGHT: usize = 16 * 1024;
 /// Queued requests from which a connection writes at once, without waiting a scheduler turn
-/// for company; also the reply-slot list's starting size.
+/// for company; also the reply-slot list's starting size, and twice it the most that list keeps
+/// once a burst has passed.
 const BATCH: usize = 256;
 /// Starting size of a connection's read and write buffers.
 const BUF_START: usize = 16 * 1024;
@@ -114,21 +117,22 @@ impl Queue {
         }
     }
 
-    /// The state, locked. Nothing that runs under this lock can panic halfway (appending bytes
-    /// and a slot), so a poisoned lock still holds consistent state and is used as it is.
+    /// The state, locked. Whatever runs under this lock leaves it consistent even if it panics
+    /// (see [`Pool::send_with`]), so a poisoned lock is used as it is.
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes every queued request: their bytes are swapped into `bytes` (which must be empty:
-    /// the queue keeps its allocation for the next requests) and their slots appended to `jobs`.
-    /// Returns whether the queue is closed.
+    /// Takes every queued request: their bytes and slots are swapped into `bytes` and `jobs`,
+    /// which must be empty (the queue keeps their allocations for the next requests, so that a
+    /// burst's large buffers come back to the task, which lets them go). Returns whether the
+    /// queue is closed.
     fn take(&self, bytes: &mut BytesMut, jobs: &mut Vec<Queued>) -> bool {
         let mut q = self.lock();
         std::mem::swap(&mut q.bytes, bytes);
-        jobs.append(&mut q.jobs);
+        std::mem::swap(&mut q.jobs, jobs);
         q.closed
     }
 
@@ -140,6 +144,44 @@ impl Queue {
     fn close(&self) {
         self.lock().closed = true;
         self.notify.notify_one();
+    }
+}
+
+/// Cuts the queue's bytes back to `len` when dropped: armed while a caller's `write` runs, so
+/// that a panic halfway leaves no bytes without a reply slot (they would shift every later
+/// reply onto the wrong request).
+struct Truncate<'a> {
+    bytes: &'a mut BytesMut,
+    len: usize,
+}
+
+impl Drop for Truncate<'_> {
+    fn drop(&mut self) {
+        self.bytes.truncate(self.len);
+    }
+}
+
+/// Closes a connection's queue when its task ends, however it ends (a panic, the runtime
+/// shutting down): what is queued is answered with an error, and later requests fail at once
+/// instead of waiting for a task that is gone.
+struct CloseOnExit<'a> {
+    queue: &'a Queue,
+    shared: &'a Shared,
+}
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        let jobs = {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            q.bytes.clear();
+            std::mem::take(&mut q.jobs)
+        };
+        for job in jobs {
+            let _ = job
+                .reply
+                .send(Err(self.shared.unavailable("connection task stopped")));
+        }
     }
 }
 
@@ -323,7 +365,12 @@ impl Pool {
                 let _ = tx.send(Err(self.unavailable("connection task stopped")));
                 return rx;
             }
-            write(&mut q.bytes);
+            let guard = Truncate {
+                len: q.bytes.len(),
+                bytes: &mut q.bytes,
+            };
+            write(&mut *guard.bytes);
+            std::mem::forget(guard);
             q.jobs.push(Queued { reply: tx, signals });
             q.jobs.len() == 1
         };
@@ -351,6 +398,10 @@ struct InFlight {
 /// pool is dropped (the server left the topology): the queue closes, in-flight jobs are
 /// answered, and the socket is closed.
 async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
+    let _exit = CloseOnExit {
+        queue: &queue,
+        shared: &shared,
+    };
     let mut backoff = BACKOFF_MIN;
     loop {
         let reason =
@@ -383,7 +434,11 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
         let mut jobs = Vec::new();
         loop {
             let closed = queue.take(&mut bytes, &mut jobs);
-            bytes.clear();
+            if bytes.capacity() > BUF_KEEP {
+                bytes = BytesMut::new();
+            } else {
+                bytes.clear();
+            }
             shared.metrics.unavailable.inc_by(jobs.len() as u64);
             for job in jobs.drain(..) {
                 let _ = job.reply.send(Err(shared.unavailable(&reason)));
@@ -619,4 +674,55 @@ fn is_script(frame: &[u8]) -> bool {
             .is_some_and(|n| n.eq_ignore_ascii_case(word))
     };
     starts(b"EVAL") || starts(b"FCALL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A pool on a runtime that then shuts down: the connection task is gone, so requests fail
+    /// at once with an error instead of waiting in a queue nobody reads.
+    #[test]
+    fn requests_fail_at_once_once_the_connection_task_is_gone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // A listener that accepts (the kernel's backlog) and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let metrics = Metrics::new();
+        let health = HealthOptions {
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(1),
+            fall: 3,
+            rise: 2,
+        };
+        let options = PoolOptions {
+            connections: 1,
+            timeout: Duration::from_secs(60),
+        };
+        let (pool, mut queued) = runtime.block_on(async {
+            let pool = Pool::spawn("s", &addr, &options, health, metrics.server("s"));
+            // Let the task connect and take one request; the next stays queued.
+            let written = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(written);
+            let queued = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+            (pool, queued)
+        });
+        drop(runtime);
+        match queued.try_recv() {
+            Ok(Err(BackendError::Unavailable { reason, .. })) => {
+                assert_eq!(&*reason, "connection task stopped");
+            }
+            other => panic!("queued request: {other:?}"),
+        }
+        let mut later = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
+        assert!(matches!(
+            later.try_recv(),
+            Ok(Err(BackendError::Unavailable { .. }))
+        ));
+    }
 }

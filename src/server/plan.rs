@@ -517,8 +517,8 @@ impl Planner {
         let topo = self.topo.clone();
         // One sub-command per distinct placement. Each key's run of arguments (`$len\r\nkey\r\n`
         // and its values, already encoded in the client's frame) is looked up once and copied
-        // once; each part counts its keys and bytes, so that its frame is allocated once, at
-        // its size.
+        // once; each part counts its keys (for its header) and bytes (to size the frame of a
+        // part that goes to a replica set).
         let mut runs: Vec<(u32, Option<&[u8]>)> = Vec::with_capacity((args.len() - 1) / group);
         let mut parts: Vec<SubCommand<'_>> = Vec::with_capacity(topo.servers.len().min(8));
         for at in (1..args.len()).step_by(group) {
@@ -588,6 +588,7 @@ impl Planner {
                     )),
                 },
                 Placement::Replicas(_) => {
+                    // 16: room for the `*N\r\n` header.
                     let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
                     write_part(&mut frame, index, p.keys);
                     self.route(p.placement, write, frame.freeze())
