@@ -136,9 +136,18 @@ impl<'a> Args<'a> {
     /// Every frame holds its arguments in order, each under the one header the decoder accepts
     /// for its length (no sign, no leading zeros), so the run is one contiguous span.
     pub fn encoded(&self, range: std::ops::Range<usize>) -> Option<&'a [u8]> {
-        let &(first, first_end) = self.spans.get(range.start)?;
-        let &(_, last_end) = self.spans.get(range.end.checked_sub(1)?)?;
-        let head = first.checked_sub(3 + decimal_len((first_end - first) as u64))?;
+        if range.start >= range.end {
+            return None;
+        }
+        let &(_, last_end) = self.spans.get(range.end - 1)?;
+        let head = match range.start.checked_sub(1) {
+            // Back to back: the run starts right after the previous argument's `\r\n`.
+            Some(previous) => self.spans.get(previous)?.1 + 2,
+            None => {
+                let &(first, first_end) = self.spans.first()?;
+                first.checked_sub(3 + decimal_len((first_end - first) as u64))?
+            }
+        };
         let span = self.frame.get(head..last_end + 2)?;
         (span.first() == Some(&b'$')).then_some(span)
     }
