@@ -84,12 +84,34 @@ pub enum BackendError {
 /// The result of one request: the raw reply frame, or why there is none.
 pub type Reply = Result<Bytes, BackendError>;
 
-/// A request queued for a connection task: where its reply goes (a dropped receiver, a client
-/// gone, is fine: the reply is discarded), and whether an error reply to it may say something
-/// about the server's health (not for scripts, whose error text a client chooses:
-/// `redis.error_reply('LOADING')`).
+mod gather;
+pub use gather::{Gather, GatherPart};
+
+/// Where a server's reply goes.
+enum ReplyTo {
+    /// A request's own one-shot channel. A dropped receiver (client gone) is fine: the reply
+    /// is discarded.
+    One(oneshot::Sender<Reply>),
+    /// One part of a split command, gathered with the others.
+    Part(GatherPart),
+}
+
+impl ReplyTo {
+    fn send(self, reply: Reply) {
+        match self {
+            ReplyTo::One(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Part(part) => part.complete(reply),
+        }
+    }
+}
+
+/// A request queued for a connection task: where its reply goes, and whether an error reply to
+/// it may say something about the server's health (not for scripts, whose error text a client
+/// chooses: `redis.error_reply('LOADING')`).
 struct Queued {
-    reply: oneshot::Sender<Reply>,
+    reply: ReplyTo,
     signals: bool,
 }
 
@@ -178,8 +200,7 @@ impl Drop for CloseOnExit<'_> {
             std::mem::take(&mut q.jobs)
         };
         for job in jobs {
-            let _ = job
-                .reply
+            job.reply
                 .send(Err(self.shared.unavailable("connection task stopped")));
         }
     }
@@ -337,33 +358,43 @@ impl Pool {
     /// has at most `max_pipeline` requests pending, and Keyway at most `max_clients` clients),
     /// and a synchronous send keeps the request path free of await points.
     pub fn send(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
-        self.send_with(pick, !is_script(&frame), |out| {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(pick, !is_script(&frame), ReplyTo::One(tx), |out| {
             out.extend_from_slice(&frame)
-        })
+        });
+        rx
     }
 
-    /// Like [`Pool::send`], for a request that `write` appends, whole, to the connection's
-    /// outgoing bytes (a split command's part is written there straight from the client's
-    /// frame). `signals`: whether an error reply may count against the server's health (false
-    /// for scripts and functions).
-    pub fn send_with(
+    /// Sends one part of a split command, which `write` appends, whole, to the connection's
+    /// outgoing bytes (straight from the client's frame); its reply goes to `part`. The parts
+    /// are plain data commands (MSET, MGET, DEL, ...), so an error reply may count against the
+    /// server's health.
+    pub fn send_part(&self, pick: usize, part: GatherPart, write: impl FnOnce(&mut BytesMut)) {
+        self.enqueue(pick, true, ReplyTo::Part(part), write);
+    }
+
+    /// Appends a request's bytes (`write`) and its reply slot to connection `pick`'s queue,
+    /// under one lock, and wakes the connection task if the queue was empty. `signals`:
+    /// whether an error reply may count against the server's health (false for scripts and
+    /// functions).
+    fn enqueue(
         &self,
         pick: usize,
         signals: bool,
+        reply: ReplyTo,
         write: impl FnOnce(&mut BytesMut),
-    ) -> oneshot::Receiver<Reply> {
-        let (tx, rx) = oneshot::channel();
+    ) {
         // `conns` is never empty (spawn opens at least one); `get` keeps this panic-free anyway.
         let Some(queue) = self.conns.get(pick % self.conns.len().max(1)) else {
-            let _ = tx.send(Err(self.unavailable("no connection")));
-            return rx;
+            reply.send(Err(self.unavailable("no connection")));
+            return;
         };
         let wake = {
             let mut q = queue.lock();
             if q.closed {
                 drop(q);
-                let _ = tx.send(Err(self.unavailable("connection task stopped")));
-                return rx;
+                reply.send(Err(self.unavailable("connection task stopped")));
+                return;
             }
             let guard = Truncate {
                 len: q.bytes.len(),
@@ -371,13 +402,12 @@ impl Pool {
             };
             write(&mut *guard.bytes);
             std::mem::forget(guard);
-            q.jobs.push(Queued { reply: tx, signals });
+            q.jobs.push(Queued { reply, signals });
             q.jobs.len() == 1
         };
         if wake {
             queue.notify.notify_one();
         }
-        rx
     }
 
     fn unavailable(&self, reason: &str) -> BackendError {
@@ -387,7 +417,7 @@ impl Pool {
 
 /// A job written to the server and waiting for its reply.
 struct InFlight {
-    reply: oneshot::Sender<Reply>,
+    reply: ReplyTo,
     sent: Instant,
     /// Whether an error reply to this request may say something about the server's health:
     /// not for scripts, whose error text a client chooses (`redis.error_reply('LOADING')`).
@@ -441,7 +471,7 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
             }
             shared.metrics.unavailable.inc_by(jobs.len() as u64);
             for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(shared.unavailable(&reason)));
+                job.reply.send(Err(shared.unavailable(&reason)));
             }
             if closed {
                 return;
@@ -490,7 +520,7 @@ async fn serve(shared: &Shared, stream: TcpStream, queue: &Queue, backoff: &mut 
         }
         m.in_flight.sub(n as i64);
         for f in in_flight.drain(..) {
-            let _ = f.reply.send(Err(err.clone()));
+            f.reply.send(Err(err.clone()));
         }
     };
     // The oldest request's deadline. The timer is re-armed lazily: it may fire for a request
@@ -547,7 +577,7 @@ async fn serve(shared: &Shared, stream: TcpStream, queue: &Queue, backoff: &mut 
                                     if f.signals && Health::is_failure_reply(&frame) {
                                         shared.health.failure("server answered that it cannot serve");
                                     }
-                                    let _ = f.reply.send(Ok(frame));
+                                    f.reply.send(Ok(frame));
                                 }
                                 None => {
                                     return End::Failed("reply without a request".into());

@@ -20,9 +20,22 @@ async fn resolve(mut p: Pending) -> Bytes {
 }
 
 async fn values(replies: Vec<Pending>) -> Result<Vec<Value>, Bytes> {
-    let mut out = Vec::with_capacity(replies.len());
+    let mut frames = Vec::with_capacity(replies.len());
     for p in replies {
         let frame = resolve(p).await;
+        // The first error is the answer: no need to wait for the rest.
+        if frame.first() == Some(&b'-') {
+            return Err(frame);
+        }
+        frames.push(frame);
+    }
+    parse_all(frames)
+}
+
+/// Each frame parsed; the first error reply (or unparsable frame) is the answer instead.
+fn parse_all(frames: Vec<Bytes>) -> Result<Vec<Value>, Bytes> {
+    let mut out = Vec::with_capacity(frames.len());
+    for frame in frames {
         match Value::parse(&frame) {
             Ok(Value::Error(_)) => return Err(frame),
             Ok(v) => out.push(v),
@@ -42,14 +55,24 @@ fn frame(build: impl FnOnce(&mut BytesMut)) -> Bytes {
     out.freeze()
 }
 
-/// Merges the replies of a split multi-key command. For [`Merge::Array`], `owner[k]` is the
-/// sub-command (index into `replies`) that carried key number `k`, in the client's order; the
-/// other merges do not look at it (it may be empty).
+/// Merges the replies of a split multi-key command, awaited in turn (parts sent to replica
+/// sets, whose write mode may fan each out). See [`split_frames`].
 pub(crate) async fn split(how: Merge, replies: Vec<Pending>, owner: Vec<u32>) -> Bytes {
-    if how == Merge::Ok {
-        return all_ok(replies).await;
+    let mut frames = Vec::with_capacity(replies.len());
+    for p in replies {
+        frames.push(resolve(p).await);
     }
-    let values = match values(replies).await {
+    split_frames(how, frames, &owner)
+}
+
+/// Merges the replies of a split multi-key command, one frame per part. For [`Merge::Array`],
+/// `owner[k]` is the part (index into `frames`) that carried key number `k`, in the client's
+/// order; the other merges do not look at it (it may be empty).
+pub(crate) fn split_frames(how: Merge, frames: Vec<Bytes>, owner: &[u32]) -> Bytes {
+    if how == Merge::Ok {
+        return all_ok(frames);
+    }
+    let values = match parse_all(frames) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -70,7 +93,7 @@ pub(crate) async fn split(how: Merge, replies: Vec<Pending>, owner: Vec<u32>) ->
             }
             frame(|out| {
                 write_array_header(out, owner.len());
-                for &part in &owner {
+                for &part in owner {
                     items
                         .get_mut(part as usize)
                         .and_then(Iterator::next)
@@ -85,16 +108,9 @@ pub(crate) async fn split(how: Merge, replies: Vec<Pending>, owner: Vec<u32>) ->
 
 /// `+OK` when every reply is `+OK` (MSET's parts): the first other reply otherwise, an error
 /// as the server sent it.
-async fn all_ok(replies: Vec<Pending>) -> Bytes {
+fn all_ok(frames: Vec<Bytes>) -> Bytes {
     const OK: &[u8] = b"+OK\r\n";
-    let mut other = None;
-    for p in replies {
-        let frame = resolve(p).await;
-        if frame.as_ref() != OK && other.is_none() {
-            other = Some(frame);
-        }
-    }
-    match other {
+    match frames.into_iter().find(|f| f.as_ref() != OK) {
         None => Bytes::from_static(OK),
         Some(frame) => match Value::parse(&frame) {
             Ok(Value::Error(_)) => frame,

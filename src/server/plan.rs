@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use super::merge;
 use super::session::{error_bytes, Pending};
 use super::{local, Shared};
+use crate::backend::Gather;
 use crate::command::{self, Kind, Merge};
 use crate::config::{ReadPolicy, WriteMode};
 use crate::protocol::{write_bulk, Args, NumberLine, Request};
@@ -574,34 +575,47 @@ impl Planner {
                 }
             }
         };
-        // Pushed into a vector sized up front. (A `collect` from an owning iterator over the
-        // parts would reuse their allocation and shrink it with a `realloc` per request.)
-        let mut replies = Vec::with_capacity(parts.len());
-        for (index, p) in parts.iter().enumerate() {
-            let reply = match p.placement {
-                Placement::One(server) => match topo.server(server) {
-                    Some(s) => Pending::Forward(s.pool.send_with(self.pick(), true, |out| {
-                        write_part(out, index, p.keys);
-                    })),
-                    None => Pending::Ready(error_bytes(
-                        "keyway: internal routing error (no such server)",
-                    )),
-                },
-                Placement::Replicas(_) => {
-                    // 16: room for the `*N\r\n` header.
-                    let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
-                    write_part(&mut frame, index, p.keys);
-                    self.route(p.placement, write, frame.freeze())
-                }
-            };
-            replies.push(reply);
-        }
         // Only an array merge (MGET) needs to know which part carried each key.
-        let owner = if how == Merge::Array {
+        let owner: Vec<u32> = if how == Merge::Array {
             runs.iter().map(|&(part, _)| part).collect()
         } else {
             Vec::new()
         };
+        if parts
+            .iter()
+            .all(|p| matches!(p.placement, Placement::One(_)))
+        {
+            // One server per part: the replies are gathered in one place, the session woken
+            // once when the last is in.
+            let gather = Gather::new(parts.len());
+            for (index, p) in parts.iter().enumerate() {
+                let part = gather.part(index);
+                let server = match p.placement {
+                    Placement::One(server) => topo.server(server),
+                    Placement::Replicas(_) => None,
+                };
+                match server {
+                    Some(s) => s.pool.send_part(self.pick(), part, |out| {
+                        write_part(out, index, p.keys);
+                    }),
+                    // Not reached (placements name servers of this topology); a part dropped
+                    // unsent completes with an error for the client, not a hang.
+                    None => drop(part),
+                }
+            }
+            return Pending::Gather { gather, how, owner };
+        }
+        // Replica sets, which the write mode may fan out: each part is built as a frame and
+        // routed. Pushed into a vector sized up front. (A `collect` from an owning iterator
+        // over the parts would reuse their allocation and shrink it with a `realloc` per
+        // request.)
+        let mut replies = Vec::with_capacity(parts.len());
+        for (index, p) in parts.iter().enumerate() {
+            // 16: room for the `*N\r\n` header.
+            let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
+            write_part(&mut frame, index, p.keys);
+            replies.push(self.route(p.placement, write, frame.freeze()));
+        }
         Pending::Merge(Box::pin(merge::split(how, replies, owner)))
     }
 

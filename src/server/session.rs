@@ -24,9 +24,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::merge;
 use super::plan::{ClientState, Planner};
 use super::Shared;
-use crate::backend::Reply;
+use crate::backend::{Gather, Reply};
+use crate::command::Merge;
 use crate::metrics::Metrics;
 use crate::protocol::{write_error, RequestDecoder};
 
@@ -46,7 +48,15 @@ pub(crate) enum Pending {
     Ready(Bytes),
     /// The raw reply of one server, forwarded as it comes.
     Forward(oneshot::Receiver<Reply>),
-    /// Replies of several servers, merged (MGET across servers, DBSIZE, SCAN, ...).
+    /// The parts of a split command (MSET, MGET, DEL, ... over several servers), gathered in
+    /// one place and merged once all are in.
+    Gather {
+        gather: Arc<Gather>,
+        how: Merge,
+        /// See [`merge::split_frames`].
+        owner: Vec<u32>,
+    },
+    /// Replies of several servers, merged (DBSIZE, SCAN, a split over replica sets, ...).
     Merge(Pin<Box<dyn Future<Output = Bytes> + Send>>),
     /// A two-phase transaction, running as a task of its own from the moment it is dispatched,
     /// so that it finishes even if the client goes away. The session dispatches nothing after
@@ -59,6 +69,10 @@ impl Pending {
         match self {
             Pending::Ready(b) => Poll::Ready(std::mem::take(b)),
             Pending::Forward(rx) => Pin::new(rx).poll(cx).map(reply_bytes),
+            Pending::Gather { gather, how, owner } => gather.poll_replies(cx).map(|replies| {
+                let frames = replies.into_iter().map(part_bytes).collect();
+                merge::split_frames(*how, frames, owner)
+            }),
             Pending::Merge(f) => f.as_mut().poll(cx),
             Pending::Task(t) => Pin::new(t).poll(cx).map(|r| {
                 r.unwrap_or_else(|_| {
@@ -74,9 +88,20 @@ pub(crate) fn reply_bytes(reply: Result<Reply, oneshot::error::RecvError>) -> By
     match reply {
         Ok(Ok(frame)) => frame,
         Ok(Err(e)) => error_bytes(&e.to_string()),
-        Err(_) => error_bytes("keyway: the server connection ended before replying"),
+        Err(_) => error_bytes(ENDED_BEFORE_REPLYING),
     }
 }
+
+/// The bytes to send a client for one part of a split command (see [`reply_bytes`]).
+fn part_bytes(reply: Option<Reply>) -> Bytes {
+    match reply {
+        Some(Ok(frame)) => frame,
+        Some(Err(e)) => error_bytes(&e.to_string()),
+        None => error_bytes(ENDED_BEFORE_REPLYING),
+    }
+}
+
+const ENDED_BEFORE_REPLYING: &str = "keyway: the server connection ended before replying";
 
 /// `-ERR <msg>` unless `msg` already starts with an error code in capitals.
 pub(crate) fn error_bytes(msg: &str) -> Bytes {
