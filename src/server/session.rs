@@ -70,7 +70,12 @@ impl Pending {
             Pending::Ready(b) => Poll::Ready(std::mem::take(b)),
             Pending::Forward(rx) => Pin::new(rx).poll(cx).map(reply_bytes),
             Pending::Gather { gather, how, owner } => gather.poll_replies(cx).map(|replies| {
-                let frames = replies.into_iter().map(part_bytes).collect();
+                // Pushed, not collected: a collect would reuse the replies' larger allocation
+                // and shrink it with a `realloc`.
+                let mut frames = Vec::with_capacity(replies.len());
+                for reply in replies {
+                    frames.push(part_bytes(reply));
+                }
                 merge::split_frames(*how, frames, owner)
             }),
             Pending::Merge(f) => f.as_mut().poll(cx),
