@@ -38,6 +38,9 @@ struct SubCommand<'t> {
     keys: usize,
     /// Bytes their encoded arguments take.
     len: usize,
+    /// The part goes to its server as the primary of a key's slot, found up: later keys with
+    /// the same primary join it without a health check of their own.
+    primary: bool,
 }
 
 /// Keys in one SCAN cursor are `server cursor << SCAN_SHIFT | server index`.
@@ -522,22 +525,43 @@ impl Planner {
         // part that goes to a replica set).
         let mut runs: Vec<(u32, Option<&[u8]>)> = Vec::with_capacity((args.len() - 1) / group);
         let mut parts: Vec<SubCommand<'_>> = Vec::with_capacity(topo.servers.len().min(8));
+        let single = topo.replicas == 1;
         for at in (1..args.len()).step_by(group) {
             let slot = self.slot(args.get(at).unwrap_or_default());
-            let placement = match topo.placement(slot) {
-                Ok(p) => p,
-                Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
-            };
             let run = args.encoded(at..at + group);
-            let part = match parts.iter().position(|p| p.placement == placement) {
+            // Most keys' slots are served by their primary: a key whose primary already has a
+            // part found up joins it, with one table lookup and no health check.
+            let primary = topo.table.primary(slot);
+            let known = if single {
+                parts
+                    .iter()
+                    .position(|p| p.primary && p.placement == Placement::One(primary))
+            } else {
+                None
+            };
+            let part = match known {
                 Some(i) => i,
                 None => {
-                    parts.push(SubCommand {
-                        placement,
-                        keys: 0,
-                        len: 0,
-                    });
-                    parts.len() - 1
+                    let placement = match topo.placement(slot) {
+                        Ok(p) => p,
+                        Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
+                    };
+                    let i = match parts.iter().position(|p| p.placement == placement) {
+                        Some(i) => i,
+                        None => {
+                            parts.push(SubCommand {
+                                placement,
+                                keys: 0,
+                                len: 0,
+                                primary: false,
+                            });
+                            parts.len() - 1
+                        }
+                    };
+                    if let Some(p) = parts.get_mut(i) {
+                        p.primary |= single && placement == Placement::One(primary);
+                    }
+                    i
                 }
             };
             if let Some(p) = parts.get_mut(part) {
