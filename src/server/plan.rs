@@ -131,25 +131,34 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
-    /// A planner on the current topology for client `id`, resuming `client`'s settings.
-    pub(crate) fn new(shared: Arc<Shared>, id: u64, client: ClientState) -> Planner {
+    /// A planner on the current topology for client `id`, resuming `client`'s settings, with
+    /// `keys` (empty) as its scratch list of key positions.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        id: u64,
+        client: ClientState,
+        keys: Vec<usize>,
+    ) -> Planner {
         let topo = shared.topology.load();
         Planner {
             shared,
             topo,
             id,
             client_name: client.name,
-            keys: Vec::new(),
+            keys,
             rr: client.rr,
         }
     }
 
-    /// Ends the stretch: what must outlive it.
-    pub(crate) fn into_client(self) -> ClientState {
-        ClientState {
-            name: self.client_name,
-            rr: self.rr,
-        }
+    /// Ends the stretch: what must outlive it, and the scratch list for reuse.
+    pub(crate) fn into_client(self) -> (ClientState, Vec<usize>) {
+        (
+            ClientState {
+                name: self.client_name,
+                rr: self.rr,
+            },
+            self.keys,
+        )
     }
 
     /// Takes the current topology for the requests that follow.

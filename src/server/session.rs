@@ -42,6 +42,81 @@ const PENDING_START: usize = 8;
 /// Bytes read from a client at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Kits each worker thread keeps for the next active stretches (see [`Kit`]).
+const KITS_KEPT: usize = 64;
+
+/// Room a kept kit's write buffer starts with.
+const OUT_KEPT: usize = 4 * 1024;
+
+/// What an active stretch works with and a parked session does without: the read and write
+/// buffers, the queue of pending replies and the planner's key list. Each worker thread keeps
+/// up to [`KITS_KEPT`] of them between stretches, so that a client with one request at a time
+/// (a new stretch per request) does not allocate and free them for every request, while a
+/// parked session still holds none. Only empty, unshared, modest ones are kept: at most about
+/// 2 MiB per thread.
+struct Kit {
+    inbuf: BytesMut,
+    out: BytesMut,
+    pending: VecDeque<Entry>,
+    keys: Vec<usize>,
+}
+
+thread_local! {
+    static KITS: std::cell::RefCell<Vec<Kit>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Kit {
+    /// A kept kit, or a new one: buffers empty (the first read takes exactly what came), room
+    /// for a small pipeline.
+    fn take() -> Kit {
+        KITS.with(|kits| kits.borrow_mut().pop())
+            .unwrap_or_else(|| Kit {
+                inbuf: BytesMut::new(),
+                out: BytesMut::new(),
+                pending: VecDeque::with_capacity(PENDING_START),
+                keys: Vec::new(),
+            })
+    }
+
+    /// Keeps the kit for a later stretch on this thread, if there is room and it is fit.
+    fn give_back(mut self) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        KITS.with(|kits| {
+            let mut kits = kits.borrow_mut();
+            if kits.len() >= KITS_KEPT {
+                return;
+            }
+            if self.pending.capacity() > PENDING_START * 8 {
+                self.pending = VecDeque::with_capacity(PENDING_START);
+            }
+            // Replies are copied into `out` until it is written: kept with room for a few.
+            self.out.clear();
+            if self.out.capacity() > READ_CHUNK {
+                self.out = BytesMut::new();
+            }
+            if self.out.capacity() < OUT_KEPT / 4 {
+                self.out = BytesMut::with_capacity(OUT_KEPT);
+            }
+            // Reads go straight into `inbuf` while it has room, and requests are split off it
+            // (sharing it). Once too little is left, it is taken back whole if nothing shares
+            // it any more, or replaced.
+            if self.inbuf.capacity() < READ_CHUNK / 4 || self.inbuf.capacity() > READ_CHUNK {
+                self.inbuf.clear();
+                if self.inbuf.capacity() > READ_CHUNK || !self.inbuf.try_reclaim(READ_CHUNK) {
+                    self.inbuf = BytesMut::with_capacity(READ_CHUNK);
+                }
+            }
+            self.keys.clear();
+            if self.keys.capacity() > 64 {
+                self.keys = Vec::new();
+            }
+            kits.push(self);
+        });
+    }
+}
+
 /// A reply in the making, in its client's request order.
 pub(crate) enum Pending {
     /// Known already (local commands, errors).
@@ -156,8 +231,8 @@ impl Disconnect {
 /// How an active stretch of a session ended.
 enum Stretch {
     /// Everything received was answered and nothing is buffered: park until the client
-    /// speaks again, keeping what the client set.
-    Parked(ClientState),
+    /// speaks again, keeping what the client set (and giving the kit back).
+    Parked(ClientState, Kit),
     /// The connection is finished.
     Closed,
 }
@@ -225,10 +300,21 @@ pub(crate) async fn run(
                 return Ok(());
             }
         }
-        let planner = Planner::new(shared.clone(), id, client);
-        let stretch = Box::pin(active(&mut stream, &shared, planner, drain.as_mut(), id));
+        let mut kit = Kit::take();
+        let planner = Planner::new(shared.clone(), id, client, std::mem::take(&mut kit.keys));
+        let stretch = Box::pin(active(
+            &mut stream,
+            &shared,
+            planner,
+            kit,
+            drain.as_mut(),
+            id,
+        ));
         match stretch.await? {
-            Stretch::Parked(kept) => client = kept,
+            Stretch::Parked(kept, kit) => {
+                client = kept;
+                kit.give_back();
+            }
             Stretch::Closed => return Ok(()),
         }
     }
@@ -258,6 +344,7 @@ async fn active(
     stream: &mut TcpStream,
     shared: &Arc<Shared>,
     mut planner: Planner,
+    kit: Kit,
     mut drain: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     id: u64,
 ) -> std::io::Result<Stretch> {
@@ -271,10 +358,25 @@ async fn active(
     // cost more to set up per active stretch (one per request at -P 1) than it saved.
     let durations = &metrics.request_duration;
     let limits = &shared.client_limits;
-    let mut inbuf = BytesMut::new();
-    let mut out = BytesMut::new();
-    // Room for a small pipeline from the start: one allocation, not one per doubling.
-    let mut pending: VecDeque<Entry> = VecDeque::with_capacity(PENDING_START);
+    let Kit {
+        mut inbuf,
+        mut out,
+        mut pending,
+        keys: _,
+    } = kit;
+    // Ends the stretch parked, the kit's parts gathered back.
+    macro_rules! parked {
+        () => {{
+            let (client, keys) = planner.into_client();
+            let kit = Kit {
+                inbuf,
+                out,
+                pending,
+                keys,
+            };
+            return Ok(Stretch::Parked(client, kit));
+        }};
+    }
     // Until the first wait: the planner's snapshot was taken as this stretch began.
     let mut fresh = true;
     // Pending entries that hold back dispatch (two-phase transactions).
@@ -302,7 +404,7 @@ async fn active(
         Poll::Ready(Ok(0)) => closing = Some(None),
         Poll::Ready(Ok(_)) => {}
         Poll::Ready(Err(e)) => return Err(e),
-        Poll::Pending => return Ok(Stretch::Parked(planner.into_client())),
+        Poll::Pending => parked!(),
     }
 
     loop {
@@ -351,8 +453,9 @@ async fn active(
                 }
             }
         }
-        if inbuf.is_empty() && inbuf.capacity() > 0 {
-            // Every frame was split off; the remainder would keep their allocation alive.
+        if inbuf.is_empty() && inbuf.capacity() > 0 && inbuf.capacity() < READ_CHUNK / 4 {
+            // Every frame was split off and too little room is left to read into: the remainder
+            // would only keep their allocation alive.
             inbuf = BytesMut::new();
         }
         let quiet = pending.is_empty() && out.is_empty();
@@ -369,7 +472,7 @@ async fn active(
                 return Ok(Stretch::Closed);
             }
         } else if quiet && inbuf.is_empty() {
-            return Ok(Stretch::Parked(planner.into_client()));
+            parked!();
         }
         let can_read = closing.is_none() && pending.len() < limits.max_pipeline;
         let idle_armed =
@@ -389,9 +492,11 @@ async fn active(
                     return Ok(Stretch::Closed);
                 }
                 out.advance(n);
-                if out.is_empty() && pending.is_empty() {
-                    // Nothing more to write: give the buffer back (an emptied BytesMut still
-                    // holds its allocation), so that an idle client holds no buffer space.
+                if out.is_empty() && pending.is_empty() && !inbuf.is_empty() {
+                    // Nothing more to write while the rest of a frame is awaited: give the
+                    // buffer back (an emptied BytesMut still holds its allocation), so that a
+                    // client that stalls halfway holds no write buffer. (Otherwise the stretch
+                    // parks now and the buffer goes back with its kit.)
                     out = BytesMut::new();
                 }
             }
@@ -450,17 +555,17 @@ fn poll_timer(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context
 /// Reads what the client sent, through `poll_read`: on Linux a short read tells tokio that the
 /// socket is drained, which saves the extra read that would only return `WouldBlock`.
 ///
-/// With nothing buffered (the usual case between requests), the bytes land in the worker
-/// thread's scratch buffer first and `inbuf` takes exactly their size, so that a client that
-/// goes quiet holds no read buffer; with a partial frame buffered, reads go straight into
-/// `inbuf`, grown by `READ_CHUNK`.
+/// With nothing buffered and no room (a new kit), the bytes land in the worker thread's scratch
+/// buffer first and `inbuf` takes exactly their size, so that a burst of new clients allocates
+/// no more than they send; with room (a kept kit's buffer) or a partial frame buffered, reads go
+/// straight into `inbuf`, grown by `READ_CHUNK`.
 fn poll_read_some(
     rd: &mut tokio::net::tcp::ReadHalf<'_>,
     inbuf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     use tokio::io::AsyncRead;
-    if inbuf.is_empty() {
+    if inbuf.is_empty() && inbuf.capacity() < READ_CHUNK / 4 {
         thread_local! {
             // One read buffer per worker thread, zeroed once, not per read.
             static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
