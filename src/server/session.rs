@@ -300,16 +300,20 @@ pub(crate) async fn run(
                 return Ok(());
             }
         }
-        let mut kit = Kit::take();
-        let planner = Planner::new(shared.clone(), id, client, std::mem::take(&mut kit.keys));
-        let stretch = Box::pin(active(
-            &mut stream,
-            &shared,
-            planner,
-            kit,
-            drain.as_mut(),
-            id,
-        ));
+        // In a block of its own: the kit must not outlive it in this task's state (a local in
+        // scope across the await below would take room in every parked session).
+        let stretch = {
+            let mut kit = Kit::take();
+            let planner = Planner::new(shared.clone(), id, client, std::mem::take(&mut kit.keys));
+            Box::pin(active(
+                &mut stream,
+                &shared,
+                planner,
+                kit,
+                drain.as_mut(),
+                id,
+            ))
+        };
         match stretch.await? {
             Stretch::Parked(kept, kit) => {
                 client = kept;
