@@ -140,7 +140,7 @@ impl Queue {
     }
 
     /// The state, locked. Whatever runs under this lock leaves it consistent even if it panics
-    /// (see [`Pool::send_with`]), so a poisoned lock is used as it is.
+    /// (see `Pool::enqueue`), so a poisoned lock is used as it is.
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state
             .lock()

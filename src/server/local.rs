@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::plan::Planner;
 use super::session::{error_bytes, Pending};
@@ -58,7 +58,9 @@ pub(crate) fn answer(
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 );
             }
-            planner.client_name = (!name.is_empty()).then_some(name);
+            // A copy: a slice would keep the whole read buffer it came in alive for as long
+            // as the connection lives.
+            planner.client_name = (!name.is_empty()).then(|| Bytes::copy_from_slice(&name));
             ready(|o| write_simple(o, "OK"))
         }
         "client|getname" => match &planner.client_name {
@@ -148,7 +150,8 @@ fn hello(planner: &mut Planner, args: Args<'_>) -> (Pending, bool) {
     let mut i = 2;
     while let Some(opt) = args.get(i) {
         if opt.eq_ignore_ascii_case(b"SETNAME") && args.get(i + 1).is_some() {
-            planner.client_name = args.bytes(i + 1);
+            // A copy, as for CLIENT SETNAME.
+            planner.client_name = args.get(i + 1).map(Bytes::copy_from_slice);
             i += 2;
         } else if opt.eq_ignore_ascii_case(b"AUTH") {
             return err("ERR keyway does not authenticate clients yet (AUTH is not supported)");

@@ -1,7 +1,8 @@
 //! Merging the replies of several servers into the one reply a client expects.
 //!
-//! Each function here is the body of a `Pending::Merge` future: it awaits the sub-replies (all
-//! already sent) and builds the merged frame. An error from any server becomes the client's
+//! Most functions here are the body of a `Pending::Merge` future: it awaits the sub-replies (all
+//! already sent) and builds the merged frame; [`split_frames`] merges the parts of a split
+//! command once a `Pending::Gather` has them all. An error from any server becomes the client's
 //! reply, since a partial answer presented as whole would be a lie.
 
 use std::future::poll_fn;

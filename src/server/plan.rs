@@ -567,8 +567,12 @@ impl Planner {
                             parts.len() - 1
                         }
                     };
-                    if let Some(p) = parts.get_mut(i) {
-                        p.primary |= single && placement == Placement::One(primary);
+                    // Only a primary that is up: when none of a slot's servers is, its placement
+                    // is its primary all the same, which says nothing of other slots.
+                    if single && placement == Placement::One(primary) && topo.is_up(primary) {
+                        if let Some(p) = parts.get_mut(i) {
+                            p.primary = true;
+                        }
                     }
                     i
                 }

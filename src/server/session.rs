@@ -6,7 +6,8 @@
 //! it takes every reply that is ready behind it too and writes them with one syscall. Replies
 //! therefore leave in request order however the servers interleave, and a pipelining client
 //! gets batched writes. When everything received is answered, the session *parks*: buffers and
-//! queue are dropped and the task waits for the client with little memory.
+//! queue go back to the worker thread's kept kits (or are dropped) and the task waits for the
+//! client with little memory.
 //!
 //! Backpressure: once `max_pipeline` replies are pending, the session stops reading from the
 //! client until they drain, so a client cannot make Keyway queue unbounded work; replies the
@@ -52,8 +53,8 @@ const OUT_KEPT: usize = 4 * 1024;
 /// buffers, the queue of pending replies and the planner's key list. Each worker thread keeps
 /// up to [`KITS_KEPT`] of them between stretches, so that a client with one request at a time
 /// (a new stretch per request) does not allocate and free them for every request, while a
-/// parked session still holds none. Only empty, unshared, modest ones are kept: at most about
-/// 2 MiB per thread.
+/// parked session still holds none. Only empty ones on allocations of at most 16 KiB each are
+/// kept: at most about 2 MiB per thread.
 struct Kit {
     inbuf: BytesMut,
     out: BytesMut,
@@ -91,20 +92,20 @@ impl Kit {
             if self.pending.capacity() > PENDING_START * 8 {
                 self.pending = VecDeque::with_capacity(PENDING_START);
             }
-            // Replies are copied into `out` until it is written: kept with room for a few.
+            // Replies are copied into `out` until it is written. `out` is never shared, so a
+            // reclaim finds its whole allocation: one larger than READ_CHUNK (a large reply
+            // went through) or smaller than OUT_KEPT is replaced.
             self.out.clear();
-            if self.out.capacity() > READ_CHUNK {
-                self.out = BytesMut::new();
-            }
-            if self.out.capacity() < OUT_KEPT / 4 {
+            if self.out.try_reclaim(READ_CHUNK + 1) || !self.out.try_reclaim(OUT_KEPT) {
                 self.out = BytesMut::with_capacity(OUT_KEPT);
             }
             // Reads go straight into `inbuf` while it has room, and requests are split off it
-            // (sharing it). Once too little is left, it is taken back whole if nothing shares
-            // it any more, or replaced.
-            if self.inbuf.capacity() < READ_CHUNK / 4 || self.inbuf.capacity() > READ_CHUNK {
+            // (sharing it). `active` empties it when it is not the kit's own READ_CHUNK
+            // allocation (grown or replaced during the stretch). Once too little room is left,
+            // it is taken back whole if nothing shares it any more, or replaced.
+            if self.inbuf.capacity() < READ_CHUNK / 4 {
                 self.inbuf.clear();
-                if self.inbuf.capacity() > READ_CHUNK || !self.inbuf.try_reclaim(READ_CHUNK) {
+                if !self.inbuf.try_reclaim(READ_CHUNK) {
                     self.inbuf = BytesMut::with_capacity(READ_CHUNK);
                 }
             }
@@ -369,11 +370,14 @@ async fn active(
         keys: _,
     } = kit;
     // Ends the stretch parked, the kit's parts gathered back.
+    // Set once a partial frame made the read buffer grow: it may now sit on an allocation of
+    // any size, which the kit must not keep.
+    let mut grew = false;
     macro_rules! parked {
         () => {{
             let (client, keys) = planner.into_client();
             let kit = Kit {
-                inbuf,
+                inbuf: if grew { BytesMut::new() } else { inbuf },
                 out,
                 pending,
                 keys,
@@ -403,7 +407,12 @@ async fn active(
     // The client spoke (the socket turned readable): take what it sent.
     // One poll: readiness may be stale (nothing to read after all), and then the session
     // parks again rather than wait here with its buffers.
-    let first = poll_read_some(rd, &mut inbuf, &mut Context::from_waker(Waker::noop()));
+    let first = poll_read_some(
+        rd,
+        &mut inbuf,
+        &mut grew,
+        &mut Context::from_waker(Waker::noop()),
+    );
     match first {
         Poll::Ready(Ok(0)) => closing = Some(None),
         Poll::Ready(Ok(_)) => {}
@@ -520,7 +529,7 @@ async fn active(
                     return Ok(Stretch::Closed);
                 }
             }
-            read = poll_fn(|cx| poll_read_some(rd, &mut inbuf, cx)), if can_read => {
+            read = poll_fn(|cx| poll_read_some(rd, &mut inbuf, &mut grew, cx)), if can_read => {
                 if read? == 0 {
                     closing = Some(None);
                 } else {
@@ -562,10 +571,11 @@ fn poll_timer(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context
 /// With nothing buffered and no room (a new kit), the bytes land in the worker thread's scratch
 /// buffer first and `inbuf` takes exactly their size, so that a burst of new clients allocates
 /// no more than they send; with room (a kept kit's buffer) or a partial frame buffered, reads go
-/// straight into `inbuf`, grown by `READ_CHUNK`.
+/// straight into `inbuf`, grown by `READ_CHUNK` (and `grew` set).
 fn poll_read_some(
     rd: &mut tokio::net::tcp::ReadHalf<'_>,
     inbuf: &mut BytesMut,
+    grew: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     use tokio::io::AsyncRead;
@@ -589,6 +599,7 @@ fn poll_read_some(
     }
     if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
         inbuf.reserve(READ_CHUNK);
+        *grew = true;
     }
     tokio_util::io::poll_read_buf(Pin::new(rd), cx, inbuf)
 }
