@@ -28,7 +28,7 @@ use crate::config::{ReadPolicy, WriteMode};
 use crate::protocol::{write_bulk, Args, NumberLine, Request};
 
 use crate::routing::{key_slot, Slot};
-use crate::topology::{Placement, Topology};
+use crate::topology::{Placement, PlacementError, Topology};
 use crate::txn;
 
 /// One server's (or replica set's) share of a split command.
@@ -41,6 +41,49 @@ struct SubCommand<'t> {
     /// The part goes to its server as the primary of a key's slot, found up: later keys with
     /// the same primary join it without a health check of their own.
     primary: bool,
+}
+
+/// The index in `parts` of the part that carries a key of `slot`, added if it is new.
+///
+/// Most keys' slots are served by their primary: a key whose primary already has a part, found
+/// up, joins it with one table lookup and no health check. Other keys take the slot's placement
+/// (health, failover policy, replica set).
+fn part_for<'t>(
+    parts: &mut Vec<SubCommand<'t>>,
+    topo: &'t Topology,
+    slot: Slot,
+) -> Result<usize, PlacementError> {
+    let single = topo.replicas == 1;
+    let primary = topo.table.primary(slot);
+    if single {
+        let known = parts
+            .iter()
+            .position(|p| p.primary && p.placement == Placement::One(primary));
+        if let Some(i) = known {
+            return Ok(i);
+        }
+    }
+    let placement = topo.placement(slot)?;
+    let i = match parts.iter().position(|p| p.placement == placement) {
+        Some(i) => i,
+        None => {
+            parts.push(SubCommand {
+                placement,
+                keys: 0,
+                len: 0,
+                primary: false,
+            });
+            parts.len() - 1
+        }
+    };
+    // Only a primary that is up: when none of a slot's servers is, its placement is its primary
+    // all the same, which says nothing of other slots.
+    if single && placement == Placement::One(primary) && topo.is_up(primary) {
+        if let Some(p) = parts.get_mut(i) {
+            p.primary = true;
+        }
+    }
+    Ok(i)
 }
 
 /// Keys in one SCAN cursor are `server cursor << SCAN_SHIFT | server index`.
@@ -534,48 +577,12 @@ impl Planner {
         // part that goes to a replica set).
         let mut runs: Vec<(u32, Option<&[u8]>)> = Vec::with_capacity((args.len() - 1) / group);
         let mut parts: Vec<SubCommand<'_>> = Vec::with_capacity(topo.servers.len().min(8));
-        let single = topo.replicas == 1;
         for at in (1..args.len()).step_by(group) {
             let slot = self.slot(args.get(at).unwrap_or_default());
             let run = args.encoded(at..at + group);
-            // Most keys' slots are served by their primary: a key whose primary already has a
-            // part found up joins it, with one table lookup and no health check.
-            let primary = topo.table.primary(slot);
-            let known = if single {
-                parts
-                    .iter()
-                    .position(|p| p.primary && p.placement == Placement::One(primary))
-            } else {
-                None
-            };
-            let part = match known {
-                Some(i) => i,
-                None => {
-                    let placement = match topo.placement(slot) {
-                        Ok(p) => p,
-                        Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
-                    };
-                    let i = match parts.iter().position(|p| p.placement == placement) {
-                        Some(i) => i,
-                        None => {
-                            parts.push(SubCommand {
-                                placement,
-                                keys: 0,
-                                len: 0,
-                                primary: false,
-                            });
-                            parts.len() - 1
-                        }
-                    };
-                    // Only a primary that is up: when none of a slot's servers is, its placement
-                    // is its primary all the same, which says nothing of other slots.
-                    if single && placement == Placement::One(primary) && topo.is_up(primary) {
-                        if let Some(p) = parts.get_mut(i) {
-                            p.primary = true;
-                        }
-                    }
-                    i
-                }
+            let part = match part_for(&mut parts, &topo, slot) {
+                Ok(i) => i,
+                Err(e) => return Pending::Ready(error_bytes(&e.to_string())),
             };
             if let Some(p) = parts.get_mut(part) {
                 p.keys += 1;
