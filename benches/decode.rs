@@ -7,6 +7,13 @@
 //!   linear (a decoder that rescans from byte 0 on every read is quadratic here).
 //! - `split_replies`: the replies to that pipeline (+OK, bulk, arrays of bulks and nils) split
 //!   into frames, as the backend connection does, in bytes/s.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 use std::hint::black_box;
 

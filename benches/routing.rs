@@ -2,6 +2,13 @@
 //! servers. The per-key cost must not grow with the number of servers (the table is an array).
 //!
 //! Run: `cargo bench --bench routing`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -121,6 +121,10 @@ fn register(r: &Registry, c: Box<dyn prometheus::core::Collector>, name: &str) {
 
 /// Metric definitions are constants of this file: an invalid one is a programming error caught
 /// by the first test that builds [`Metrics`], never something a client can cause.
+#[allow(
+    clippy::panic,
+    reason = "metric definitions are constants; the first test that builds Metrics catches one"
+)]
 fn bug(name: &str, e: prometheus::Error) -> ! {
     panic!("metric {name} is defined wrongly: {e}")
 }
@@ -322,6 +326,10 @@ impl Metrics {
     pub fn command_at(&self, index: u16) -> &CommandMetrics {
         let other = self.commands.len().saturating_sub(1);
         // `commands` is never empty (it always has `other`), so `other` is in range.
+        #[allow(
+            clippy::indexing_slicing,
+            reason = "clamped to the last index, which exists"
+        )]
         &self.commands[usize::from(index).min(other)]
     }
 

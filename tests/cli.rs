@@ -1,5 +1,12 @@
 //! The command line: `keyway check`, `keyway route`, and configuration layering through
 //! `KEYWAY_*` environment variables.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 use std::process::{Command, Output};
 

@@ -3,6 +3,13 @@
 //!
 //! One server and one connection serve every live check (`table_agrees_with_live_redis`); the
 //! other tests need no server.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

@@ -10,6 +10,13 @@
 //! - `promtool check rules` accepts the alerts and `promtool test rules` passes their unit tests;
 //! - every dashboard query parses (`promtool check rules` on one recording rule per query, with
 //!   Grafana's variables substituted) and filters on the `job` and `instance` variables.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

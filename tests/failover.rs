@@ -1,5 +1,12 @@
 //! Health checks, failover, read balancing and write fan-out, on real servers that are killed
 //! (kill -9), stopped (SIGSTOP) and restarted.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

@@ -1,4 +1,11 @@
 //! Operating Keyway: admin endpoints, metrics, logs, graceful shutdown and client limits.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

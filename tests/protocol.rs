@@ -1,6 +1,13 @@
 //! The RESP layer against itself (property tests: any split of a stream decodes the same, values
 //! round-trip, garbage never panics) and against a real redis-server (its reply bytes split into
 //! exactly the frames it sent; its reading of inline commands matches ours).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

@@ -1,4 +1,11 @@
 //! The data path end to end: real redis-servers, Keyway in process, real clients.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

@@ -3,6 +3,13 @@
 //!
 //! The figures quoted in `docs/routing.md` come from
 //! `cargo test --test routing -- --nocapture`, which prints them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

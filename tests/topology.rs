@@ -1,5 +1,12 @@
 //! Hot-swapped topology: sources (file through its directory, SIGHUP, admin API), validation,
 //! zero loss under load, connection reuse and draining, `keyway plan`, warm-up.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

@@ -1,5 +1,12 @@
 //! Two-phase commit on plain Redis: atomic fan-out and cross-server writes, crash recovery by
 //! any proxy (failpoints), participant failures, concurrency invariants, conflicts.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 

@@ -163,7 +163,10 @@ impl Flags {
         let mut bits = 0;
         let mut i = 0;
         while i < list.len() {
-            bits |= list[i].0;
+            // Const context, where iterators are not available; `i < list.len()` holds.
+            #[allow(clippy::indexing_slicing, reason = "bounded by the loop condition")]
+            let flag = list[i];
+            bits |= flag.0;
             i += 1;
         }
         Flags(bits)

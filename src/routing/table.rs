@@ -86,6 +86,7 @@ impl SlotTable {
         let start = slot.index() * self.depth;
         // Cannot panic: `ranks.len() == SLOTS * depth` (build pushes `depth` entries for each of
         // the SLOTS slots) and `Slot::index` masks to `< SLOTS`, so `start + depth <= len`.
+        #[allow(clippy::indexing_slicing, reason = "in range by construction (above)")]
         &self.ranks[start..start + self.depth]
     }
 
@@ -95,6 +96,7 @@ impl SlotTable {
         // Cannot panic: `build` clamps depth to at least 1 and refuses an empty server list, so
         // every ranking holds at least one server, and `primaries` has one entry per slot;
         // `Slot::index` masks to `< SLOTS`.
+        #[allow(clippy::indexing_slicing, reason = "in range by construction (above)")]
         self.primaries[slot.index()]
     }
 
@@ -134,8 +136,8 @@ pub fn check_servers(servers: &[(&str, f64)]) -> Result<(), RoutingError> {
         names.push(name);
     }
     names.sort_unstable();
-    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
-        return Err(RoutingError::DuplicateName(pair[0].to_owned()));
+    if let Some([name, _]) = names.windows(2).find(|pair| pair.first() == pair.get(1)) {
+        return Err(RoutingError::DuplicateName((*name).to_owned()));
     }
     Ok(())
 }
