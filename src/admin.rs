@@ -24,7 +24,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::server::Shared;
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+use crate::topology::TopologyHandle;
+
+/// What the admin endpoints may read and change: the topology, the metrics, whether Keyway is
+/// draining. Nothing of the client sessions.
+pub struct AdminState {
+    /// The topology `/topology` shows and `PUT /topology` replaces.
+    pub topology: Arc<TopologyHandle>,
+    /// The registry `/metrics` renders.
+    pub metrics: Arc<Metrics>,
+    /// Read by `/readyz`.
+    pub drain: Arc<Drain>,
+}
 
 type Reply = Response<Full<Bytes>>;
 
@@ -39,7 +52,7 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Repl
 
 /// Serves the admin endpoints on `listener` until the process ends (the admin port stays up
 /// while Keyway drains, so that `/readyz` can say so).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -49,11 +62,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(req, &state).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -79,31 +92,31 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
 /// Largest `PUT /topology` body accepted.
 const MAX_BODY: usize = 1024 * 1024;
 
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Reply {
+async fn handle(req: Request<Incoming>, state: &AdminState) -> Reply {
     if req.method() == Method::PUT && req.uri().path() == "/topology" {
-        return put_topology(req, shared).await;
+        return put_topology(req, state).await;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            state.metrics.render(),
         ),
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => match not_ready(shared) {
+        (&Method::GET, "/readyz") => match not_ready(state) {
             None => reply(StatusCode::OK, "text/plain", "ready\n"),
             Some(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why),
         },
         (&Method::GET, "/topology") => reply(
             StatusCode::OK,
             "application/json",
-            topology_json(shared).to_string(),
+            topology_json(state).to_string(),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
 
-async fn put_topology(req: Request<Incoming>, shared: &Shared) -> Reply {
+async fn put_topology(req: Request<Incoming>, state: &AdminState) -> Reply {
     use http_body_util::BodyExt;
     let bad = |msg: String| {
         reply(
@@ -135,7 +148,7 @@ async fn put_topology(req: Request<Incoming>, shared: &Shared) -> Reply {
     let pool = match crate::topology::reload::parse_pool(&body, json) {
         Ok(p) => p,
         Err(e) => {
-            shared
+            state
                 .metrics
                 .config_reloads
                 .with_label_values(&["rejected"])
@@ -144,7 +157,7 @@ async fn put_topology(req: Request<Incoming>, shared: &Shared) -> Reply {
             return bad(e.to_string());
         }
     };
-    match crate::topology::reload::apply(&shared.topology, pool, "admin", dry_run).await {
+    match crate::topology::reload::apply(&state.topology, pool, "admin", dry_run).await {
         Ok(outcome) => reply(
             StatusCode::OK,
             "application/json",
@@ -155,11 +168,11 @@ async fn put_topology(req: Request<Incoming>, shared: &Shared) -> Reply {
 }
 
 /// Why Keyway should not get traffic now, or `None` when it should.
-fn not_ready(shared: &Shared) -> Option<String> {
-    if shared.is_draining() {
+fn not_ready(state: &AdminState) -> Option<String> {
+    if state.drain.is_draining() {
         return Some("draining: shutting down\n".into());
     }
-    let topo = shared.topology.load();
+    let topo = state.topology.load();
     if topo.servers.iter().all(|s| s.pool.open_connections() == 0) {
         return Some(format!(
             "no server of the pool is reachable ({} configured)\n",
@@ -169,8 +182,8 @@ fn not_ready(shared: &Shared) -> Option<String> {
     None
 }
 
-fn topology_json(shared: &Shared) -> serde_json::Value {
-    let topo = shared.topology.load();
+fn topology_json(state: &AdminState) -> serde_json::Value {
+    let topo = state.topology.load();
     let servers: Vec<_> = topo
         .servers
         .iter()

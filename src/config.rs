@@ -110,20 +110,7 @@ pub struct PoolConfig {
     pub servers: Vec<ServerConfig>,
 }
 
-/// `pool.read`: which healthy replica of a slot serves a read.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ReadPolicy {
-    /// The first healthy replica in rendezvous order (the primary while it is up).
-    #[default]
-    Primary,
-    /// Each client turns through the healthy replicas.
-    RoundRobin,
-    /// A healthy replica picked at random.
-    Random,
-    /// Power of two choices on requests in flight: two random healthy replicas, the less busy.
-    LeastOutstanding,
-}
+pub use crate::routing::ReadPolicy;
 
 /// `pool.write`: where a write goes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]

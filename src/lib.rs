@@ -19,12 +19,16 @@
 //! - [`server`]: the listener, the per-client session, the planner that splits and merges.
 //! - [`metrics`]: every metric, in Keyway's own registry.
 //! - [`admin`]: the admin HTTP server: metrics, health, readiness, topology.
+//! - [`error`]: the errors Keyway answers clients with, typed to the wire.
+//! - [`drain`]: the drain switch SIGTERM turns.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub(crate) mod drain;
+pub(crate) mod error;
 pub mod health;
 pub mod metrics;
 pub mod protocol;

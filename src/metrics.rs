@@ -15,6 +15,7 @@ use prometheus::{
 };
 
 use crate::command::{self, CommandSpec};
+use crate::error::ErrorKind;
 
 /// Latency buckets, in seconds: 25 µs to 2.5 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -66,6 +67,8 @@ pub struct Metrics {
     pub client_refused: IntCounter,
     /// `keyway_client_disconnects_total{reason}`.
     pub client_disconnects: IntCounterVec,
+    /// `keyway_errors_total{kind}`, one handle per [`ErrorKind`], in [`ErrorKind::ALL`] order.
+    errors: Vec<IntCounter>,
     /// Per command-table entry, then `other` last.
     commands: Vec<CommandMetrics>,
     /// `keyway_request_duration_seconds`.
@@ -206,6 +209,18 @@ impl Metrics {
                 "Client connections closed by Keyway, by reason (protocol_error, output_limit, idle_timeout, drain).",
                 &["reason"],
             ),
+            errors: {
+                let v = counter_vec(
+                    &r,
+                    "keyway_errors_total",
+                    "Error replies Keyway itself made for clients, by kind (the RESP prefix follows from it; see docs/metrics.md).",
+                    &["kind"],
+                );
+                ErrorKind::ALL
+                    .iter()
+                    .map(|k| v.with_label_values(&[k.label()]))
+                    .collect()
+            },
             commands,
             request_duration,
             server_requests: counter_vec(
@@ -307,6 +322,13 @@ impl Metrics {
             metrics.client_disconnects.with_label_values(&[reason]);
         }
         metrics
+    }
+
+    /// Counts an error reply Keyway made.
+    pub(crate) fn error(&self, kind: ErrorKind) {
+        if let Some(c) = self.errors.get(kind.index()) {
+            c.inc();
+        }
     }
 
     /// The handles of a command-table entry (`None`: a name the table does not know).

@@ -56,6 +56,8 @@ pub struct CommandSpec {
     pub keys: KeySpec,
     /// How Keyway serves the command.
     pub kind: Kind,
+    /// Facts Keyway acts on beyond Redis's flags.
+    pub traits: Traits,
 }
 
 impl CommandSpec {
@@ -64,11 +66,114 @@ impl CommandSpec {
         self.name.split_once('|').map(|(container, _)| container)
     }
 
-    /// Whether the command writes (`write` flag): it goes to the primary and, by the pool's write
-    /// policy, to the replicas.
+    /// Whether the command changes data, so that it follows the pool's write policy (to the
+    /// primary and, by policy, the replicas): the `write` flag, `may_replicate`, or a script or
+    /// function call that may write (`EVAL`, `EVALSHA`, `FCALL`; their `_RO` forms only read).
+    /// The one answer to this question in Keyway.
     pub fn is_write(&self) -> bool {
         self.flags.contains(Flags::WRITE)
+            || self.flags.contains(Flags::MAY_REPLICATE)
+            || self.traits.contains(Traits::SCRIPT_WRITES)
     }
+}
+
+/// Facts about a command that Keyway acts on beyond Redis's own flags: a column of the table,
+/// so that no code outside it matches command names.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct Traits(u16);
+
+impl Traits {
+    /// A container whose subcommands are entries of their own (`CLIENT`, `COMMAND`, ...).
+    pub const SUBCOMMANDS: Traits = Traits(1);
+    /// Runs a script or function (`EVAL*`, `FCALL*`): its error replies are the script's words
+    /// (`redis.error_reply('LOADING')`), not something the server says about its health.
+    pub const SCRIPT: Traits = Traits(1 << 1);
+    /// A script or function call that may write (`EVAL`, `EVALSHA`, `FCALL`).
+    pub const SCRIPT_WRITES: Traits = Traits(1 << 2);
+    /// Picks members at random (`SPOP`, `SRANDMEMBER`): replicas running it would differ.
+    pub const RANDOM: Traits = Traits(1 << 3);
+    /// A counter whose exact value a two-phase commit reads back with `GET key` (`INCR`,
+    /// `INCRBY`, `DECR`, `DECRBY`): Lua numbers are doubles.
+    pub const READBACK_KEY: Traits = Traits(1 << 4);
+    /// As [`Traits::READBACK_KEY`], read back with `HGET key field` (`HINCRBY`).
+    pub const READBACK_FIELD: Traits = Traits(1 << 5);
+    /// Blocks only when given a `BLOCK` option (`XREAD`, `XREADGROUP`).
+    pub const BLOCK_OPTION: Traits = Traits(1 << 6);
+    /// A read the warm-up after a topology swap may answer from a slot's previous server (`GET`).
+    pub const WARM: Traits = Traits(1 << 7);
+    /// No trait.
+    pub const NONE: Traits = Traits(0);
+
+    /// Whether every trait of `other` is set.
+    pub const fn contains(self, other: Traits) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The union of a list of traits (used to build the table in const context).
+    const fn of(list: &[Traits]) -> Traits {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < list.len() {
+            // Const context, where iterators are not available; `i < list.len()` holds.
+            #[allow(clippy::indexing_slicing, reason = "bounded by the loop condition")]
+            let t = list[i];
+            bits |= t.0;
+            i += 1;
+        }
+        Traits(bits)
+    }
+}
+
+/// Short names for the table.
+mod trait_ {
+    use super::Traits;
+    pub(super) const SUBCOMMANDS: Traits = Traits::SUBCOMMANDS;
+    pub(super) const SCRIPT: Traits = Traits::SCRIPT;
+    pub(super) const SCRIPT_WRITES: Traits = Traits::SCRIPT_WRITES;
+    pub(super) const RANDOM: Traits = Traits::RANDOM;
+    pub(super) const READBACK_KEY: Traits = Traits::READBACK_KEY;
+    pub(super) const READBACK_FIELD: Traits = Traits::READBACK_FIELD;
+    pub(super) const BLOCK_OPTION: Traits = Traits::BLOCK_OPTION;
+    pub(super) const WARM: Traits = Traits::WARM;
+}
+
+/// The commands Keyway answers itself: one variant per table entry of kind [`Kind::Local`], so
+/// that a command marked local without a handler does not compile (the handlers are one
+/// exhaustive `match`, in `server::local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// `PING [message]`.
+    Ping,
+    /// `ECHO message`.
+    Echo,
+    /// `QUIT`: `+OK`, then close.
+    Quit,
+    /// `SELECT 0` (other databases are refused).
+    Select,
+    /// `HELLO [protover [AUTH ..] [SETNAME ..]]`.
+    Hello,
+    /// `RESET`: the connection back to a new client's state.
+    Reset,
+    /// `INFO [section ...]`.
+    Info,
+    /// `COMMAND`: every command of the table.
+    Command,
+    /// `COMMAND COUNT`.
+    CommandCount,
+    /// `COMMAND DOCS [name ...]`.
+    CommandDocs,
+    /// `COMMAND INFO [name ...]`.
+    CommandInfo,
+    /// `COMMAND LIST`.
+    CommandList,
+    /// `CLIENT GETNAME`.
+    ClientGetname,
+    /// `CLIENT ID`.
+    ClientId,
+    /// `CLIENT SETNAME name`.
+    ClientSetname,
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`.
+    ClientSetinfo,
 }
 
 /// The command flags of `COMMAND INFO`, as a `Copy` bitset.
@@ -268,8 +373,8 @@ pub enum Kind {
     /// SCAN: the cursor must walk every server.
     Scan,
     /// Answered by the proxy itself: PING, ECHO, QUIT, SELECT, HELLO, RESET, INFO, COMMAND (and
-    /// its subcommands), CLIENT SETNAME/GETNAME/ID.
-    Local,
+    /// its listings), CLIENT SETNAME/GETNAME/ID/SETINFO.
+    Local(Local),
     /// Refused with this reason (the user-facing explanation); see [`CommandError::Refused`].
     Refused(&'static str),
     /// The entry of a container command itself (CLIENT, CONFIG, OBJECT, ...): only its
@@ -326,7 +431,7 @@ pub fn resolve(args: Args<'_>) -> Result<&'static CommandSpec, CommandError> {
     let Some(mut spec) = find(None, name) else {
         return Err(unknown(args));
     };
-    if spec.kind == Kind::Container {
+    if spec.traits.contains(Traits::SUBCOMMANDS) {
         if let Some(sub) = args.get(1) {
             spec = find(Some(spec.name), sub).ok_or_else(|| unknown_subcommand(spec, sub))?;
         }
@@ -358,11 +463,6 @@ pub fn lookup(name: &str) -> Option<&'static CommandSpec> {
 /// Every command and subcommand, sorted by name (containers before their subcommands).
 pub fn all_specs() -> impl Iterator<Item = &'static CommandSpec> {
     table::COMMANDS.iter()
-}
-
-/// The subcommands of a container (`"client"`), sorted by name; empty for other names.
-pub fn subcommands(container: &'static str) -> impl Iterator<Item = &'static CommandSpec> {
-    all_specs().filter(move |s| s.container() == Some(container))
 }
 
 /// Looks up `name` (under `container` if given) in the sorted table, lowercasing into a stack
@@ -460,6 +560,7 @@ const fn cmd(
     keys: KeySpec,
     kind: Kind,
     flags: &[Flags],
+    traits: &[Traits],
 ) -> CommandSpec {
     CommandSpec {
         name,
@@ -467,10 +568,26 @@ const fn cmd(
         flags: Flags::of(flags),
         keys,
         kind,
+        traits: Traits::of(traits),
     }
 }
 
 /// [`Kind::Split`], short for the table.
 const fn split(merge: Merge, group: usize) -> Kind {
     Kind::Split { merge, group }
+}
+
+impl From<CommandError> for crate::error::ReplyError {
+    fn from(e: CommandError) -> crate::error::ReplyError {
+        use crate::error::ErrorKind;
+        let kind = match &e {
+            CommandError::Unknown { .. } | CommandError::UnknownSubcommand { .. } => {
+                ErrorKind::UnknownCommand
+            }
+            CommandError::Arity { .. } => ErrorKind::Arity,
+            CommandError::Refused { .. } => ErrorKind::Refused,
+            CommandError::InvalidArguments { .. } => ErrorKind::Syntax,
+        };
+        crate::error::ReplyError::new(kind, e.to_string())
+    }
 }

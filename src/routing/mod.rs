@@ -10,14 +10,19 @@
 //!    version by weighted rendezvous (HRW) ranking ([`score`]); a lookup is one array index, so
 //!    routing cost does not grow with the number of servers.
 //!
+//! 3. [`choose_read`]: which healthy member of a slot's replica set serves a read, by the
+//!    pool's [`ReadPolicy`] ([`alternate`]: where a failed read is retried).
+//!
 //! [`primary_moves`] compares two tables (what a topology change moves). The design, the exact
 //! hash input encoding and the movement figures are in `docs/routing.md`.
 
 mod hrw;
+mod read;
 mod slot;
 mod table;
 
 pub use hrw::{score, unit_interval, HRW_SEED};
+pub use read::{alternate, choose_read, ReadPolicy};
 pub use slot::{key_slot, HashTag, Slot, SLOTS};
 pub use table::{check_servers, primary_moves, SlotTable, MAX_SERVERS};
 

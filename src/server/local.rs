@@ -1,89 +1,80 @@
 //! Commands Keyway answers itself, because they concern the connection to Keyway rather than
-//! any key: PING, ECHO, QUIT, SELECT 0, HELLO 2, CLIENT SETNAME/GETNAME/ID, COMMAND,
-//! INFO.
+//! any key: one handler per [`Local`] variant, in one exhaustive `match` (a command the table
+//! marks local without a handler here does not compile). Pure: they read the client's state
+//! and Keyway's facts, and send nothing.
 
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
-use super::plan::Planner;
-use super::session::{error_bytes, Pending};
-use crate::command::{self, CommandSpec};
+use super::client::ClientState;
+use super::reply::Reply;
+use super::shared::Shared;
+use crate::command::{self, CommandSpec, Local};
+use crate::error::{ErrorKind, ReplyError};
 use crate::protocol::{
-    write_array_header, write_bulk, write_integer, write_nil, write_simple, Args, Request,
+    write_array_header, write_bulk, write_integer, write_nil, write_simple, Args,
 };
+use crate::topology::Topology;
 
 /// Keyway's version, as INFO and HELLO report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn ready(build: impl FnOnce(&mut BytesMut)) -> (Pending, bool) {
+/// What local commands may read besides the client's own state.
+pub(crate) struct Facts<'a> {
+    pub(crate) topo: &'a Topology,
+    pub(crate) shared: &'a Shared,
+}
+
+/// What the session does once a local command's reply is out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Go on reading.
+    Continue,
+    /// Close the connection (QUIT).
+    Close,
+}
+
+fn ready(build: impl FnOnce(&mut BytesMut)) -> Reply {
     let mut out = BytesMut::new();
     build(&mut out);
-    (Pending::Ready(out.freeze()), false)
+    Ok(out.freeze())
 }
 
-fn err(msg: &str) -> (Pending, bool) {
-    (Pending::Ready(error_bytes(msg)), false)
+fn err(kind: ErrorKind, message: impl Into<std::borrow::Cow<'static, str>>) -> Reply {
+    Err(ReplyError::new(kind, message))
 }
 
-/// Answers a command whose spec kind is `Local`. Returns the reply and whether to close.
+/// Answers a local command.
 pub(crate) fn answer(
-    planner: &mut Planner,
-    spec: &'static CommandSpec,
-    request: &Request,
-) -> (Pending, bool) {
-    let args = request.args();
-    match spec.name {
-        "ping" => match args.get(1) {
+    local: Local,
+    args: Args<'_>,
+    client: &mut ClientState,
+    facts: &Facts<'_>,
+) -> (Reply, After) {
+    let reply = match local {
+        Local::Ping => match args.get(1) {
             Some(msg) => ready(|o| write_bulk(o, msg)),
             None => ready(|o| write_simple(o, "PONG")),
         },
-        "echo" => ready(|o| write_bulk(o, args.get(1).map_or(&[][..], |a| a))),
-        "quit" => {
-            let (reply, _) = ready(|o| write_simple(o, "OK"));
-            (reply, true)
+        Local::Echo => ready(|o| write_bulk(o, args.get(1).unwrap_or_default())),
+        Local::Quit => return (ready(|o| write_simple(o, "OK")), After::Close),
+        Local::Select => select(args),
+        Local::Hello => hello(args, client),
+        Local::Reset => {
+            client.reset();
+            ready(|o| write_simple(o, "RESET"))
         }
-        "select" => {
-            if args.get(1) == Some(b"0") {
-                ready(|o| write_simple(o, "OK"))
-            } else {
-                err("ERR keyway serves database 0 only (SELECT n is not supported by a sharding proxy)")
-            }
-        }
-        "hello" => hello(planner, args),
-        "client|setname" => {
-            let name = args.bytes(2).unwrap_or_default();
-            if name.iter().any(|&b| b <= b' ' || b > b'~') {
-                return err(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
-            }
-            // A copy: a slice would keep the whole read buffer it came in alive for as long
-            // as the connection lives.
-            planner.client_name = (!name.is_empty()).then(|| Bytes::copy_from_slice(&name));
-            ready(|o| write_simple(o, "OK"))
-        }
-        "client|getname" => match &planner.client_name {
-            Some(n) => ready(|o| write_bulk(o, n)),
-            None => ready(write_nil),
-        },
-        "client|id" => ready(|o| write_integer(o, planner.id as i64)),
-        "command" => ready(|o| {
-            let specs: Vec<_> = command::all_specs()
-                .filter(|s| !s.name.contains('|'))
-                .collect();
+        Local::Info => ready(|o| write_bulk(o, info(facts).as_bytes())),
+        Local::Command => ready(|o| {
+            let specs: Vec<_> = listed().collect();
             write_array_header(o, specs.len());
             for s in specs {
                 command_info(o, s);
             }
         }),
-        "command|count" => ready(|o| {
-            let n = command::all_specs()
-                .filter(|s| !s.name.contains('|'))
-                .count();
-            write_integer(o, n as i64)
-        }),
-        "command|info" => ready(|o| {
+        Local::CommandCount => ready(|o| write_integer(o, listed().count() as i64)),
+        Local::CommandInfo => ready(|o| {
             write_array_header(o, args.len().saturating_sub(2));
             for name in args.iter().skip(2) {
                 match std::str::from_utf8(name).ok().and_then(command::lookup) {
@@ -93,19 +84,98 @@ pub(crate) fn answer(
             }
         }),
         // Documentation is for humans and redis-cli hints; an empty answer is valid.
-        "command|docs" => ready(|o| write_array_header(o, 0)),
-        "command|list" => ready(|o| {
-            let specs: Vec<_> = command::all_specs()
-                .filter(|s| !s.name.contains('|'))
-                .collect();
+        Local::CommandDocs => ready(|o| write_array_header(o, 0)),
+        Local::CommandList => ready(|o| {
+            let specs: Vec<_> = listed().collect();
             write_array_header(o, specs.len());
             for s in specs {
                 write_bulk(o, s.name.as_bytes());
             }
         }),
-        "info" => ready(|o| write_bulk(o, info(planner).as_bytes())),
-        other => err(&format!("ERR keyway cannot answer '{other}' locally")),
+        Local::ClientGetname => match client.name() {
+            Some(n) => ready(|o| write_bulk(o, n)),
+            None => ready(write_nil),
+        },
+        Local::ClientId => ready(|o| write_integer(o, client.id as i64)),
+        Local::ClientSetname => {
+            let name = args.get(2).unwrap_or_default();
+            if !valid_attribute(name) {
+                return (
+                    err(
+                        ErrorKind::Syntax,
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    ),
+                    After::Continue,
+                );
+            }
+            client.about_mut().name = copy_unless_empty(name);
+            ready(|o| write_simple(o, "OK"))
+        }
+        Local::ClientSetinfo => setinfo(args, client),
+    };
+    (reply, After::Continue)
+}
+
+/// Commands `COMMAND`, `COMMAND COUNT` and `COMMAND LIST` list: every command, not subcommands.
+fn listed() -> impl Iterator<Item = &'static CommandSpec> {
+    command::all_specs().filter(|s| !s.name.contains('|'))
+}
+
+/// Whether a client name or library attribute is printable ASCII without spaces (redis-server
+/// checks it as a C string: up to the first NUL).
+fn valid_attribute(value: &[u8]) -> bool {
+    c_str(value).iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+/// `value` up to its first NUL, as redis-server reads an argument it formats as a C string.
+fn c_str(value: &[u8]) -> &[u8] {
+    value.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+/// A copy, or `None` for an empty value (which clears the setting). A copy, not a slice: a
+/// slice would keep the whole read buffer it came in alive for as long as the connection lives.
+fn copy_unless_empty(value: &[u8]) -> Option<Bytes> {
+    (!value.is_empty()).then(|| Bytes::copy_from_slice(value))
+}
+
+/// `SELECT index`: database 0 only.
+fn select(args: Args<'_>) -> Reply {
+    if args.get(1) == Some(b"0") {
+        ready(|o| write_simple(o, "OK"))
+    } else {
+        err(
+            ErrorKind::Refused,
+            "keyway serves database 0 only (SELECT n is not supported by a sharding proxy)",
+        )
     }
+}
+
+/// `CLIENT SETINFO LIB-NAME|LIB-VER value`, with redis-server's checks and errors.
+fn setinfo(args: Args<'_>, client: &mut ClientState) -> Reply {
+    let attr = args.get(2).unwrap_or_default();
+    let value = args.get(3).unwrap_or_default();
+    let attr_text = String::from_utf8_lossy(c_str(attr)).into_owned();
+    let lib_name = attr.eq_ignore_ascii_case(b"lib-name");
+    if !lib_name && !attr.eq_ignore_ascii_case(b"lib-ver") {
+        return err(
+            ErrorKind::Syntax,
+            format!("Unrecognized option '{attr_text}'"),
+        );
+    }
+    if !valid_attribute(value) {
+        return err(
+            ErrorKind::Syntax,
+            format!("{attr_text} cannot contain spaces, newlines or special characters."),
+        );
+    }
+    let about = client.about_mut();
+    let slot = if lib_name {
+        &mut about.lib_name
+    } else {
+        &mut about.lib_ver
+    };
+    *slot = copy_unless_empty(value);
+    ready(|o| write_simple(o, "OK"))
 }
 
 /// The legacy six fields of a COMMAND INFO entry (name, arity, flags, first, last, step),
@@ -118,9 +188,7 @@ fn command_info(o: &mut BytesMut, s: &CommandSpec) {
     let flags: Vec<&str> = s.flags.names().collect();
     write_array_header(o, flags.len());
     for f in flags {
-        o.extend_from_slice(b"+");
-        o.extend_from_slice(f.as_bytes());
-        o.extend_from_slice(b"\r\n");
+        write_simple(o, f);
     }
     write_integer(o, i64::from(first));
     write_integer(o, i64::from(last));
@@ -131,7 +199,7 @@ fn command_info(o: &mut BytesMut, s: &CommandSpec) {
 }
 
 /// HELLO [protover [AUTH ..] [SETNAME ..]]: RESP2 only, for now.
-fn hello(planner: &mut Planner, args: Args<'_>) -> (Pending, bool) {
+fn hello(args: Args<'_>, client: &mut ClientState) -> Reply {
     if let Some(v) = args.get(1) {
         match std::str::from_utf8(v)
             .ok()
@@ -140,29 +208,50 @@ fn hello(planner: &mut Planner, args: Args<'_>) -> (Pending, bool) {
             Some(2) => {}
             Some(3) => {
                 return err(
-                    "NOPROTO sorry, this protocol version is not supported (keyway speaks RESP2)",
+                    ErrorKind::NoProto,
+                    "sorry, this protocol version is not supported (keyway speaks RESP2)",
                 )
             }
-            Some(_) => return err("NOPROTO unsupported protocol version"),
-            None => return err("ERR Protocol version is not an integer or out of range"),
+            Some(_) => return err(ErrorKind::NoProto, "unsupported protocol version"),
+            None => {
+                return err(
+                    ErrorKind::Syntax,
+                    "Protocol version is not an integer or out of range",
+                )
+            }
         }
     }
+    let mut name = None;
     let mut i = 2;
     while let Some(opt) = args.get(i) {
         if opt.eq_ignore_ascii_case(b"SETNAME") && args.get(i + 1).is_some() {
-            // A copy, as for CLIENT SETNAME.
-            planner.client_name = args.get(i + 1).map(Bytes::copy_from_slice);
+            name = args.get(i + 1);
             i += 2;
         } else if opt.eq_ignore_ascii_case(b"AUTH") {
-            return err("ERR keyway does not authenticate clients yet (AUTH is not supported)");
+            return err(
+                ErrorKind::Refused,
+                "keyway does not authenticate clients yet (AUTH is not supported)",
+            );
         } else {
-            return err(&format!(
-                "ERR Syntax error in HELLO option '{}'",
-                String::from_utf8_lossy(opt)
-            ));
+            return err(
+                ErrorKind::Syntax,
+                format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(opt)
+                ),
+            );
         }
     }
-    let id = planner.id as i64;
+    if let Some(name) = name {
+        if !valid_attribute(name) {
+            return err(
+                ErrorKind::Syntax,
+                "Client names cannot contain spaces, newlines or special characters.",
+            );
+        }
+        client.about_mut().name = copy_unless_empty(name);
+    }
+    let id = client.id as i64;
     ready(|o| {
         write_array_header(o, 14);
         for (k, v) in [("server", "keyway"), ("version", VERSION)] {
@@ -184,9 +273,9 @@ fn hello(planner: &mut Planner, args: Args<'_>) -> (Pending, bool) {
 
 /// INFO: a `# Keyway` section about the proxy and its pool. Server statistics live on the
 /// servers themselves; ask them directly.
-fn info(planner: &Planner) -> String {
-    let topo = &planner.topo;
-    let shared = &planner.shared;
+fn info(facts: &Facts<'_>) -> String {
+    let topo = facts.topo;
+    let shared = facts.shared;
     let mut s = String::with_capacity(512);
     s.push_str("# Server\r\n");
     s.push_str(&format!("keyway_version:{VERSION}\r\n"));

@@ -1,79 +1,65 @@
-//! Merging the replies of several servers into the one reply a client expects.
+//! Merging the replies of several servers into the one reply a client expects. Pure functions
+//! over reply frames: `dispatch` gathers the replies and calls these.
 //!
-//! Most functions here are the body of a `Pending::Merge` future: it awaits the sub-replies (all
-//! already sent) and builds the merged frame; [`split_frames`] merges the parts of a split
-//! command once a `Pending::Gather` has them all. An error from any server becomes the client's
-//! reply, since a partial answer presented as whole would be a lie.
-
-use std::future::poll_fn;
-use std::sync::Arc;
+//! A reply is a [`Reply`]: a server's frame (which may be a Redis error such as `-WRONGTYPE`,
+//! forwarded as it came) or Keyway's own [`ReplyError`]. An error from any server becomes the
+//! client's reply, since a partial answer presented as whole would be a lie.
 
 use bytes::{Bytes, BytesMut};
 
 use super::plan::SCAN_SHIFT;
-use super::session::{error_bytes, reply_bytes, Pending};
+use super::reply::Reply;
 use crate::command::Merge;
+use crate::error::{ErrorKind, ReplyError};
 use crate::protocol::{write_array_header, write_bulk, write_integer, write_simple, Value};
 use crate::topology::Topology;
 
-async fn resolve(mut p: Pending) -> Bytes {
-    poll_fn(|cx| p.poll_bytes(cx)).await
+/// The reply of a server that has nothing (`$-1`: RANDOMKEY on an empty server, a GET miss).
+pub(crate) const NIL: &[u8] = b"$-1\r\n";
+
+fn bad_reply(e: impl std::fmt::Display) -> ReplyError {
+    ReplyError::new(
+        ErrorKind::BadReply,
+        format!("keyway: bad reply from server: {e}"),
+    )
 }
 
-async fn values(replies: Vec<Pending>) -> Result<Vec<Value>, Bytes> {
-    let mut frames = Vec::with_capacity(replies.len());
-    for p in replies {
-        let frame = resolve(p).await;
-        // The first error is the answer: no need to wait for the rest.
-        if frame.first() == Some(&b'-') {
-            return Err(frame);
-        }
-        frames.push(frame);
-    }
-    parse_all(frames)
+fn unexpected(v: &Value) -> Reply {
+    Err(ReplyError::new(
+        ErrorKind::BadReply,
+        format!("keyway: unexpected reply from server: {v:?}"),
+    ))
 }
 
-/// Each frame parsed; the first error reply (or unparsable frame) is the answer instead.
-fn parse_all(frames: Vec<Bytes>) -> Result<Vec<Value>, Bytes> {
-    let mut out = Vec::with_capacity(frames.len());
-    for frame in frames {
+fn frame(build: impl FnOnce(&mut BytesMut)) -> Reply {
+    let mut out = BytesMut::new();
+    build(&mut out);
+    Ok(out.freeze())
+}
+
+/// Each reply parsed; the first error (Keyway's, or a server's error frame as it came) is the
+/// answer instead.
+fn parse_all(replies: Vec<Reply>) -> Result<Vec<Value>, Reply> {
+    let mut out = Vec::with_capacity(replies.len());
+    for reply in replies {
+        let frame = reply.map_err(Err)?;
         match Value::parse(&frame) {
-            Ok(Value::Error(_)) => return Err(frame),
+            Ok(Value::Error(_)) => return Err(Ok(frame)),
             Ok(v) => out.push(v),
-            Err(e) => return Err(error_bytes(&format!("keyway: bad reply from server: {e}"))),
+            Err(e) => return Err(Err(bad_reply(e))),
         }
     }
     Ok(out)
 }
 
-fn unexpected(v: &Value) -> Bytes {
-    error_bytes(&format!("keyway: unexpected reply from server: {v:?}"))
-}
-
-fn frame(build: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut out = BytesMut::new();
-    build(&mut out);
-    out.freeze()
-}
-
-/// Merges the replies of a split multi-key command, awaited in turn (parts sent to replica
-/// sets, whose write mode may fan each out). See [`split_frames`].
-pub(crate) async fn split(how: Merge, replies: Vec<Pending>, owner: Vec<u32>) -> Bytes {
-    let mut frames = Vec::with_capacity(replies.len());
-    for p in replies {
-        frames.push(resolve(p).await);
-    }
-    split_frames(how, frames, &owner)
-}
-
-/// Merges the replies of a split multi-key command, one frame per part. For [`Merge::Array`],
-/// `owner[k]` is the part (index into `frames`) that carried key number `k`, in the client's
+/// Merges the replies of a split multi-key command, one per part. For [`Merge::Array`],
+/// `owner[k]` is the part (index into `replies`) that carried key number `k`, in the client's
 /// order; the other merges do not look at it (it may be empty).
-pub(crate) fn split_frames(how: Merge, frames: Vec<Bytes>, owner: &[u32]) -> Bytes {
+pub(crate) fn split(how: Merge, replies: Vec<Reply>, owner: &[u32]) -> Reply {
     if how == Merge::Ok {
-        return all_ok(frames);
+        return all_ok(replies);
     }
-    let values = match parse_all(frames) {
+    let values = match parse_all(replies) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -88,7 +74,10 @@ pub(crate) fn split_frames(how: Merge, frames: Vec<Bytes>, owner: &[u32]) -> Byt
                 };
                 let carried = owner.iter().filter(|&&p| p as usize == part).count();
                 if xs.len() != carried {
-                    return error_bytes("keyway: a server answered a different number of keys");
+                    return Err(ReplyError::new(
+                        ErrorKind::BadReply,
+                        "keyway: a server answered a different number of keys",
+                    ));
                 }
                 items.push(xs.into_iter());
             }
@@ -109,25 +98,29 @@ pub(crate) fn split_frames(how: Merge, frames: Vec<Bytes>, owner: &[u32]) -> Byt
 
 /// `+OK` when every reply is `+OK` (MSET's parts): the first other reply otherwise, an error
 /// as the server sent it.
-fn all_ok(frames: Vec<Bytes>) -> Bytes {
+fn all_ok(replies: Vec<Reply>) -> Reply {
     const OK: &[u8] = b"+OK\r\n";
-    match frames.into_iter().find(|f| f.as_ref() != OK) {
-        None => Bytes::from_static(OK),
-        Some(frame) => match Value::parse(&frame) {
-            Ok(Value::Error(_)) => frame,
+    for reply in replies {
+        let frame = reply?;
+        if frame.as_ref() == OK {
+            continue;
+        }
+        return match Value::parse(&frame) {
+            Ok(Value::Error(_)) => Ok(frame),
             Ok(v) => unexpected(&v),
-            Err(e) => error_bytes(&format!("keyway: bad reply from server: {e}")),
-        },
+            Err(e) => Err(bad_reply(e)),
+        };
     }
+    Ok(Bytes::from_static(OK))
 }
 
-/// Merges the replies of a command sent to every server.
+/// Merges the replies of a command sent to every server, in topology order.
 ///
 /// With `replicas > 1` every key is stored on several servers, so listings keep a key only
 /// from the server that [`Topology::owner`] names for its slot (each key once), and DBSIZE
 /// divides the sum by the replica count (exact while the replicas hold the same keys).
-pub(crate) async fn all(how: Merge, replies: Vec<Pending>, topo: Arc<Topology>) -> Bytes {
-    let mut values = match values(replies).await {
+pub(crate) fn all(how: Merge, replies: Vec<Reply>, topo: &Topology) -> Reply {
+    let mut values = match parse_all(replies) {
         Ok(values) => values,
         Err(e) => return e,
     };
@@ -144,17 +137,17 @@ pub(crate) async fn all(how: Merge, replies: Vec<Pending>, topo: Arc<Topology>) 
             Merge::Concat => {
                 for (index, v) in values.iter_mut().enumerate() {
                     if let Value::Array(keys) = v {
-                        keys.retain(|k| owned_here(&topo, k, index));
+                        keys.retain(|k| owned_here(topo, k, index));
                     }
                 }
             }
             Merge::SumInt => {
-                let merged = combine(how, values);
+                let merged = combine(how, values)?;
                 return match Value::parse(&merged) {
                     Ok(Value::Integer(n)) => {
                         frame(|out| write_integer(out, n / topo.replicas as i64))
                     }
-                    _ => merged,
+                    _ => Ok(merged),
                 };
             }
             _ => {}
@@ -179,7 +172,7 @@ fn owned_here(topo: &Topology, k: &Value, index: usize) -> bool {
     }
 }
 
-fn combine(how: Merge, values: Vec<Value>) -> Bytes {
+fn combine(how: Merge, values: Vec<Value>) -> Reply {
     match how {
         Merge::SumInt => {
             let mut sum: i64 = 0;
@@ -219,9 +212,10 @@ fn combine(how: Merge, values: Vec<Value>) -> Bytes {
                     None => xs,
                     Some(prev) => {
                         if prev.len() != xs.len() {
-                            return error_bytes(
+                            return Err(ReplyError::new(
+                                ErrorKind::BadReply,
                                 "keyway: servers answered arrays of different lengths",
-                            );
+                            ));
                         }
                         prev.into_iter()
                             .zip(xs)
@@ -240,78 +234,63 @@ fn combine(how: Merge, values: Vec<Value>) -> Bytes {
         Merge::SameReply => {
             let mut it = values.into_iter();
             let Some(first) = it.next() else {
-                return error_bytes("keyway: no servers");
+                return Err(ReplyError::new(ErrorKind::Internal, "keyway: no servers"));
             };
             if it.any(|v| v != first) {
-                return error_bytes("keyway: servers disagree on the reply");
+                return Err(ReplyError::new(
+                    ErrorKind::BadReply,
+                    "keyway: servers disagree on the reply",
+                ));
             }
             frame(|out| first.encode(out))
         }
     }
 }
 
-/// RANDOMKEY: starting at `start`, the first server that has any key answers.
-pub(crate) async fn random_key(
-    topo: Arc<Topology>,
-    start: usize,
-    pick: usize,
-    frame: Bytes,
-) -> Bytes {
-    let n = topo.servers.len();
-    let mut last = Bytes::new();
-    for i in 0..n {
-        let Some(server) = topo.servers.get((start + i) % n) else {
-            break;
-        };
-        let reply = server.pool.send(pick, frame.clone()).await;
-        last = reply_bytes(reply);
-        // `$-1`: this server is empty; anything else (a key or an error) is the answer.
-        if last.as_ref() != b"$-1\r\n" {
-            return last;
-        }
-    }
-    if last.is_empty() {
-        return error_bytes("keyway: no servers");
-    }
-    last
-}
-
-/// SCAN: rewrites the server's cursor into Keyway's (server cursor and server index), moving on
-/// to the next server when one is done.
-pub(crate) async fn scan(reply: Pending, index: usize, topo: Arc<Topology>) -> Bytes {
-    let servers = topo.servers.len();
-    let raw = resolve(reply).await;
+/// SCAN: rewrites server `index`'s reply and cursor into Keyway's (server cursor and server
+/// index), moving on to the next server when one is done.
+pub(crate) fn scan(reply: Reply, index: usize, topo: &Topology) -> Reply {
+    let raw = reply?;
     let value = match Value::parse(&raw) {
-        Ok(Value::Error(_)) => return raw,
+        Ok(Value::Error(_)) => return Ok(raw),
         Ok(v) => v,
-        Err(e) => return error_bytes(&format!("keyway: bad reply from server: {e}")),
+        Err(e) => return Err(bad_reply(e)),
     };
     let Value::Array(mut parts) = value else {
         return unexpected(&value);
     };
     let (Some(mut keys), Some(Value::Bulk(cursor))) = (parts.pop(), parts.pop()) else {
-        return error_bytes("keyway: unexpected SCAN reply from server");
+        return Err(ReplyError::new(
+            ErrorKind::BadReply,
+            "keyway: unexpected SCAN reply from server",
+        ));
     };
     if let Value::Array(ks) = &mut keys {
         ks.retain(|k| !is_internal(k));
         if topo.replicas > 1 {
-            ks.retain(|k| owned_here(&topo, k, index));
+            ks.retain(|k| owned_here(topo, k, index));
         }
     }
     let Some(server_cursor) = std::str::from_utf8(&cursor)
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
     else {
-        return error_bytes("keyway: unexpected SCAN cursor from server");
+        return Err(ReplyError::new(
+            ErrorKind::BadReply,
+            "keyway: unexpected SCAN cursor from server",
+        ));
     };
     let next: u64 = if server_cursor == 0 {
-        if index + 1 < servers {
+        if index + 1 < topo.servers.len() {
             (index + 1) as u64
         } else {
             0
         }
     } else if server_cursor >> (64 - SCAN_SHIFT) != 0 {
-        return error_bytes("keyway: server SCAN cursor too large to combine");
+        return Err(ReplyError::new(
+            ErrorKind::BadReply,
+            "keyway: server SCAN cursor too large to combine",
+        ));
     } else {
         (server_cursor << SCAN_SHIFT) | index as u64
     };
@@ -322,73 +301,25 @@ pub(crate) async fn scan(reply: Pending, index: usize, topo: Arc<Topology>) -> B
     })
 }
 
-/// A read retried once on another replica when the first failed on a connection error (the
-/// server never answered: unavailable or timed out). Redis error replies are answers, not
-/// failures, and are passed through.
-pub(crate) async fn read_with_retry(
-    first: Pending,
-    topo: Arc<Topology>,
-    alternate: u16,
-    pick: usize,
-    frame: Bytes,
-) -> Bytes {
-    let mut first = first;
-    let failed = match &mut first {
-        Pending::Forward(rx) => match rx.await {
-            Ok(Ok(reply)) => return reply,
-            other => reply_bytes(other),
-        },
-        other => return resolve(std::mem::replace(other, Pending::Ready(Bytes::new()))).await,
-    };
-    match topo.server(alternate) {
-        Some(server) => reply_bytes(server.pool.send(pick, frame).await),
-        None => failed,
-    }
-}
-
-/// A write sent to several replicas: done once `need` of them acknowledged (all for
-/// `write = all`, a majority for `quorum`). When replicas disagree, the error says how many
-/// took the write, so the client knows the replicas may differ.
-pub(crate) async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Bytes {
-    let total = replies.len();
-    let mut slots: Vec<Option<Pending>> = replies.iter().map(|_| None).collect();
-    let mut names = Vec::with_capacity(total);
-    for (i, (name, p)) in replies.into_iter().enumerate() {
-        names.push(name);
-        if let Some(s) = slots.get_mut(i) {
-            *s = Some(p);
+/// The answer to a write sent to `total` replicas, of which `acked` acknowledged (their replies)
+/// and `failed` did not (replica name and error), when `need` acknowledgements were needed.
+/// When replicas disagree, the error says how many took the write, so the client knows the
+/// replicas may differ.
+pub(crate) fn fan_out(
+    acked: Vec<Bytes>,
+    failed: Vec<(&str, Reply)>,
+    total: usize,
+    need: usize,
+) -> Reply {
+    let taken = acked.len();
+    if taken >= need {
+        if let Some(first) = acked.into_iter().next() {
+            return Ok(first);
         }
-    }
-    let mut acked: Vec<Bytes> = Vec::new();
-    let mut failed: Vec<(usize, Bytes)> = Vec::new();
-    poll_fn(|cx| {
-        for (i, slot) in slots.iter_mut().enumerate() {
-            if let Some(p) = slot {
-                if let std::task::Poll::Ready(reply) = p.poll_bytes(cx) {
-                    *slot = None;
-                    if reply.first() == Some(&b'-') {
-                        failed.push((i, reply));
-                    } else {
-                        acked.push(reply);
-                    }
-                }
-            }
-        }
-        // Done at success, or once every replica answered: a failed write waits for all of
-        // them, so that its error can say exactly how many took it.
-        let done = acked.len() >= need || slots.iter().all(Option::is_none);
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    if acked.len() >= need {
-        return acked.swap_remove(0);
+        return Err(ReplyError::new(ErrorKind::Internal, "keyway: no replicas"));
     }
     // Every replica refused the same way (WRONGTYPE on all of them): that is the answer.
-    if acked.is_empty() && failed.len() == total {
+    if taken == 0 && failed.len() == total {
         if let Some((_, first)) = failed.first() {
             if failed.iter().all(|(_, f)| f == first) {
                 return first.clone();
@@ -397,71 +328,106 @@ pub(crate) async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Byt
     }
     let detail: Vec<String> = failed
         .iter()
-        .map(|(i, e)| {
-            let name = names.get(*i).map_or("?", String::as_str);
-            let text = String::from_utf8_lossy(e.get(1..).unwrap_or_default());
-            format!("{name}: {}", text.trim_end())
+        .map(|(name, e)| {
+            let text = match e {
+                Ok(frame) => String::from_utf8_lossy(frame.get(1..).unwrap_or_default())
+                    .trim_end()
+                    .to_string(),
+                Err(e) => e.to_string(),
+            };
+            format!("{name}: {text}")
         })
         .collect();
-    error_bytes(&format!(
-        "keyway: write applied on {} of {} replicas ({} needed); replicas may differ until rewritten ({})",
-        acked.len(),
-        total,
-        need,
-        detail.join("; ")
+    Err(ReplyError::new(
+        ErrorKind::Partial,
+        format!(
+            "keyway: write applied on {} of {} replicas ({} needed); replicas may differ until rewritten ({})",
+            taken,
+            total,
+            need,
+            detail.join("; ")
+        ),
     ))
 }
 
-/// The body of a warm-up GET (see `Planner::warm_get`).
-pub(crate) async fn warm_get(
-    first: Pending,
-    topo: Arc<Topology>,
-    new: u16,
-    old: u16,
-    pick: usize,
-    key: Bytes,
-) -> Bytes {
-    let reply = resolve(first).await;
-    if reply.as_ref() != b"$-1\r\n" {
-        return reply;
+/// Whether a reply failed: Keyway's error or a server's error frame.
+pub(crate) fn is_failure(reply: &Reply) -> bool {
+    match reply {
+        Ok(frame) => frame.first() == Some(&b'-'),
+        Err(_) => true,
     }
-    let (Some(old_server), Some(new_server)) = (topo.server(old), topo.server(new)) else {
-        return reply;
-    };
-    let get = crate::protocol::Request::from_args(&[Bytes::from_static(b"GET"), key.clone()]);
-    let pttl = crate::protocol::Request::from_args(&[Bytes::from_static(b"PTTL"), key.clone()]);
-    let value_rx = old_server.pool.send(pick, get.frame().clone());
-    let ttl_rx = old_server.pool.send(pick, pttl.frame().clone());
-    let value = match value_rx.await {
-        Ok(Ok(v)) => v,
-        // The old owner cannot help: the miss stands.
-        _ => return reply,
-    };
-    let Ok(Value::Bulk(data)) = Value::parse(&value) else {
-        return reply;
-    };
-    let ttl = match ttl_rx.await {
-        Ok(Ok(t)) => match Value::parse(&t) {
-            Ok(Value::Integer(ms)) => ms,
-            _ => -1,
-        },
-        _ => -1,
-    };
-    if ttl == -2 {
-        // Expired between the two reads.
-        return reply;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &'static [u8]) -> Reply {
+        Ok(Bytes::from_static(s))
     }
-    // Copy with NX, so that a write that reached the new owner meanwhile wins.
-    let mut set = vec![Bytes::from_static(b"SET"), key, data];
-    if ttl > 0 {
-        set.push(Bytes::from_static(b"PX"));
-        set.push(Bytes::from(ttl.to_string()));
+
+    #[test]
+    fn mget_parts_are_put_back_in_key_order() {
+        // Keys 0 and 2 went to part 0, key 1 to part 1.
+        let merged = split(
+            Merge::Array,
+            vec![ok(b"*2\r\n$1\r\na\r\n$1\r\nc\r\n"), ok(b"*1\r\n$-1\r\n")],
+            &[0, 1, 0],
+        );
+        assert_eq!(
+            merged.unwrap().as_ref(),
+            b"*3\r\n$1\r\na\r\n$-1\r\n$1\r\nc\r\n"
+        );
     }
-    set.push(Bytes::from_static(b"NX"));
-    // Sent; the client's reply does not wait for the copy.
-    drop(new_server.pool.send(
-        pick,
-        crate::protocol::Request::from_args(&set).frame().clone(),
-    ));
-    value
+
+    #[test]
+    fn a_part_that_answers_fewer_keys_is_a_bad_reply() {
+        let merged = split(Merge::Array, vec![ok(b"*1\r\n$1\r\na\r\n")], &[0, 0]);
+        assert_eq!(merged.unwrap_err().kind(), ErrorKind::BadReply);
+    }
+
+    #[test]
+    fn counts_are_summed_and_the_first_error_wins() {
+        let merged = split(Merge::SumInt, vec![ok(b":2\r\n"), ok(b":3\r\n")], &[]);
+        assert_eq!(merged.unwrap().as_ref(), b":5\r\n");
+        let merged = split(
+            Merge::SumInt,
+            vec![ok(b":2\r\n"), ok(b"-WRONGTYPE no\r\n")],
+            &[],
+        );
+        assert_eq!(merged.unwrap().as_ref(), b"-WRONGTYPE no\r\n");
+        let down = ReplyError::new(ErrorKind::Unavailable, "server 's1' is unavailable");
+        let merged = split(Merge::Ok, vec![ok(b"+OK\r\n"), Err(down.clone())], &[]);
+        assert_eq!(merged, Err(down));
+    }
+
+    #[test]
+    fn a_write_on_too_few_replicas_says_how_many_took_it() {
+        let failed = vec![(
+            "b",
+            Err(ReplyError::new(
+                ErrorKind::Timeout,
+                "server 'b' did not answer",
+            )),
+        )];
+        let e = fan_out(vec![Bytes::from_static(b"+OK\r\n")], failed, 2, 2).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Partial);
+        assert!(
+            e.message()
+                .starts_with("keyway: write applied on 1 of 2 replicas (2 needed)"),
+            "{e}"
+        );
+        let same = vec![
+            ("a", ok(b"-WRONGTYPE x\r\n")),
+            ("b", ok(b"-WRONGTYPE x\r\n")),
+        ];
+        assert_eq!(fan_out(Vec::new(), same, 2, 2), ok(b"-WRONGTYPE x\r\n"));
+        let quorum = fan_out(
+            vec![Bytes::from_static(b":1\r\n"), Bytes::from_static(b":1\r\n")],
+            Vec::new(),
+            3,
+            2,
+        );
+        assert_eq!(quorum, ok(b":1\r\n"));
+    }
 }

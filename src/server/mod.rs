@@ -1,109 +1,35 @@
-//! The client side: the listener, one session per client, and the planner that turns each
-//! command into requests to servers and their replies back into one reply.
+//! The client side: the listener, one session per client, and the request path from a
+//! client's frame to its reply.
 //!
 //! - [`session`]: reads frames, keeps replies in request order, writes them in batches.
-//! - [`plan`]: decides where a command goes (one server, split per server, every server) and
-//!   how the replies merge.
+//! - [`plan`]: decides, as a value, where a command goes (pure: sends nothing).
+//! - [`dispatch`]: carries a plan out; the only code here that sends to the servers.
+//! - [`merge`]: pure functions that merge several servers' replies into one.
 //! - [`local`]: the commands Keyway answers itself (PING, HELLO, INFO, COMMAND, ...).
+//! - [`reply`]: a reply in the making ([`reply::Pending`]), in request order.
+//! - [`client`]: what a client has set on its connection; [`shared`]: what sessions share.
+//!
+//! The path of one request, with each step's function, is in `docs/architecture.md`.
 
+mod client;
+mod dispatch;
 mod local;
 mod merge;
 mod plan;
+mod reply;
 mod session;
+mod shared;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::net::TcpListener;
 
+use crate::admin::AdminState;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::protocol::Limits;
-use crate::topology::{TopologyError, TopologyHandle};
+use crate::topology::TopologyError;
 
-/// What every session shares: the topology handle and the settings that do not change per
-/// request. Nothing in here is locked on the request path.
-pub struct Shared {
-    /// The current topology.
-    pub topology: Arc<TopologyHandle>,
-    /// Every metric of this proxy.
-    pub metrics: Arc<Metrics>,
-    /// Limits applied to client input.
-    pub limits: Limits,
-    /// Limits on each client connection.
-    pub client_limits: crate::config::LimitsConfig,
-    /// Cancelled when Keyway starts draining (SIGTERM): sessions answer what they received,
-    /// then close. Cancel it only through [`Shared::begin_drain`], which also sets `draining`.
-    pub(crate) drain: tokio_util::sync::CancellationToken,
-    /// Set when draining starts, before `drain` wakes its waiters: the check sessions make
-    /// between events, one atomic load (the token's own check takes a lock).
-    draining: std::sync::atomic::AtomicBool,
-    /// When this process started (INFO uptime).
-    pub started: Instant,
-    /// Source of client ids.
-    next_client_id: AtomicU64,
-    /// Clients currently connected.
-    pub clients: AtomicU64,
-}
-
-impl Shared {
-    /// Builds the shared state and the first topology from a validated config. Must run inside
-    /// a tokio runtime, since server connections are opened here.
-    ///
-    /// # Errors
-    ///
-    /// [`TopologyError`] when the pool is invalid.
-    pub fn new(config: &Config) -> Result<Arc<Shared>, TopologyError> {
-        let metrics = Arc::new(Metrics::new());
-        let limits = Limits {
-            max_bulk_len: config.limits.max_bulk_len,
-            max_array_len: config.limits.max_args,
-            max_inline_len: config.limits.max_inline_len,
-            ..Limits::default()
-        };
-        Ok(Arc::new(Shared {
-            topology: Arc::new(TopologyHandle::new(&config.pool, metrics.clone())?),
-            metrics,
-            limits,
-            client_limits: config.limits.clone(),
-            drain: tokio_util::sync::CancellationToken::new(),
-            draining: std::sync::atomic::AtomicBool::new(false),
-            started: Instant::now(),
-            next_client_id: AtomicU64::new(1),
-            clients: AtomicU64::new(0),
-        }))
-    }
-}
-
-impl Shared {
-    /// Starts draining: stop accepting, fail readiness, let each session answer what it has
-    /// received and close.
-    pub fn begin_drain(&self) {
-        self.metrics.draining.set(1);
-        self.draining.store(true, Ordering::Release);
-        self.drain.cancel();
-    }
-
-    /// Whether draining has started.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// Waits until every client is gone or `deadline` passes; returns whether all are gone.
-    pub async fn drained(&self, deadline: std::time::Duration) -> bool {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            if self.clients.load(Ordering::Relaxed) == 0 {
-                return true;
-            }
-            if tokio::time::Instant::now() >= until {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
-}
+pub use shared::Shared;
 
 /// Accepts clients on `listener`, one session task each, until Keyway drains.
 ///
@@ -114,7 +40,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shared.drain.cancelled() => {
+            () = shared.drain.cancelled() => {
                 tracing::info!("draining: no longer accepting clients");
                 return;
             }
@@ -128,7 +54,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+                let id = shared.next_client_id();
                 shared.clients.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.client_accepted.inc();
                 shared.metrics.client_connections.inc();
@@ -236,7 +162,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 addr: config.admin.clone(),
                 source,
             })?;
-    tokio::spawn(crate::admin::serve(admin, shared.clone()));
+    let admin_state = AdminState {
+        topology: shared.topology.clone(),
+        metrics: shared.metrics.clone(),
+        drain: shared.drain.clone(),
+    };
+    tokio::spawn(crate::admin::serve(admin, Arc::new(admin_state)));
     tokio::spawn(crate::txn::sweep(
         shared.topology.clone(),
         shared.drain.child_token(),

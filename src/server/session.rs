@@ -20,18 +20,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio_util::sync::WaitForCancellationFuture;
 
+use super::client::ClientState;
+use super::dispatch::{self, Context as DispatchContext};
+use super::local::After;
 use super::merge;
-use super::plan::{ClientState, Planner};
-use super::Shared;
-use crate::backend::{Gather, Reply};
-use crate::command::Merge;
+use super::plan;
+use super::reply::{Pending, Reply};
+use super::shared::Shared;
+use crate::error::{ErrorKind, ReplyError};
 use crate::metrics::Metrics;
-use crate::protocol::{write_error, RequestDecoder};
+use crate::protocol::{Request, RequestDecoder};
+use crate::topology::Topology;
 
 /// Replies up to this size wait for the rest of the replies to the same read before they are
 /// written (see `hold` in [`active`]).
@@ -118,95 +123,22 @@ impl Kit {
     }
 }
 
-/// A reply in the making, in its client's request order.
-pub(crate) enum Pending {
-    /// Known already (local commands, errors).
-    Ready(Bytes),
-    /// The raw reply of one server, forwarded as it comes.
-    Forward(oneshot::Receiver<Reply>),
-    /// The parts of a split command (MSET, MGET, DEL, ... over several servers), gathered in
-    /// one place and merged once all are in.
-    Gather {
-        gather: Arc<Gather>,
-        how: Merge,
-        /// See [`merge::split_frames`].
-        owner: Vec<u32>,
-    },
-    /// Replies of several servers, merged (DBSIZE, SCAN, a split over replica sets, ...).
-    Merge(Pin<Box<dyn Future<Output = Bytes> + Send>>),
-    /// A two-phase transaction, running as a task of its own from the moment it is dispatched,
-    /// so that it finishes even if the client goes away. The session dispatches nothing after
-    /// it until it is answered: a client's later commands must not overtake its write.
-    Task(tokio::task::JoinHandle<Bytes>),
-}
-
-impl Pending {
-    pub(crate) fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
-        match self {
-            Pending::Ready(b) => Poll::Ready(std::mem::take(b)),
-            Pending::Forward(rx) => Pin::new(rx).poll(cx).map(reply_bytes),
-            Pending::Gather { gather, how, owner } => gather.poll_replies(cx).map(|replies| {
-                // Pushed, not collected: a collect would reuse the replies' larger allocation
-                // and shrink it with a `realloc`.
-                let mut frames = Vec::with_capacity(replies.len());
-                for reply in replies {
-                    frames.push(part_bytes(reply));
-                }
-                merge::split_frames(*how, frames, owner)
-            }),
-            Pending::Merge(f) => f.as_mut().poll(cx),
-            Pending::Task(t) => Pin::new(t).poll(cx).map(|r| {
-                r.unwrap_or_else(|_| {
-                    error_bytes("keyway: the transaction task ended without a reply")
-                })
-            }),
-        }
-    }
-}
-
-/// The bytes to send a client for a server's reply or its failure.
-pub(crate) fn reply_bytes(reply: Result<Reply, oneshot::error::RecvError>) -> Bytes {
-    match reply {
-        Ok(Ok(frame)) => frame,
-        Ok(Err(e)) => error_bytes(&e.to_string()),
-        Err(_) => error_bytes(ENDED_BEFORE_REPLYING),
-    }
-}
-
-/// The bytes to send a client for one part of a split command (see [`reply_bytes`]).
-fn part_bytes(reply: Option<Reply>) -> Bytes {
-    match reply {
-        Some(Ok(frame)) => frame,
-        Some(Err(e)) => error_bytes(&e.to_string()),
-        None => error_bytes(ENDED_BEFORE_REPLYING),
-    }
-}
-
-const ENDED_BEFORE_REPLYING: &str = "keyway: the server connection ended before replying";
-
-/// `-ERR <msg>` unless `msg` already starts with an error code in capitals.
-pub(crate) fn error_bytes(msg: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(msg.len() + 8);
-    let has_code = msg
-        .split(' ')
-        .next()
-        .is_some_and(|w| w.len() > 1 && w.bytes().all(|b| b.is_ascii_uppercase()));
-    if has_code {
-        write_error(&mut out, msg);
-    } else {
-        write_error(&mut out, &format!("ERR {msg}"));
-    }
-    out.freeze()
-}
-
 /// A pending reply with what its metrics need.
-pub(crate) struct Entry {
+struct Entry {
     reply: Pending,
     /// See [`crate::metrics::Metrics::command_index`].
     command: u16,
     started: Instant,
     /// Nothing is dispatched after this entry until it is answered (see [`Pending::Task`]).
     barrier: bool,
+}
+
+/// What is left of an [`Entry`] once its reply is in.
+struct Done {
+    command: u16,
+    started: Instant,
+    barrier: bool,
+    reply: Reply,
 }
 
 /// Why a session ended on Keyway's initiative (a metric label).
@@ -245,7 +177,7 @@ enum Stretch {
 /// - **Parked** (this function): nothing pending, nothing buffered, no topology snapshot. The
 ///   task holds the socket, the client's settings ([`ClientState`]) and the drain waiter, and
 ///   waits for the client to speak (or for a drain, or the idle timeout).
-/// - **Active** ([`active`], boxed): planner, buffers, the queue of pending replies; it returns
+/// - **Active** ([`Active`], boxed): snapshot, buffers, the queue of pending replies; it returns
 ///   to parked as soon as everything received has been answered.
 ///
 /// # Errors
@@ -304,16 +236,8 @@ pub(crate) async fn run(
         // In a block of its own: the kit must not outlive it in this task's state (a local in
         // scope across the await below would take room in every parked session).
         let stretch = {
-            let mut kit = Kit::take();
-            let planner = Planner::new(shared.clone(), id, client, std::mem::take(&mut kit.keys));
-            Box::pin(active(
-                &mut stream,
-                &shared,
-                planner,
-                kit,
-                drain.as_mut(),
-                id,
-            ))
+            let active = Active::new(&mut stream, &shared, client, Kit::take());
+            Box::pin(active.run(drain.as_mut()))
         };
         match stretch.await? {
             Stretch::Parked(kept, kit) => {
@@ -339,221 +263,395 @@ fn count_disconnect(metrics: &Metrics, why: Disconnect) {
         .inc();
 }
 
-/// The active state of a session: reads, dispatches, writes replies in request order.
+/// What the active loop waited for.
+enum Event {
+    /// The client's socket took `n` bytes of `out`.
+    Written(std::io::Result<usize>),
+    /// The reply at the front of the queue is in.
+    Reply(Done),
+    /// The client sent `n` bytes (0: end of stream).
+    Read(std::io::Result<usize>),
+    /// Keyway started draining.
+    Drain,
+    /// The client stayed silent halfway through a frame for `idle_timeout`.
+    Idle,
+}
+
+/// After a round of dispatching, what the session does next.
+enum Next {
+    /// Wait for the next event.
+    Wait,
+    /// Everything received is answered: park.
+    Park,
+    /// Everything is answered and the connection ends (for this reason, when Keyway ends it).
+    Close(Option<Disconnect>),
+}
+
+/// The active state of a session: reads, plans and dispatches, collects replies in request
+/// order, writes them.
 ///
-/// The loop, in order of preference: write what the client's socket takes, collect replies
-/// that are ready (in request order), read more requests. Reading stops while `max_pipeline`
-/// replies are pending; a client whose untaken replies would pass `max_client_output` bytes is
+/// Each turn of [`Active::run`]: dispatch every whole frame buffered ([`Active::dispatch`]),
+/// decide whether to park or close ([`Active::next`]), then wait for one event
+/// ([`Active::wait`]), in order of preference: the client's socket takes bytes
+/// ([`Active::on_written`]), the reply at the front of the queue is in ([`Active::on_reply`]),
+/// the client sent more ([`Active::on_read`]). Reading stops while `max_pipeline` replies are
+/// pending; a client whose untaken replies would pass `max_client_output` bytes is
 /// disconnected.
-async fn active(
-    stream: &mut TcpStream,
-    shared: &Arc<Shared>,
-    mut planner: Planner,
-    kit: Kit,
-    mut drain: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-    id: u64,
-) -> std::io::Result<Stretch> {
-    let (mut rd, mut wr) = stream.split();
-    let (rd, wr) = (&mut rd, &mut wr);
-    // A parked session has no partial frame, so the decoder starts afresh each stretch.
-    let mut decoder = RequestDecoder::new(shared.limits);
-    let decoder = &mut decoder;
-    let metrics = &shared.metrics;
-    // Request durations go straight to the shared histogram: a local one, flushed per batch,
-    // cost more to set up per active stretch (one per request at -P 1) than it saved.
-    let durations = &metrics.request_duration;
-    let limits = &shared.client_limits;
-    let Kit {
-        mut inbuf,
-        mut out,
-        mut pending,
-        keys: _,
-    } = kit;
-    // Ends the stretch parked, the kit's parts gathered back.
-    // Set once a partial frame made the read buffer grow: it may now sit on an allocation of
-    // any size, which the kit must not keep.
-    let mut grew = false;
-    macro_rules! parked {
-        () => {{
-            let (client, keys) = planner.into_client();
-            let kit = Kit {
-                inbuf: if grew { BytesMut::new() } else { inbuf },
-                out,
-                pending,
-                keys,
+struct Active<'s> {
+    rd: ReadHalf<'s>,
+    wr: WriteHalf<'s>,
+    shared: &'s Arc<Shared>,
+    /// The snapshot requests are planned on (see `fresh`).
+    topo: Arc<Topology>,
+    client: ClientState,
+    /// Scratch list of key positions, reused by the planner.
+    keys: Vec<usize>,
+    /// A parked session has no partial frame, so the decoder starts afresh each stretch.
+    decoder: RequestDecoder,
+    inbuf: BytesMut,
+    out: BytesMut,
+    pending: VecDeque<Entry>,
+    /// Set once a partial frame made the read buffer grow: it may now sit on an allocation of
+    /// any size, which the kit must not keep.
+    grew: bool,
+    /// Until the first wait: the snapshot was taken as this stretch began.
+    fresh: bool,
+    /// Pending entries that hold back dispatch (two-phase transactions).
+    barriers: usize,
+    /// Replies in `out` wait for the other replies to the requests of the same read (a pipeline
+    /// split over several servers answers in pieces), so that the client gets one write per
+    /// batch, as redis-server answers a read's commands together (the writes/batch column of
+    /// scripts/bench/profile.sh). Up to COALESCE_MAX bytes; a later read's replies never hold
+    /// back an earlier read's.
+    hold: bool,
+    /// Set once the client sent EOF, QUIT or a malformed frame, or Keyway drains: answer what
+    /// is pending, then close.
+    closing: Option<Option<Disconnect>>,
+    draining: bool,
+    /// Armed only while a partial frame waits for the rest (with nothing pending, the session
+    /// parks instead), so that a busy session touches no timer per request.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<'s> Active<'s> {
+    fn new(
+        stream: &'s mut TcpStream,
+        shared: &'s Arc<Shared>,
+        client: ClientState,
+        kit: Kit,
+    ) -> Active<'s> {
+        let (rd, wr) = stream.split();
+        let Kit {
+            inbuf,
+            out,
+            pending,
+            keys,
+        } = kit;
+        Active {
+            rd,
+            wr,
+            shared,
+            topo: shared.topology.load(),
+            client,
+            keys,
+            decoder: RequestDecoder::new(shared.limits),
+            inbuf,
+            out,
+            pending,
+            grew: false,
+            fresh: true,
+            barriers: 0,
+            hold: false,
+            closing: None,
+            draining: shared.is_draining(),
+            idle_timer: None,
+        }
+    }
+
+    /// Runs the stretch until the session parks or the connection ends.
+    async fn run(
+        mut self,
+        mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> std::io::Result<Stretch> {
+        // The client spoke (the socket turned readable): take what it sent. One poll: readiness
+        // may be stale (nothing to read after all), and then the session parks again rather
+        // than wait here with its buffers.
+        let first = poll_read_some(
+            &mut self.rd,
+            &mut self.inbuf,
+            &mut self.grew,
+            &mut Context::from_waker(Waker::noop()),
+        );
+        match first {
+            Poll::Ready(Ok(0)) => self.closing = Some(None),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(self.park()),
+        }
+        loop {
+            self.dispatch();
+            match self.next() {
+                Next::Wait => {}
+                Next::Park => return Ok(self.park()),
+                Next::Close(why) => {
+                    if let Some(why) = why {
+                        count_disconnect(&self.shared.metrics, why);
+                    }
+                    let _ = self.wr.shutdown().await;
+                    return Ok(Stretch::Closed);
+                }
+            }
+            let ended = match self.wait(drain.as_mut()).await {
+                Event::Written(n) => self.on_written(n?),
+                Event::Reply(done) => self.on_reply(done),
+                Event::Read(n) => {
+                    self.on_read(n?);
+                    false
+                }
+                Event::Drain => {
+                    self.draining = true;
+                    false
+                }
+                Event::Idle => {
+                    tracing::debug!(client = self.client.id, "idle timeout; closing");
+                    self.closing = Some(Some(Disconnect::IdleTimeout));
+                    false
+                }
             };
-            return Ok(Stretch::Parked(client, kit));
-        }};
-    }
-    // Until the first wait: the planner's snapshot was taken as this stretch began.
-    let mut fresh = true;
-    // Pending entries that hold back dispatch (two-phase transactions).
-    let mut barriers = 0usize;
-    // Replies in `out` wait for the other replies to the requests of the same read (a pipeline
-    // split over several servers answers in pieces), so that the client gets one write per
-    // batch, as redis-server answers a read's commands together (the writes/batch column of
-    // scripts/bench/profile.sh). Up to COALESCE_MAX bytes; a later read's replies never hold
-    // back an earlier read's.
-    let mut hold = false;
-    // Set once the client sent EOF, QUIT or a malformed frame, or Keyway drains: answer what
-    // is pending, then close.
-    let mut closing: Option<Option<Disconnect>> = None;
-    let mut draining = shared.is_draining();
-    let idle = limits.idle_timeout;
-    // Armed only while a partial frame waits for the rest (with nothing pending, the session
-    // parks instead), so that a busy session touches no timer per request.
-    let mut idle_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-
-    // The client spoke (the socket turned readable): take what it sent.
-    // One poll: readiness may be stale (nothing to read after all), and then the session
-    // parks again rather than wait here with its buffers.
-    let first = poll_read_some(
-        rd,
-        &mut inbuf,
-        &mut grew,
-        &mut Context::from_waker(Waker::noop()),
-    );
-    match first {
-        Poll::Ready(Ok(0)) => closing = Some(None),
-        Poll::Ready(Ok(_)) => {}
-        Poll::Ready(Err(e)) => return Err(e),
-        Poll::Pending => parked!(),
+            if ended {
+                return Ok(Stretch::Closed);
+            }
+            // Time passed: the next batch takes the topology current then.
+            self.fresh = false;
+            // Draining is checked between events (an atomic load), not waited on: an active
+            // session has its next event coming anyway (a reply, a read), and a parked one
+            // waits for it. A topology swap reaches the planner at the next read (`dispatch`).
+            if !self.draining && self.shared.is_draining() {
+                self.draining = true;
+            }
+        }
     }
 
-    loop {
-        // Dispatch every whole frame already buffered, up to the pipeline limit. Frames that
-        // arrived in one read share one start time (one clock read per batch, not per frame).
+    /// Ends the stretch parked, the kit's parts gathered back.
+    fn park(self) -> Stretch {
+        let kit = Kit {
+            inbuf: if self.grew {
+                BytesMut::new()
+            } else {
+                self.inbuf
+            },
+            out: self.out,
+            pending: self.pending,
+            keys: self.keys,
+        };
+        Stretch::Parked(self.client, kit)
+    }
+
+    /// Plans and dispatches every whole frame already buffered, up to the pipeline limit.
+    /// Frames that arrived in one read share one start time (one clock read per batch, not per
+    /// frame).
+    fn dispatch(&mut self) {
+        let max_pipeline = self.shared.client_limits.max_pipeline;
         let mut now: Option<Instant> = None;
-        while closing.is_none()
-            && pending.len() < limits.max_pipeline
-            && barriers == 0
-            && !inbuf.is_empty()
+        while self.closing.is_none()
+            && self.pending.len() < max_pipeline
+            && self.barriers == 0
+            && !self.inbuf.is_empty()
         {
-            match decoder.decode(&mut inbuf) {
+            match self.decoder.decode(&mut self.inbuf) {
                 Ok(Some(request)) => {
-                    if now.is_none() && !std::mem::take(&mut fresh) {
+                    if now.is_none() && !std::mem::take(&mut self.fresh) {
                         // A batch of frames starts: on the topology current now (a swap may
                         // have come while earlier replies were awaited). The stretch's first
-                        // batch has the snapshot the planner was just made with.
-                        planner.refresh();
+                        // batch has the snapshot taken as it began.
+                        self.refresh();
                     }
                     let started = *now.get_or_insert_with(Instant::now);
-                    let (reply, spec, quit) = planner.dispatch(request);
-                    let command = metrics.command_index(spec);
-                    let barrier = matches!(reply, Pending::Task(_));
-                    barriers += usize::from(barrier);
-                    pending.push_back(Entry {
-                        reply,
-                        command,
-                        started,
-                        barrier,
-                    });
-                    if quit {
-                        closing = Some(None);
-                    }
+                    self.request(&request, started);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::info!(client = id, error = %e, "protocol error from client; closing");
-                    let msg = format!("Protocol error: {e}");
-                    pending.push_back(Entry {
-                        reply: Pending::Ready(error_bytes(&msg)),
-                        command: metrics.command_index(None),
-                        started: Instant::now(),
-                        barrier: false,
-                    });
-                    closing = Some(Some(Disconnect::ProtocolError));
+                    tracing::info!(client = self.client.id, error = %e, "protocol error from client; closing");
+                    let error =
+                        ReplyError::new(ErrorKind::Protocol, format!("Protocol error: {e}"));
+                    self.push(Pending::Ready(Err(error)), None, Instant::now());
+                    self.closing = Some(Some(Disconnect::ProtocolError));
                 }
             }
         }
-        if inbuf.is_empty() && inbuf.capacity() > 0 && inbuf.capacity() < READ_CHUNK / 4 {
+        if self.inbuf.is_empty()
+            && self.inbuf.capacity() > 0
+            && self.inbuf.capacity() < READ_CHUNK / 4
+        {
             // Every frame was split off and too little room is left to read into: the remainder
             // would only keep their allocation alive.
-            inbuf = BytesMut::new();
+            self.inbuf = BytesMut::new();
         }
-        let quiet = pending.is_empty() && out.is_empty();
-        if draining && closing.is_none() && quiet {
+    }
+
+    /// Takes the current topology for the requests that follow.
+    fn refresh(&mut self) {
+        let current = self.shared.topology.load();
+        if current.version != self.topo.version {
+            self.topo = current;
+        }
+    }
+
+    /// Plans one request, dispatches the plan, and queues its pending reply.
+    fn request(&mut self, request: &Request, started: Instant) {
+        let (spec, plan) = plan::plan(request, &self.topo, &mut self.client, &mut self.keys);
+        let mut cx = DispatchContext {
+            topo: &self.topo,
+            client: &mut self.client,
+            shared: self.shared,
+        };
+        let (reply, after) = dispatch::dispatch(plan, request, &mut cx);
+        self.push(reply, spec, started);
+        if after == After::Close {
+            self.closing = Some(None);
+        }
+    }
+
+    fn push(
+        &mut self,
+        reply: Pending,
+        spec: Option<&'static crate::command::CommandSpec>,
+        started: Instant,
+    ) {
+        let barrier = reply.is_barrier();
+        self.barriers += usize::from(barrier);
+        self.pending.push_back(Entry {
+            reply,
+            command: self.shared.metrics.command_index(spec),
+            started,
+            barrier,
+        });
+    }
+
+    /// Whether to wait for an event, park or close, now that everything buffered is dispatched.
+    fn next(&mut self) -> Next {
+        let quiet = self.pending.is_empty() && self.out.is_empty();
+        if self.draining && self.closing.is_none() && quiet {
             // Draining: everything received is answered; close between requests.
-            closing = Some(Some(Disconnect::Drain));
+            self.closing = Some(Some(Disconnect::Drain));
         }
-        if let Some(why) = closing {
-            if quiet {
-                if let Some(why) = why {
-                    count_disconnect(metrics, why);
-                }
-                let _ = wr.shutdown().await;
-                return Ok(Stretch::Closed);
-            }
-        } else if quiet && inbuf.is_empty() {
-            parked!();
+        match self.closing {
+            Some(why) if quiet => Next::Close(why),
+            None if quiet && self.inbuf.is_empty() => Next::Park,
+            _ => Next::Wait,
         }
-        let can_read = closing.is_none() && pending.len() < limits.max_pipeline;
-        let idle_armed =
-            !idle.is_zero() && closing.is_none() && pending.is_empty() && out.is_empty();
+    }
+
+    /// Waits for the next event, preferring writes to collecting replies to reading.
+    async fn wait(&mut self, drain: Pin<&mut WaitForCancellationFuture<'_>>) -> Event {
+        let limits = &self.shared.client_limits;
+        let can_read = self.closing.is_none() && self.pending.len() < limits.max_pipeline;
+        let quiet = self.pending.is_empty() && self.out.is_empty();
+        let idle_armed = !limits.idle_timeout.is_zero() && self.closing.is_none() && quiet;
         if !idle_armed {
-            idle_timer = None;
-        } else if idle_timer.is_none() {
-            idle_timer = Some(Box::pin(tokio::time::sleep(idle)));
+            self.idle_timer = None;
+        } else if self.idle_timer.is_none() {
+            self.idle_timer = Some(Box::pin(tokio::time::sleep(limits.idle_timeout)));
         }
+        let can_write = !self.out.is_empty() && !self.hold;
+        let has_pending = !self.pending.is_empty();
+        // Waiting for the rest of a frame, nothing pending: only a drain can come first. (With
+        // replies pending, the next reply wakes the loop, which checks the flag.)
+        let wait_drain = !self.draining && quiet;
         tokio::select! {
             biased;
             // Writing comes first: `out` holds only what the client's socket did not take yet,
             // which is what the output limit bounds.
-            written = wr.write(&out), if !out.is_empty() && !hold => {
-                let n = written?;
-                if n == 0 {
-                    return Ok(Stretch::Closed);
-                }
-                out.advance(n);
-                if out.is_empty() && pending.is_empty() && !inbuf.is_empty() {
-                    // Nothing more to write while the rest of a frame is awaited: give the
-                    // buffer back (an emptied BytesMut still holds its allocation), so that a
-                    // client that stalls halfway holds no write buffer. (Otherwise the stretch
-                    // parks now and the buffer goes back with its kit.)
-                    out = BytesMut::new();
-                }
+            n = self.wr.write(&self.out), if can_write => Event::Written(n),
+            done = poll_fn(|cx| front(&mut self.pending, cx)), if has_pending => Event::Reply(done),
+            n = poll_fn(|cx| poll_read_some(&mut self.rd, &mut self.inbuf, &mut self.grew, cx)), if can_read => Event::Read(n),
+            () = drain, if wait_drain => Event::Drain,
+            () = poll_fn(|cx| poll_timer(&mut self.idle_timer, cx)), if idle_armed => Event::Idle,
+        }
+    }
+
+    /// The client's socket took `n` bytes. Returns whether the connection is gone.
+    fn on_written(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        self.out.advance(n);
+        if self.out.is_empty() && self.pending.is_empty() && !self.inbuf.is_empty() {
+            // Nothing more to write while the rest of a frame is awaited: give the buffer back
+            // (an emptied BytesMut still holds its allocation), so that a client that stalls
+            // halfway holds no write buffer. (Otherwise the stretch parks now and the buffer
+            // goes back with its kit.)
+            self.out = BytesMut::new();
+        }
+        false
+    }
+
+    /// The reply at the front of the queue is in: take it and every reply ready behind it.
+    /// Returns whether the client was disconnected at the output limit.
+    fn on_reply(&mut self, first: Done) -> bool {
+        let limit = self.shared.client_limits.max_client_output;
+        let (within, batch) = self.collect(first, limit);
+        // Frames of one read share their start time (see `dispatch`).
+        self.hold = within
+            && self.out.len() < COALESCE_MAX
+            && self
+                .pending
+                .front()
+                .is_some_and(|next| next.started == batch);
+        if !within {
+            tracing::info!(
+                client = self.client.id,
+                bytes = self.out.len(),
+                "client does not read its replies; disconnecting at the output limit"
+            );
+            count_disconnect(&self.shared.metrics, Disconnect::OutputLimit);
+        }
+        !within
+    }
+
+    /// The client sent `n` bytes (0: it closed its side).
+    fn on_read(&mut self, n: usize) {
+        if n == 0 {
+            self.closing = Some(None);
+        } else {
+            self.idle_timer = None;
+        }
+    }
+
+    /// Appends `first` and every reply behind it that is ready now to `out`, so that they go
+    /// out in one write. Returns false when unwritten output would pass `limit`: bytes the
+    /// client has not taken are already waiting, and more would exceed what it may make Keyway
+    /// hold. (A single reply larger than the limit still goes out when nothing else is
+    /// waiting.) Also returns the start time of the last reply taken, which names its read's
+    /// batch.
+    fn collect(&mut self, first: Done, limit: usize) -> (bool, Instant) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let now = Instant::now();
+        let metrics = &self.shared.metrics;
+        let mut batch = first.started;
+        let mut next = Some(first);
+        while let Some(done) = next.take() {
+            account(metrics, &done, now);
+            batch = done.started;
+            if done.barrier {
+                self.barriers = self.barriers.saturating_sub(1);
             }
-            first = poll_fn(|cx| front(&mut pending, cx)), if !pending.is_empty() => {
-                let (within, batch) = collect(first, &mut pending, &mut out, metrics, durations, &mut barriers, limits.max_client_output);
-                // Frames of one read share their start time (see the dispatch loop above).
-                hold = within
-                    && out.len() < COALESCE_MAX
-                    && pending.front().is_some_and(|next| next.started == batch);
-                if !within {
-                    tracing::info!(
-                        client = id,
-                        bytes = out.len(),
-                        "client does not read its replies; disconnecting at the output limit"
-                    );
-                    count_disconnect(metrics, Disconnect::OutputLimit);
-                    return Ok(Stretch::Closed);
-                }
+            let len = match &done.reply {
+                Ok(frame) => frame.len(),
+                Err(e) => e.message().len() + 16,
+            };
+            if !self.out.is_empty() && self.out.len() + len > limit {
+                return (false, batch);
             }
-            read = poll_fn(|cx| poll_read_some(rd, &mut inbuf, &mut grew, cx)), if can_read => {
-                if read? == 0 {
-                    closing = Some(None);
-                } else {
-                    idle_timer = None;
-                }
+            match &done.reply {
+                Ok(frame) => self.out.extend_from_slice(frame),
+                Err(e) => e.encode(&mut self.out),
             }
-            // Waiting for the rest of a frame, nothing pending: only a drain can come first.
-            // (With replies pending, the next reply wakes the loop, which checks the flag.)
-            () = &mut drain, if !draining && pending.is_empty() && out.is_empty() => {
-                draining = true;
-            }
-            () = poll_fn(|cx| poll_timer(&mut idle_timer, cx)), if idle_armed => {
-                tracing::debug!(client = id, "idle timeout; closing");
-                closing = Some(Some(Disconnect::IdleTimeout));
+            if let Poll::Ready(more) = front(&mut self.pending, &mut cx) {
+                next = Some(more);
             }
         }
-        // Time passed: the next batch takes the topology current then.
-        fresh = false;
-        // Draining is checked between events (an atomic load), not waited on: an active
-        // session has its next event coming anyway (a reply, a read), and a parked one waits
-        // for it. A topology swap reaches the planner at the next read (`refresh`).
-        if !draining && shared.is_draining() {
-            draining = true;
-        }
+        (true, batch)
     }
 }
 
@@ -573,7 +671,7 @@ fn poll_timer(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context
 /// no more than they send; with room (a kept kit's buffer) or a partial frame buffered, reads go
 /// straight into `inbuf`, grown by `READ_CHUNK` (and `grew` set).
 fn poll_read_some(
-    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    rd: &mut ReadHalf<'_>,
     inbuf: &mut BytesMut,
     grew: &mut bool,
     cx: &mut Context<'_>,
@@ -604,78 +702,39 @@ fn poll_read_some(
     tokio_util::io::poll_read_buf(Pin::new(rd), cx, inbuf)
 }
 
-/// Counts a finished request.
-fn account(
-    metrics: &Metrics,
-    durations: &prometheus::Histogram,
-    (entry, reply): &(EntryDone, Bytes),
-    now: Instant,
-) {
-    let m = metrics.command_at(entry.command);
-    if reply.first() == Some(&b'-') {
-        m.error.inc();
-    } else {
-        m.ok.inc();
+/// Counts a finished request: its command's outcome and duration, and for Keyway's own errors
+/// their kind. (Request durations go straight to the shared histogram: a local one, flushed per
+/// batch, cost more to set up per active stretch than it saved.)
+fn account(metrics: &Metrics, done: &Done, now: Instant) {
+    let m = metrics.command_at(done.command);
+    match &done.reply {
+        Err(e) => {
+            metrics.error(e.kind());
+            m.error.inc();
+        }
+        reply if merge::is_failure(reply) => m.error.inc(),
+        _ => m.ok.inc(),
     }
-    durations.observe(now.saturating_duration_since(entry.started).as_secs_f64());
-}
-
-/// What is left of an [`Entry`] once its reply is out.
-pub(crate) struct EntryDone {
-    command: u16,
-    started: Instant,
-    barrier: bool,
-}
-
-/// Appends `first` and every reply behind it that is ready now to `out`, so that they go out
-/// in one write. Returns false when unwritten output would pass `limit`: bytes the client has
-/// not taken are already waiting, and more would exceed what it may make Keyway hold. (A
-/// single reply larger than the limit still goes out when nothing else is waiting.) Also
-/// returns the start time of the last reply taken, which names its read's batch.
-fn collect(
-    first: (EntryDone, Bytes),
-    pending: &mut VecDeque<Entry>,
-    out: &mut BytesMut,
-    metrics: &Metrics,
-    durations: &prometheus::Histogram,
-    barriers: &mut usize,
-    limit: usize,
-) -> (bool, Instant) {
-    let mut cx = Context::from_waker(Waker::noop());
-    let now = Instant::now();
-    let mut batch = first.0.started;
-    let mut next = Some(first);
-    while let Some(done) = next.take() {
-        account(metrics, durations, &done, now);
-        batch = done.0.started;
-        if done.0.barrier {
-            *barriers = barriers.saturating_sub(1);
-        }
-        if !out.is_empty() && out.len() + done.1.len() > limit {
-            return (false, batch);
-        }
-        out.extend_from_slice(&done.1);
-        if let Poll::Ready(more) = front(pending, &mut cx) {
-            next = Some(more);
-        }
-    }
-    (true, batch)
+    metrics
+        .request_duration
+        .observe(now.saturating_duration_since(done.started).as_secs_f64());
 }
 
 /// Polls the reply at the front of the queue; pops it when ready. The queue is never empty
 /// here (both callers check), and an empty queue stays pending rather than panicking.
-fn front(pending: &mut VecDeque<Entry>, cx: &mut Context<'_>) -> Poll<(EntryDone, Bytes)> {
+fn front(pending: &mut VecDeque<Entry>, cx: &mut Context<'_>) -> Poll<Done> {
     let Some(head) = pending.front_mut() else {
         return Poll::Pending;
     };
-    let Poll::Ready(reply) = head.reply.poll_bytes(cx) else {
+    let Poll::Ready(reply) = head.reply.poll_reply(cx) else {
         return Poll::Pending;
     };
-    let done = EntryDone {
+    let done = Done {
         command: head.command,
         started: head.started,
         barrier: head.barrier,
+        reply,
     };
     pending.pop_front();
-    Poll::Ready((done, reply))
+    Poll::Ready(done)
 }

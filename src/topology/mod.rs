@@ -83,7 +83,8 @@ pub enum Placement<'t> {
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
     /// `replicas = 1`, `failover = none`, and the slot's server is down.
-    #[error("TRYAGAIN server '{0}' is down and keyway is configured with failover = none; its keys are unavailable until it is back")]
+    /// (A `TRYAGAIN` error for the client: see `server::plan`.)
+    #[error("server '{0}' is down and keyway is configured with failover = none; its keys are unavailable until it is back")]
     Down(String),
 }
 

@@ -32,6 +32,7 @@
 //!
 //! Reads are not part of transactions: a read may see one replica committed before another.
 
+pub mod plan;
 pub mod scripts;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,63 @@
+//! What a client has set on its connection, kept for the connection's life (also while its
+//! session is parked, holding no buffers). Kept small: every idle connection holds one.
+
+use bytes::Bytes;
+
+/// A client connection's state.
+pub(crate) struct ClientState {
+    /// The client id (`CLIENT ID`); also picks this client's connection of each server's pool.
+    pub(crate) id: u64,
+    /// Round-robin position of this client's reads.
+    pub(crate) rr: usize,
+    /// What `CLIENT SETNAME` and `CLIENT SETINFO` set, boxed: most clients set nothing, and an
+    /// idle connection then pays one pointer for it.
+    pub(crate) about: Option<Box<About>>,
+}
+
+/// Names a client gave itself.
+#[derive(Default)]
+pub(crate) struct About {
+    /// `CLIENT SETNAME`, `HELLO ... SETNAME`.
+    pub(crate) name: Option<Bytes>,
+    /// `CLIENT SETINFO LIB-NAME`.
+    pub(crate) lib_name: Option<Bytes>,
+    /// `CLIENT SETINFO LIB-VER`.
+    pub(crate) lib_ver: Option<Bytes>,
+}
+
+impl ClientState {
+    /// A new client's state. Reads start their round robin at the client id, so that clients
+    /// do not all begin on the same replica.
+    pub(crate) fn new(id: u64) -> ClientState {
+        ClientState {
+            id,
+            // Truncation is fine: only the remainder modulo the replica count matters.
+            rr: id as usize,
+            about: None,
+        }
+    }
+
+    /// Which of a server pool's connections this client's requests take.
+    pub(crate) fn pick(&self) -> usize {
+        // Truncation is fine: only the remainder modulo the pool size matters.
+        self.id as usize
+    }
+
+    /// The name set by `CLIENT SETNAME`.
+    pub(crate) fn name(&self) -> Option<&Bytes> {
+        self.about.as_ref().and_then(|a| a.name.as_ref())
+    }
+
+    /// The names, to be set.
+    pub(crate) fn about_mut(&mut self) -> &mut About {
+        self.about.get_or_insert_with(Box::default)
+    }
+
+    /// Back to a new connection's settings (`RESET`), keeping the id. As redis-server, the
+    /// library name and version stay: they still describe the client behind the connection.
+    pub(crate) fn reset(&mut self) {
+        if let Some(about) = &mut self.about {
+            about.name = None;
+        }
+    }
+}

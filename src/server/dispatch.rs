@@ -1,0 +1,375 @@
+//! Carrying plans out: the only code of `server/` that sends to the servers' pools.
+//!
+//! [`dispatch`] takes a [`Plan`] from the planner and the request it was made for, queues the
+//! request bytes on the servers it names, and returns the [`Pending`] reply the session keeps in
+//! request order. The walks that need one server's answer before asking the next (RANDOMKEY,
+//! a read retried on another replica, the warm-up GET) are futures here; what they compute from
+//! the replies is in `merge`.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+
+use super::client::ClientState;
+use super::local::{self, After, Facts};
+use super::merge;
+use super::plan::{Plan, Route, Split};
+use super::reply::{forwarded, resolve, Pending, Reply};
+use super::shared::Shared;
+use crate::backend::Gather;
+use crate::command::Merge;
+use crate::error::{ErrorKind, ReplyError};
+use crate::protocol::{write_bulk, Args, NumberLine, Request, Value};
+use crate::topology::Topology;
+use crate::txn;
+
+/// Where a plan runs: the snapshot it was made on, the client, what every session shares.
+pub(crate) struct Context<'a> {
+    pub(crate) topo: &'a Arc<Topology>,
+    pub(crate) client: &'a mut ClientState,
+    pub(crate) shared: &'a Arc<Shared>,
+}
+
+/// Carries out `plan`, made for `request`. Returns the pending reply and what the session does
+/// once it is out.
+pub(crate) fn dispatch(
+    plan: Plan<'_, '_>,
+    request: &Request,
+    cx: &mut Context<'_>,
+) -> (Pending, After) {
+    let pending = match plan {
+        Plan::Local(command) => {
+            let facts = Facts {
+                topo: cx.topo,
+                shared: cx.shared,
+            };
+            let (reply, after) = local::answer(command, request.args(), cx.client, &facts);
+            return (Pending::Ready(reply), after);
+        }
+        Plan::Refuse(e) => Pending::Ready(Err(e)),
+        Plan::Route(route) => send_route(cx.topo, cx.client.pick(), route, request.frame()),
+        Plan::WarmGet { new, old } => warm_get(cx, new, old, request),
+        Plan::Split(split) => send_split(cx.topo, cx.client.pick(), split, request.args()),
+        Plan::All(how) => all(cx.topo, cx.client.pick(), how, request.frame()),
+        Plan::RandomKey { start } => {
+            let topo = cx.topo.clone();
+            let frame = request.frame().clone();
+            let pick = cx.client.pick();
+            Pending::Merge(Box::pin(random_key(topo, start, pick, frame)))
+        }
+        Plan::Scan { server, cursor } => scan(cx, server, cursor, request.args()),
+        Plan::TwoPhase(plan) => two_phase(cx, plan),
+    };
+    (pending, After::Continue)
+}
+
+fn internal_routing_error() -> Pending {
+    Pending::Ready(Err(ReplyError::new(
+        ErrorKind::Internal,
+        "keyway: internal routing error (no such server)",
+    )))
+}
+
+/// Sends a frame to the server at a slot-table index.
+fn send_to(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Pending {
+    match topo.server(server) {
+        Some(s) => Pending::Forward(s.pool.send(pick, frame)),
+        None => internal_routing_error(),
+    }
+}
+
+/// Sends the client's frame where `route` says.
+fn send_route(topo: &Arc<Topology>, pick: usize, route: Route<'_>, frame: &Bytes) -> Pending {
+    match route {
+        Route::One(server) => send_to(topo, server, pick, frame.clone()),
+        Route::Read { server, alternate } => {
+            let first = send_to(topo, server, pick, frame.clone());
+            Pending::Merge(Box::pin(read_with_retry(
+                first,
+                topo.clone(),
+                alternate,
+                pick,
+                frame.clone(),
+            )))
+        }
+        Route::FanOut { targets, need } => {
+            let mut replies = Vec::with_capacity(targets.len());
+            for &t in targets {
+                let name = topo.server(t).map_or_else(String::new, |s| s.name.clone());
+                replies.push((name, send_to(topo, t, pick, frame.clone())));
+            }
+            Pending::Merge(Box::pin(fan_out(replies, need)))
+        }
+    }
+}
+
+/// Appends the arguments in `range`, encoded: one copy of their span of the frame.
+fn put_args(out: &mut BytesMut, args: Args<'_>, range: std::ops::Range<usize>) {
+    match args.encoded(range.clone()) {
+        Some(span) => out.extend_from_slice(span),
+        None => {
+            for i in range {
+                write_bulk(out, args.get(i).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Sends each part of a split command, copied from the client's frame: the name, then each of
+/// its keys' runs. A part for one server is written straight into that connection's outgoing
+/// bytes, its reply gathered with the others'; a part for a replica set (which the write mode
+/// may fan out) is built as a frame first and routed.
+fn send_split(topo: &Arc<Topology>, pick: usize, split: Split<'_, '_>, args: Args<'_>) -> Pending {
+    let Split {
+        how,
+        group,
+        parts,
+        runs,
+    } = split;
+    let name = args.encoded(0..1);
+    let name_len = name.map_or(0, <[u8]>::len);
+    let write_part = |out: &mut BytesMut, index: usize, keys: usize| {
+        out.extend_from_slice(NumberLine::array(1 + keys * group).as_bytes());
+        match name {
+            Some(name) => out.extend_from_slice(name),
+            None => put_args(out, args, 0..1),
+        }
+        for (k, &(part, run)) in runs.iter().enumerate() {
+            if part as usize != index {
+                continue;
+            }
+            match run {
+                Some(run) => out.extend_from_slice(run),
+                None => {
+                    let at = 1 + k * group;
+                    put_args(out, args, at..at + group);
+                }
+            }
+        }
+    };
+    // Only an array merge (MGET) needs to know which part carried each key.
+    let owner: Vec<u32> = if how == Merge::Array {
+        runs.iter().map(|&(part, _)| part).collect()
+    } else {
+        Vec::new()
+    };
+    if parts.iter().all(|p| matches!(p.route, Route::One(_))) {
+        // One server per part: the replies are gathered in one place, the session woken once
+        // when the last is in.
+        let gather = Gather::new(parts.len());
+        for (index, p) in parts.iter().enumerate() {
+            let part = gather.part(index);
+            let server = match p.route {
+                Route::One(server) => topo.server(server),
+                Route::Read { .. } | Route::FanOut { .. } => None,
+            };
+            match server {
+                Some(s) => s
+                    .pool
+                    .send_part(pick, part, |out| write_part(out, index, p.keys)),
+                // Not reached (routes name servers of this topology); a part dropped unsent
+                // completes with an error for the client, not a hang.
+                None => drop(part),
+            }
+        }
+        return Pending::Gather { gather, how, owner };
+    }
+    // Pushed into a vector sized up front. (A `collect` from an owning iterator over the parts
+    // would reuse their allocation and shrink it with a `realloc` per request.)
+    let mut replies = Vec::with_capacity(parts.len());
+    for (index, p) in parts.iter().enumerate() {
+        // 16: room for the `*N\r\n` header.
+        let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
+        write_part(&mut frame, index, p.keys);
+        replies.push(send_route(topo, pick, p.route, &frame.freeze()));
+    }
+    Pending::Merge(Box::pin(async move {
+        let mut frames = Vec::with_capacity(replies.len());
+        for p in replies {
+            frames.push(resolve(p).await);
+        }
+        merge::split(how, frames, &owner)
+    }))
+}
+
+/// DBSIZE, FLUSHDB, KEYS, SCRIPT LOAD, ...: the same frame to every server.
+fn all(topo: &Arc<Topology>, pick: usize, how: Merge, frame: &Bytes) -> Pending {
+    let mut replies = Vec::with_capacity(topo.servers.len());
+    for s in &topo.servers {
+        replies.push(Pending::Forward(s.pool.send(pick, frame.clone())));
+    }
+    let topo = topo.clone();
+    Pending::Merge(Box::pin(async move {
+        let mut frames = Vec::with_capacity(replies.len());
+        for p in replies {
+            let reply = resolve(p).await;
+            // The first failure is the answer: no need to wait for the rest.
+            if merge::is_failure(&reply) {
+                return reply;
+            }
+            frames.push(reply);
+        }
+        merge::all(how, frames, &topo)
+    }))
+}
+
+/// SCAN on one server, its cursor put in place of the client's.
+fn scan(cx: &Context<'_>, server: u16, cursor: u64, args: Args<'_>) -> Pending {
+    let mut sub: Vec<Bytes> = args.to_vec();
+    if let Some(c) = sub.get_mut(1) {
+        *c = Bytes::from(cursor.to_string());
+    }
+    let frame = Request::from_args(&sub).frame().clone();
+    let reply = send_to(cx.topo, server, cx.client.pick(), frame);
+    let topo = cx.topo.clone();
+    Pending::Merge(Box::pin(async move {
+        merge::scan(resolve(reply).await, usize::from(server), &topo)
+    }))
+}
+
+/// A two-phase transaction, as a task of its own: it starts now, and it finishes even if the
+/// client goes away (an abandoned transaction would hold its locks until recovery).
+fn two_phase(cx: &Context<'_>, plan: txn::Plan) -> Pending {
+    let topo = cx.topo.clone();
+    let pick = cx.client.pick();
+    let shared = cx.shared.clone();
+    let options = txn::TxOptions {
+        lock_timeout: topo.config.two_phase.lock_timeout,
+        retries: topo.config.two_phase.retries,
+    };
+    Pending::Task(tokio::spawn(async move {
+        txn::execute(topo, pick, plan, &options, &shared.metrics).await
+    }))
+}
+
+/// RANDOMKEY: starting at `start`, the first server that has any key answers.
+async fn random_key(topo: Arc<Topology>, start: usize, pick: usize, frame: Bytes) -> Reply {
+    let n = topo.servers.len();
+    let mut last = None;
+    for i in 0..n {
+        let Some(server) = topo.servers.get((start + i) % n) else {
+            break;
+        };
+        let reply = forwarded(server.pool.send(pick, frame.clone()).await);
+        // `$-1`: this server is empty; anything else (a key or an error) is the answer.
+        if !matches!(&reply, Ok(frame) if frame.as_ref() == merge::NIL) {
+            return reply;
+        }
+        last = Some(reply);
+    }
+    last.unwrap_or_else(|| Err(ReplyError::new(ErrorKind::Internal, "keyway: no servers")))
+}
+
+/// A read retried once on another replica when the first failed on a connection error (the
+/// server never answered: unavailable or timed out). Redis error replies are answers, not
+/// failures, and are passed through.
+async fn read_with_retry(
+    first: Pending,
+    topo: Arc<Topology>,
+    alternate: u16,
+    pick: usize,
+    frame: Bytes,
+) -> Reply {
+    let failed = match resolve(first).await {
+        // Keyway's errors for a forwarded request are all failures to get a reply.
+        Err(e) => e,
+        answered => return answered,
+    };
+    match topo.server(alternate) {
+        Some(server) => forwarded(server.pool.send(pick, frame).await),
+        None => Err(failed),
+    }
+}
+
+/// A write sent to several replicas: done once `need` of them acknowledged (all for
+/// `write = all`, a majority for `quorum`); the answer is `merge::fan_out`'s.
+async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Reply {
+    let total = replies.len();
+    let (names, mut slots): (Vec<String>, Vec<Option<Pending>>) =
+        replies.into_iter().map(|(n, p)| (n, Some(p))).unzip();
+    let mut acked: Vec<Bytes> = Vec::new();
+    let mut failed: Vec<(usize, Reply)> = Vec::new();
+    poll_fn(|cx| {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let Some(p) = slot {
+                if let Poll::Ready(reply) = p.poll_reply(cx) {
+                    *slot = None;
+                    match reply {
+                        Ok(frame) if frame.first() != Some(&b'-') => acked.push(frame),
+                        other => failed.push((i, other)),
+                    }
+                }
+            }
+        }
+        // Done at success, or once every replica answered: a failed write waits for all of
+        // them, so that its error can say exactly how many took it.
+        if acked.len() >= need || slots.iter().all(Option::is_none) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    let failed = failed
+        .into_iter()
+        .map(|(i, r)| (names.get(i).map_or("?", String::as_str), r))
+        .collect();
+    merge::fan_out(acked, failed, total, need)
+}
+
+/// GET during the warm-up after a swap: a miss on the slot's new primary is tried on its
+/// previous one, and a hit is returned and copied to the new primary with its TTL.
+fn warm_get(cx: &Context<'_>, new: u16, old: u16, request: &Request) -> Pending {
+    let pick = cx.client.pick();
+    let first = send_to(cx.topo, new, pick, request.frame().clone());
+    let key = request.args().bytes(1).unwrap_or_default();
+    let topo = cx.topo.clone();
+    Pending::Merge(Box::pin(async move {
+        let reply = resolve(first).await;
+        if !matches!(&reply, Ok(frame) if frame.as_ref() == merge::NIL) {
+            return reply;
+        }
+        let (Some(old_server), Some(new_server)) = (topo.server(old), topo.server(new)) else {
+            return reply;
+        };
+        let get = Request::from_args(&[Bytes::from_static(b"GET"), key.clone()]);
+        let pttl = Request::from_args(&[Bytes::from_static(b"PTTL"), key.clone()]);
+        let value_rx = old_server.pool.send(pick, get.frame().clone());
+        let ttl_rx = old_server.pool.send(pick, pttl.frame().clone());
+        let value = match value_rx.await {
+            Ok(Ok(v)) => v,
+            // The old owner cannot help: the miss stands.
+            _ => return reply,
+        };
+        let Ok(Value::Bulk(data)) = Value::parse(&value) else {
+            return reply;
+        };
+        let ttl = match ttl_rx.await {
+            Ok(Ok(t)) => match Value::parse(&t) {
+                Ok(Value::Integer(ms)) => ms,
+                _ => -1,
+            },
+            _ => -1,
+        };
+        if ttl == -2 {
+            // Expired between the two reads.
+            return reply;
+        }
+        // Copy with NX, so that a write that reached the new owner meanwhile wins.
+        let mut set = vec![Bytes::from_static(b"SET"), key, data];
+        if ttl > 0 {
+            set.push(Bytes::from_static(b"PX"));
+            set.push(Bytes::from(ttl.to_string()));
+        }
+        set.push(Bytes::from_static(b"NX"));
+        // Sent; the client's reply does not wait for the copy.
+        drop(
+            new_server
+                .pool
+                .send(pick, Request::from_args(&set).frame().clone()),
+        );
+        Ok(value)
+    }))
+}
