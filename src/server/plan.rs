@@ -390,3 +390,7 @@ fn scan<'t>(args: Args<'_>, topo: &'t Topology) -> Plan<'static, 't> {
         cursor: cursor >> SCAN_SHIFT,
     }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

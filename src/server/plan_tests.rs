@@ -1,0 +1,442 @@
+//! Table-driven tests of [`plan`]: every `Plan` variant, replicas 1 and 2 (and 3 for quorum),
+//! every read and write policy, failover. The topology is real (slot table, pools), on ports
+//! nothing listens on: the planner never sends, and the pools' tasks never run (the runtime is
+//! not driven while planning).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::PoolConfig;
+use crate::metrics::Metrics;
+use crate::topology::TopologyHandle;
+use bytes::Bytes;
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    handle: TopologyHandle,
+    client: ClientState,
+}
+
+impl Fixture {
+    /// A topology of `servers` servers with the `[pool]` settings `extra` (TOML lines).
+    fn new(servers: usize, extra: &str) -> Fixture {
+        let mut toml = format!("{extra}\ntimeout = \"20ms\"\n");
+        for i in 0..servers {
+            // Port 9: discard, which nothing on a test machine serves; never connected here.
+            toml.push_str(&format!(
+                "[[servers]]\nname = \"s{i}\"\naddr = \"127.0.0.1:9\"\n"
+            ));
+        }
+        let config: PoolConfig = toml::from_str(&toml).expect("pool config");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let handle = runtime
+            .block_on(async { TopologyHandle::new(&config, Arc::new(Metrics::new())) })
+            .expect("topology");
+        Fixture {
+            runtime,
+            handle,
+            client: ClientState::new(7),
+        }
+    }
+
+    fn topo(&self) -> Arc<Topology> {
+        self.handle.load()
+    }
+
+    /// Marks server `i` down, as `fall` failed probes would.
+    fn down(&self, i: u16) {
+        let topo = self.topo();
+        let server = topo.server(i).expect("server");
+        for _ in 0..10 {
+            server.pool.health().failure("test");
+        }
+        assert!(!topo.is_up(i));
+    }
+}
+
+fn request(args: &[&str]) -> Request {
+    Request::from_args(args)
+}
+
+/// Plans `args` on the fixture's current topology and hands the plan to `check`.
+fn with_plan(f: &mut Fixture, args: &[&str], check: impl FnOnce(&Topology, Plan<'_, '_>)) {
+    let topo = f.topo();
+    let req = request(args);
+    let mut keys = Vec::new();
+    let (_, plan) = plan(&req, &topo, &mut f.client, &mut keys);
+    check(&topo, plan);
+}
+
+fn slot(topo: &Topology, key: &str) -> Slot {
+    key_slot(key.as_bytes(), topo.hash_tag)
+}
+
+/// The error kind of a refusal, or a description of what the plan was instead.
+fn refusal(plan: &Plan<'_, '_>) -> Result<ErrorKind, String> {
+    match plan {
+        Plan::Refuse(e) => Ok(e.kind()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[test]
+fn local_commands_are_answered_by_keyway() {
+    let mut f = Fixture::new(3, "");
+    for (args, local) in [
+        (&["PING"][..], Local::Ping),
+        (
+            &["client", "setinfo", "lib-name", "x"],
+            Local::ClientSetinfo,
+        ),
+        (&["RESET"], Local::Reset),
+        (&["COMMAND"], Local::Command),
+        (&["command", "count"], Local::CommandCount),
+        (&["HELLO", "2"], Local::Hello),
+    ] {
+        with_plan(&mut f, args, |_, plan| {
+            assert!(
+                matches!(plan, Plan::Local(l) if l == local),
+                "{args:?}: {plan:?}"
+            );
+        });
+    }
+}
+
+#[test]
+fn refusals_carry_their_kind() {
+    let mut f = Fixture::new(3, "");
+    let cases: [(&[&str], ErrorKind); 8] = [
+        (&["NOSUCH", "x"], ErrorKind::UnknownCommand),
+        (&["CLIENT", "nosuch"], ErrorKind::UnknownCommand),
+        (&["GET"], ErrorKind::Arity),
+        (&["SUBSCRIBE", "c"], ErrorKind::Refused),
+        (&["RENAME", "a", "b"], ErrorKind::CrossSlot),
+        (
+            &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+            ErrorKind::Refused,
+        ),
+        (&["SCAN", "x"], ErrorKind::Syntax),
+        (&["MSET", "a", "1", "b"], ErrorKind::Arity),
+    ];
+    for (args, kind) in cases {
+        with_plan(&mut f, args, |_, plan| {
+            assert_eq!(refusal(&plan), Ok(kind), "{args:?}");
+        });
+    }
+}
+
+#[test]
+fn one_replica_routes_to_the_slot_primary_or_any_server_when_keyless() {
+    let mut f = Fixture::new(3, "");
+    for key in ["a", "b", "user:1", "{t}x"] {
+        for args in [["GET", key], ["SET", key]] {
+            let args = [args[0], args[1], "v"];
+            let args = if args[0] == "GET" {
+                &args[..2]
+            } else {
+                &args[..]
+            };
+            with_plan(&mut f, args, |topo, plan| {
+                let primary = topo.table.primary(slot(topo, key));
+                assert!(
+                    matches!(plan, Plan::Route(Route::One(s)) if s == primary),
+                    "{args:?}: {plan:?}"
+                );
+            });
+        }
+    }
+    // EVAL with no keys: the client's server of the pool (client id 7 over 3 servers).
+    with_plan(&mut f, &["EVAL", "return 1", "0"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(1))), "{plan:?}");
+    });
+    with_plan(&mut f, &["TIME"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(1))), "{plan:?}");
+    });
+}
+
+#[test]
+fn failover_next_moves_a_down_primary_slots_and_none_refuses_them() {
+    let mut f = Fixture::new(3, "");
+    let topo = f.topo();
+    let s = slot(&topo, "k");
+    let ranked = topo.table.ranked(s).to_vec();
+    f.down(ranked[0]);
+    with_plan(&mut f, &["GET", "k"], |_, plan| {
+        assert!(
+            matches!(plan, Plan::Route(Route::One(x)) if x == ranked[1]),
+            "{plan:?}"
+        );
+    });
+    let mut f = Fixture::new(3, "[health]\nfailover = \"none\"");
+    let topo = f.topo();
+    f.down(topo.table.primary(slot(&topo, "k")));
+    with_plan(&mut f, &["GET", "k"], |_, plan| {
+        assert_eq!(refusal(&plan), Ok(ErrorKind::TryAgain));
+    });
+}
+
+#[test]
+fn reads_follow_the_read_policy_with_a_retry_on_the_other_replica() {
+    let mut f = Fixture::new(3, "replicas = 2\nread = \"primary\"");
+    let topo = f.topo();
+    let set = topo.replica_set(slot(&topo, "k")).to_vec();
+    with_plan(&mut f, &["GET", "k"], |_, plan| {
+        assert!(
+            matches!(plan, Plan::Route(Route::Read { server, alternate }) if server == set[0] && alternate == set[1]),
+            "{plan:?}"
+        );
+    });
+    // The primary down: the other replica, with nothing left to retry on.
+    f.down(set[0]);
+    with_plan(&mut f, &["GET", "k"], |_, plan| {
+        assert!(
+            matches!(plan, Plan::Route(Route::One(s)) if s == set[1]),
+            "{plan:?}"
+        );
+    });
+
+    let mut f = Fixture::new(3, "replicas = 2\nread = \"round_robin\"");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        with_plan(&mut f, &["GET", "k"], |_, plan| match plan {
+            Plan::Route(Route::Read { server, alternate }) => {
+                assert_ne!(server, alternate);
+                seen.push(server);
+            }
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_ne!(seen[0], seen[1], "round robin alternates: {seen:?}");
+
+    for policy in ["random", "least_outstanding"] {
+        let mut f = Fixture::new(3, &format!("replicas = 2\nread = \"{policy}\""));
+        let topo = f.topo();
+        let set = topo.replica_set(slot(&topo, "k")).to_vec();
+        for _ in 0..20 {
+            with_plan(&mut f, &["GET", "k"], |_, plan| match plan {
+                Plan::Route(Route::Read { server, alternate }) => {
+                    assert!(
+                        set.contains(&server) && set.contains(&alternate),
+                        "{policy}"
+                    );
+                }
+                other => panic!("{policy}: {other:?}"),
+            });
+        }
+    }
+}
+
+#[test]
+fn writes_follow_the_write_policy() {
+    for (replicas, write, expect_need) in [
+        (2, "all", Some(2)),
+        (3, "quorum", Some(2)),
+        (2, "quorum", Some(2)),
+        (2, "primary", None),
+    ] {
+        let mut f = Fixture::new(3, &format!("replicas = {replicas}\nwrite = \"{write}\""));
+        let topo = f.topo();
+        let set = topo.replica_set(slot(&topo, "k")).to_vec();
+        with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+            match (plan, expect_need) {
+                (Plan::Route(Route::FanOut { targets, need }), Some(n)) => {
+                    assert_eq!((targets, need), (&set[..], n), "{write}");
+                }
+                (Plan::Route(Route::One(s)), None) => assert_eq!(s, set[0], "{write}"),
+                (other, _) => panic!("{write}: {other:?}"),
+            }
+        });
+    }
+    // Replicas would pop different members.
+    let mut f = Fixture::new(3, "replicas = 2\nwrite = \"all\"");
+    with_plan(&mut f, &["SPOP", "k"], |_, plan| {
+        assert_eq!(refusal(&plan), Ok(ErrorKind::Refused));
+    });
+}
+
+#[test]
+fn multi_key_commands_split_per_server_and_stay_whole_on_one() {
+    let mut f = Fixture::new(3, "");
+    let keys: Vec<String> = (0..30).map(|i| format!("key:{i}")).collect();
+    let mut args = vec!["MGET"];
+    args.extend(keys.iter().map(String::as_str));
+    with_plan(&mut f, &args, |topo, plan| {
+        let Plan::Split(split) = plan else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(split.how, Merge::Array);
+        assert_eq!(split.runs.len(), keys.len());
+        let mut primaries: Vec<u16> = keys
+            .iter()
+            .map(|k| topo.table.primary(slot(topo, k)))
+            .collect();
+        primaries.sort_unstable();
+        primaries.dedup();
+        assert_eq!(split.parts.len(), primaries.len());
+        // Each key's part goes to its slot's primary.
+        for (k, &(part, run)) in keys.iter().zip(&split.runs) {
+            let p = &split.parts[part as usize];
+            assert_eq!(p.route, Route::One(topo.table.primary(slot(topo, k))));
+            assert!(run.is_some(), "runs are spans of the client's frame");
+        }
+        assert_eq!(
+            split.parts.iter().map(|p| p.keys).sum::<usize>(),
+            keys.len()
+        );
+    });
+    // Hash-tagged keys: one server, the frame as it is.
+    with_plan(&mut f, &["MSET", "{u}a", "1", "{u}b", "2"], |topo, plan| {
+        let primary = topo.table.primary(slot(topo, "{u}"));
+        assert!(
+            matches!(plan, Plan::Route(Route::One(s)) if s == primary),
+            "{plan:?}"
+        );
+    });
+    // Replica sets under write = all: each part fans out.
+    let mut f = Fixture::new(3, "replicas = 2\nwrite = \"all\"");
+    with_plan(
+        &mut f,
+        &["DEL", "a", "b", "c", "d", "e"],
+        |_, plan| match plan {
+            Plan::Split(split) => {
+                assert_eq!(split.how, Merge::SumInt);
+                assert!(split
+                    .parts
+                    .iter()
+                    .all(|p| matches!(p.route, Route::FanOut { need: 2, .. })));
+            }
+            Plan::Route(Route::FanOut { .. }) => {}
+            other => panic!("{other:?}"),
+        },
+    );
+}
+
+#[test]
+fn whole_pool_commands_scan_and_randomkey() {
+    let mut f = Fixture::new(3, "");
+    with_plan(&mut f, &["DBSIZE"], |_, plan| {
+        assert!(matches!(plan, Plan::All(Merge::SumInt)), "{plan:?}");
+    });
+    with_plan(&mut f, &["KEYS", "*"], |_, plan| {
+        assert!(matches!(plan, Plan::All(Merge::Concat)), "{plan:?}");
+    });
+    for _ in 0..20 {
+        with_plan(&mut f, &["RANDOMKEY"], |_, plan| {
+            assert!(
+                matches!(plan, Plan::RandomKey { start } if start < 3),
+                "{plan:?}"
+            );
+        });
+    }
+    with_plan(&mut f, &["SCAN", "0"], |_, plan| {
+        assert!(
+            matches!(
+                plan,
+                Plan::Scan {
+                    server: 0,
+                    cursor: 0
+                }
+            ),
+            "{plan:?}"
+        );
+    });
+    let cursor = ((5u64 << SCAN_SHIFT) | 2).to_string();
+    with_plan(&mut f, &["SCAN", &cursor, "COUNT", "10"], |_, plan| {
+        assert!(
+            matches!(
+                plan,
+                Plan::Scan {
+                    server: 2,
+                    cursor: 5
+                }
+            ),
+            "{plan:?}"
+        );
+    });
+    with_plan(&mut f, &["SCAN", "3"], |_, plan| {
+        assert_eq!(refusal(&plan), Ok(ErrorKind::Syntax));
+    });
+}
+
+#[test]
+fn two_phase_writes_become_transactions_over_the_replica_sets() {
+    let mut f = Fixture::new(3, "replicas = 2\nwrite = \"two_phase\"");
+    let topo = f.topo();
+    let set = topo.replica_set(slot(&topo, "k")).to_vec();
+    with_plan(&mut f, &["INCR", "k"], |_, plan| {
+        let Plan::TwoPhase(tx) = plan else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(tx.primary, set[0]);
+        assert_eq!(
+            tx.parts.keys().copied().collect::<Vec<_>>().len(),
+            set.len()
+        );
+        assert_eq!(tx.reply, txn::ReplyShape::Integer);
+        let step = &tx.parts[&set[0]].steps[0];
+        assert_eq!(step.readback, vec![Bytes::from("GET"), Bytes::from("k")]);
+        assert!(step.counts);
+    });
+    with_plan(
+        &mut f,
+        &["MSET", "a", "1", "b", "2", "c", "3"],
+        |_, plan| {
+            let Plan::TwoPhase(tx) = plan else {
+                panic!("{plan:?}")
+            };
+            assert_eq!(tx.reply, txn::ReplyShape::Ok);
+            // Each key staged on each replica of its slot: 3 keys x 2 replicas.
+            let steps: usize = tx.parts.values().map(|p| p.steps.len()).sum();
+            assert_eq!(steps, 6);
+        },
+    );
+    // Reads are not transactions.
+    with_plan(&mut f, &["GET", "k"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::Read { .. })), "{plan:?}");
+    });
+    with_plan(&mut f, &["SPOP", "k"], |_, plan| {
+        assert_eq!(refusal(&plan), Ok(ErrorKind::Refused));
+    });
+}
+
+#[test]
+fn a_get_on_a_moved_slot_warms_from_its_previous_server_during_warmup() {
+    let mut f = Fixture::new(2, "warmup = \"1h\"");
+    let before = f.topo();
+    // A third server takes some slots; a key of one of them reads through its old server.
+    let mut toml = "warmup = \"1h\"\ntimeout = \"20ms\"\n".to_string();
+    for i in 0..3 {
+        toml.push_str(&format!(
+            "[[servers]]\nname = \"s{i}\"\naddr = \"127.0.0.1:9\"\n"
+        ));
+    }
+    let config: PoolConfig = toml::from_str(&toml).expect("pool config");
+    f.runtime.block_on(f.handle.swap(&config)).expect("swap");
+    let after = f.topo();
+    let key = (0..10_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            let s = slot(&after, k);
+            before.table.primary(s) != after.table.primary(s)
+        })
+        .expect("a key whose slot moved");
+    // A fresh topology's servers are up until health says otherwise.
+    with_plan(&mut f, &["GET", &key], |topo, plan| {
+        let s = slot(topo, &key);
+        let (new, old) = (topo.table.primary(s), before.table.primary(s));
+        assert!(
+            matches!(plan, Plan::WarmGet { new: n, old: o } if n == new && o == old),
+            "{plan:?}"
+        );
+    });
+    // Writes and other reads are routed as usual.
+    with_plan(&mut f, &["SET", &key, "v"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(_))), "{plan:?}");
+    });
+    with_plan(&mut f, &["STRLEN", &key], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(_))), "{plan:?}");
+    });
+}
