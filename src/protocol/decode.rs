@@ -23,7 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::encode::{command_encoded_len, decimal_len, write_command};
 use super::inline::split_args;
 use super::number::{number_line, short_length, NumberError};
-use super::{CodecError, Limits, ProtocolError};
+use super::{Limits, ProtocolError};
 
 /// A client command: always a valid RESP multibulk frame plus where each argument lies in it.
 ///
@@ -411,15 +411,6 @@ impl RequestDecoder {
     }
 }
 
-impl tokio_util::codec::Decoder for RequestDecoder {
-    type Item = Request;
-    type Error = CodecError;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
-        Ok(RequestDecoder::decode(self, buf)?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,18 +700,5 @@ mod tests {
         let empty = Request::from_args::<&[u8]>(&[]);
         assert_eq!(empty.name(), b"");
         assert_eq!(empty.frame().as_ref(), b"*0\r\n");
-    }
-
-    #[test]
-    fn works_as_a_tokio_codec() {
-        use tokio_util::codec::Decoder;
-        let mut d = decoder();
-        let mut buf = BytesMut::from(&b"PING\r\n*1\r\nx"[..]);
-        let r = Decoder::decode(&mut d, &mut buf).expect("ok").expect("one");
-        assert_eq!(r.name(), b"PING");
-        assert!(matches!(
-            Decoder::decode(&mut d, &mut buf),
-            Err(CodecError::Protocol(ProtocolError::ExpectedDollar(b'x')))
-        ));
     }
 }

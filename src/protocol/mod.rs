@@ -14,7 +14,7 @@
 //!   arrives in many reads (a pipeline, an `MSET` with 100k arguments, a large `LRANGE` reply) is
 //!   scanned once in total, not once per read. The offsets are relative to the start of the
 //!   buffer, so the caller must pass the same buffer each time and only append to it between
-//!   calls (which is what `tokio_util::codec::FramedRead` does); it may reallocate freely.
+//!   calls (as the session and the server connections do); it may reallocate freely.
 //! - **Bounded.** [`Limits`] caps bulk length, element count, inline line length and reply
 //!   nesting. A header only ever *claims* a size: nothing is reserved or allocated because of it
 //!   (a `$10000000000` header costs nothing until the bytes actually arrive). Number lines are at
@@ -167,17 +167,6 @@ impl fmt::Display for Shown {
             write!(f, "\\x{:02x}", self.0)
         }
     }
-}
-
-/// The error of the `tokio_util::codec::Decoder` impls: bad bytes, or the socket failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    /// The peer sent bytes that are not valid RESP.
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    /// Reading the socket failed.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
 }
 
 #[cfg(test)]

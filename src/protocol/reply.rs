@@ -18,7 +18,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::number::{number_line, NumberError};
-use super::{CodecError, Limits, ProtocolError};
+use super::{Limits, ProtocolError};
 
 /// A whole `+OK` reply.
 const OK: &[u8] = b"+OK\r\n";
@@ -215,15 +215,6 @@ fn number(
         NumberError::Invalid | NumberError::TooLong => invalid,
         NumberError::Crlf => ProtocolError::ExpectedCrlf,
     })
-}
-
-impl tokio_util::codec::Decoder for ReplyDecoder {
-    type Item = Bytes;
-    type Error = CodecError;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
-        Ok(ReplyDecoder::decode(self, buf)?)
-    }
 }
 
 #[cfg(test)]

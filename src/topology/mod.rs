@@ -52,8 +52,6 @@ pub struct Topology {
     pub replicas: usize,
     /// Hash tag delimiters, `None` when tags are disabled.
     pub hash_tag: Option<HashTag>,
-    /// Per-request deadline on a server.
-    pub timeout: Duration,
     /// How reads pick a replica.
     pub read: ReadPolicy,
     /// Where writes go.
@@ -364,7 +362,6 @@ fn build(
             table,
             replicas: config.replicas,
             hash_tag,
-            timeout: config.timeout,
             read: config.read,
             write: config.write,
             failover: config.health.failover,
