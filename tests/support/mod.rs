@@ -429,15 +429,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, "")
 }
 
-/// The value of one series in Prometheus text (`name{labels}` exactly as exported), or 0.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+/// The value of one series in Prometheus text (`name{labels}` exactly as exported), or `None`
+/// when the text has no such series. Never a default: a test that waits for a series to read 0
+/// must fail when the series is renamed or no longer exported, not pass on its absence.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// Keyway as a child process (the real binary), for signals and logs; killed on drop.
