@@ -3,8 +3,11 @@
 //! Every test talks to real servers: [`RedisServer`] starts `redis-server` on a free loopback
 //! port in its own temporary directory (no persistence) and kills it on drop. [`Proxy`] runs
 //! Keyway in the test process on its own runtime. Helpers wait for conditions instead of
-//! sleeping ([`wait_until`]).
+//! sleeping ([`wait_until`]). The one exception to real servers is [`fake`]: a scripted
+//! backend for the protocol faults a redis-server cannot show (never to imitate Redis).
 #![allow(dead_code)]
+
+pub mod fake;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -302,6 +305,47 @@ impl RawClient {
         let mut buf = Vec::new();
         let _ = self.stream.read_to_end(&mut buf);
         buf
+    }
+
+    /// Reads one whole reply (nested arrays included) and returns its raw bytes. Reads no byte
+    /// past it, so that it mixes with the other reads. An error when the read timeout passes
+    /// or the peer closes first.
+    pub fn read_reply(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_frame_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn read_frame_into(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let start = out.len();
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"\r\n") || out.len() < start + 3 {
+            self.stream.read_exact(&mut byte)?;
+            out.push(byte[0]);
+        }
+        let line = &out[start..out.len() - 2];
+        let count = || -> std::io::Result<i64> {
+            std::str::from_utf8(&line[1..])
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("bad reply line {line:?}")))
+        };
+        match line[0] {
+            b'$' => {
+                if let Ok(len) = usize::try_from(count()?) {
+                    let mut body = vec![0u8; len + 2];
+                    self.stream.read_exact(&mut body)?;
+                    out.extend_from_slice(&body);
+                }
+            }
+            b'*' => {
+                for _ in 0..count()?.max(0) {
+                    self.read_frame_into(out)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
