@@ -89,14 +89,15 @@ fn writes_land_on_every_replica_exactly() {
         assert!(decisions.is_empty(), "{decisions:?}");
     }
     let m = proxy.metrics();
-    assert!(
-        metric(
-            &m,
-            "keyway_twophase_transactions_total{outcome=\"committed\"}"
-        ) >= 6.0,
-        "{m}"
-    );
-    assert!(metric(&m, "keyway_twophase_prepares_total{vote=\"yes\"}") >= 6.0);
+    let committed = metric(
+        &m,
+        "keyway_twophase_transactions_total{outcome=\"committed\"}",
+    )
+    .expect("series keyway_twophase_transactions_total{outcome=\"committed\"} exists");
+    assert!(committed >= 6.0, "{m}");
+    let yes = metric(&m, "keyway_twophase_prepares_total{vote=\"yes\"}")
+        .expect("series keyway_twophase_prepares_total{vote=\"yes\"} exists");
+    assert!(yes >= 6.0, "{m}");
 }
 
 #[test]
@@ -263,12 +264,12 @@ fn crash_after_prepare_rolls_back_through_the_sweep() {
         start.elapsed()
     );
     assert_everywhere(&servers, &proxy, &keys, "old");
-    assert!(
-        metric(
-            &proxy.metrics(),
-            "keyway_twophase_recoveries_total{decision=\"abort\"}"
-        ) >= 1.0
-    );
+    let aborted = metric(
+        &proxy.metrics(),
+        "keyway_twophase_recoveries_total{decision=\"abort\"}",
+    )
+    .expect("series keyway_twophase_recoveries_total{decision=\"abort\"} exists");
+    assert!(aborted >= 1.0);
 }
 
 #[test]
@@ -315,12 +316,12 @@ fn crash_after_the_commit_point_rolls_forward() {
             "{failpoint}"
         );
         assert_everywhere(&servers, &proxy, &keys, "new");
-        assert!(
-            metric(
-                &proxy.metrics(),
-                "keyway_twophase_recoveries_total{decision=\"commit\"}"
-            ) >= 1.0
-        );
+        let committed = metric(
+            &proxy.metrics(),
+            "keyway_twophase_recoveries_total{decision=\"commit\"}",
+        )
+        .expect("series keyway_twophase_recoveries_total{decision=\"commit\"} exists");
+        assert!(committed >= 1.0);
     }
 }
 
@@ -417,7 +418,9 @@ fn a_participant_killed_between_prepare_and_commit_stays_all_or_nothing() {
     assert!(wait_until(Duration::from_secs(5), || metric(
         &proxy.metrics(),
         "keyway_server_up{server=\"s1\"}"
-    ) == 0.0));
+    )
+    .expect("series keyway_server_up{server=\"s1\"} exists")
+        == 0.0));
     let mut con = proxy.client();
     let on_s1 = keys
         .iter()

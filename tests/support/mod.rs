@@ -3,8 +3,11 @@
 //! Every test talks to real servers: [`RedisServer`] starts `redis-server` on a free loopback
 //! port in its own temporary directory (no persistence) and kills it on drop. [`Proxy`] runs
 //! Keyway in the test process on its own runtime. Helpers wait for conditions instead of
-//! sleeping ([`wait_until`]).
+//! sleeping ([`wait_until`]). The one exception to real servers is [`fake`]: a scripted
+//! backend for the protocol faults a redis-server cannot show (never to imitate Redis).
 #![allow(dead_code)]
+
+pub mod fake;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -303,6 +306,47 @@ impl RawClient {
         let _ = self.stream.read_to_end(&mut buf);
         buf
     }
+
+    /// Reads one whole reply (nested arrays included) and returns its raw bytes. Reads no byte
+    /// past it, so that it mixes with the other reads. An error when the read timeout passes
+    /// or the peer closes first.
+    pub fn read_reply(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_frame_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn read_frame_into(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let start = out.len();
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"\r\n") || out.len() < start + 3 {
+            self.stream.read_exact(&mut byte)?;
+            out.push(byte[0]);
+        }
+        let line = &out[start..out.len() - 2];
+        let count = || -> std::io::Result<i64> {
+            std::str::from_utf8(&line[1..])
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("bad reply line {line:?}")))
+        };
+        match line[0] {
+            b'$' => {
+                if let Ok(len) = usize::try_from(count()?) {
+                    let mut body = vec![0u8; len + 2];
+                    self.stream.read_exact(&mut body)?;
+                    out.extend_from_slice(&body);
+                }
+            }
+            b'*' => {
+                for _ in 0..count()?.max(0) {
+                    self.read_frame_into(out)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// The `[pool]` config of a test: servers named `s0`, `s1`, ... in the order given, with
@@ -429,15 +473,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http(addr, "GET", path, "")
 }
 
-/// The value of one series in Prometheus text (`name{labels}` exactly as exported), or 0.
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+/// The value of one series in Prometheus text (`name{labels}` exactly as exported), or `None`
+/// when the text has no such series. Never a default: a test that waits for a series to read 0
+/// must fail when the series is renamed or no longer exported, not pass on its absence.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 /// Keyway as a child process (the real binary), for signals and logs; killed on drop.
