@@ -119,6 +119,10 @@ impl ErrorKind {
     }
 }
 
+/// A reply for a client: a server's frame, forwarded as it came (a Redis error such as
+/// `-WRONGTYPE` included), or Keyway's own error.
+pub type Reply = Result<Bytes, ReplyError>;
+
 /// An error reply Keyway makes: its kind and the text after the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyError {

@@ -8,10 +8,9 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 
 use super::client::ClientState;
-use super::reply::Reply;
 use super::shared::Shared;
 use crate::command::{self, CommandSpec, Local};
-use crate::error::{ErrorKind, ReplyError};
+use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::protocol::{
     write_array_header, write_bulk, write_integer, write_nil, write_simple, Args,
 };

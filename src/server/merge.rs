@@ -8,9 +8,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::plan::SCAN_SHIFT;
-use super::reply::Reply;
 use crate::command::Merge;
-use crate::error::{ErrorKind, ReplyError};
+use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::protocol::{write_array_header, write_bulk, write_integer, write_simple, Value};
 use crate::topology::Topology;
 

@@ -12,11 +12,7 @@ use tokio::sync::oneshot;
 use super::merge;
 use crate::backend::{self, BackendError, Gather};
 use crate::command::Merge;
-use crate::error::{ErrorKind, ReplyError};
-
-/// A reply for the client: a server's frame, forwarded as it came (a Redis error such as
-/// `-WRONGTYPE` included), or Keyway's own error.
-pub(crate) type Reply = Result<Bytes, ReplyError>;
+use crate::error::{ErrorKind, Reply, ReplyError};
 
 /// A reply in the making, in its client's request order.
 pub(crate) enum Pending {
