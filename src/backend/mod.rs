@@ -12,28 +12,35 @@
 //!
 //! The connection task is a small state machine:
 //!
-//! - **Connecting**: dial with the request timeout as connect timeout.
-//! - **Connected**: forward jobs, match replies. If the oldest job waits longer than the timeout
-//!   (a hung or SIGSTOPped server) or the socket fails, every job in flight fails with an error
-//!   naming the server, and the connection is dropped: once a reply is missing, FIFO matching
-//!   can no longer be trusted, so the socket must go.
-//! - **Backoff**: wait before redialling (doubling from 20 ms up to 1 s); jobs arriving meanwhile
-//!   fail at once with "unavailable", so a dead server never makes a client wait.
+//! - **Connecting** (`dial`): dial with the request timeout as connect timeout.
+//! - **Connected** (`Connection`, a method per event: replies readable, jobs queued, the oldest
+//!   job's deadline): forward jobs, match replies. If the oldest job waits longer than the
+//!   timeout (a hung or SIGSTOPped server) or the socket fails, every job in flight fails with
+//!   an error naming the server, and the connection is dropped: once a reply is missing, FIFO
+//!   matching can no longer be trusted, so the socket must go.
+//! - **Backoff** (`back_off`): wait before redialling (doubling from 20 ms up to 1 s); jobs
+//!   arriving meanwhile fail at once with "unavailable", so a dead server never makes a client
+//!   wait.
 //!
 //! Nothing here parses commands: a job is opaque bytes, and a reply is the raw frame the server
 //! sent, forwarded as it came.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prometheus::local::LocalHistogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
@@ -224,9 +231,21 @@ struct Shared {
     open: AtomicU64,
     metrics: ServerMetrics,
     health: Arc<Health>,
+    /// When each dial began (tests check the backoff between them).
+    #[cfg(test)]
+    dials: std::sync::Mutex<Vec<Instant>>,
 }
 
 impl Shared {
+    /// Notes a dial beginning now.
+    #[cfg(test)]
+    fn record_dial(&self) {
+        self.dials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Instant::now());
+    }
+
     /// The server could not be reached, for `reason`.
     fn unavailable(&self, reason: &str) -> BackendError {
         BackendError::Unavailable {
@@ -309,6 +328,8 @@ impl Pool {
             open: AtomicU64::new(0),
             metrics,
             health,
+            #[cfg(test)]
+            dials: std::sync::Mutex::default(),
         });
         let conns = (0..options.connections.max(1))
             .map(|_| {
@@ -432,58 +453,105 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
         queue: &queue,
         shared: &shared,
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
-        let reason =
-            match tokio::time::timeout(shared.timeout, TcpStream::connect(shared.addr.as_ref()))
-                .await
-            {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    shared.open.fetch_add(1, Ordering::Relaxed);
-                    shared.metrics.connections.inc();
-                    tracing::debug!(server = %shared.name, addr = %shared.addr, "connected");
-                    let end = serve(&shared, stream, &queue, &mut backoff).await;
-                    shared.open.fetch_sub(1, Ordering::Relaxed);
-                    shared.metrics.connections.dec();
-                    match end {
-                        End::Closed => return,
-                        End::Failed(reason) => reason,
-                    }
+        // Connecting -> Connected, or Connecting -> Backoff when the dial fails.
+        let reason = match dial(&shared).await {
+            Ok(stream) => {
+                let connection = Connection::new(&shared, &queue, &mut backoff, stream);
+                match connection.serve().await {
+                    // Connected -> end: the pool is gone and nothing is left to answer.
+                    End::Closed => return,
+                    // Connected -> Backoff: the socket failed or a request timed out.
+                    End::Failed(reason) => reason,
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("connect timed out after {:?}", shared.timeout),
-            };
+            }
+            Err(reason) => reason,
+        };
         // Passive health: a failed connect, a reset or a timed-out request is one failure.
         shared.health.failure(&reason);
-        tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?backoff, "server connection failed");
-        // Backoff: fail what is queued, and whatever arrives, until it is time to dial again.
-        let until = Instant::now() + backoff;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        let mut bytes = BytesMut::new();
-        let mut jobs = Vec::new();
-        loop {
-            let closed = queue.take(&mut bytes, &mut jobs);
-            if bytes.capacity() > BUF_KEEP {
-                bytes = BytesMut::new();
-            } else {
-                bytes.clear();
-            }
-            shared.metrics.unavailable.inc_by(jobs.len() as u64);
-            for job in jobs.drain(..) {
-                job.reply.send(Err(shared.unavailable(&reason)));
-            }
-            if closed {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => break,
-                () = queue.notify.notified() => {}
-            }
+        let wait = backoff.next_wait();
+        tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?wait, "server connection failed");
+        // Backoff -> Connecting once the wait is over; Backoff -> end if the pool goes first.
+        if back_off(&shared, &queue, &reason, Instant::now() + wait)
+            .await
+            .is_break()
+        {
+            return;
         }
     }
 }
 
+/// The Connecting state: dials the server, with the request timeout as connect timeout.
+/// On failure, why (for the health failure and the log line).
+async fn dial(shared: &Shared) -> Result<TcpStream, String> {
+    #[cfg(test)]
+    shared.record_dial();
+    match tokio::time::timeout(shared.timeout, TcpStream::connect(shared.addr.as_ref())).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("connect timed out after {:?}", shared.timeout)),
+    }
+}
+
+/// The Backoff state: until `until`, every queued request, and every one that arrives, fails at
+/// once with "unavailable" and `reason`, so that a dead server never makes a client wait.
+/// Breaks if the pool goes meanwhile; continues when it is time to dial again.
+async fn back_off(shared: &Shared, queue: &Queue, reason: &str, until: Instant) -> ControlFlow<()> {
+    let mut bytes = BytesMut::new();
+    let mut jobs = Vec::new();
+    loop {
+        let closed = queue.take(&mut bytes, &mut jobs);
+        if bytes.capacity() > BUF_KEEP {
+            bytes = BytesMut::new();
+        } else {
+            bytes.clear();
+        }
+        shared.metrics.unavailable.inc_by(jobs.len() as u64);
+        for job in jobs.drain(..) {
+            job.reply.send(Err(shared.unavailable(reason)));
+        }
+        if closed {
+            return ControlFlow::Break(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return ControlFlow::Continue(()),
+            () = queue.notify.notified() => {}
+        }
+    }
+}
+
+/// The wait of the Backoff state: doubling from [`BACKOFF_MIN`] up to [`BACKOFF_MAX`] with
+/// every failure in a row, back to the minimum once a server answers.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The wait before the next dial; the one after it is twice as long, up to the maximum.
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    /// The server answered: the next failure waits the minimum again.
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// How the Connected state ended.
 enum End {
     /// The pool is gone and nothing is left to answer.
     Closed,
@@ -491,199 +559,324 @@ enum End {
     Failed(String),
 }
 
-/// The Connected state: forward jobs and match replies until the socket fails or times out.
-async fn serve(shared: &Shared, stream: TcpStream, queue: &Queue, backoff: &mut Duration) -> End {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut decoder = ReplyDecoder::new(Limits::for_replies());
-    let mut inbuf = BytesMut::with_capacity(BUF_START);
-    let mut outbuf = BytesMut::with_capacity(BUF_START);
-    // Reply slots taken from the queue with their bytes.
-    let mut taken: Vec<Queued> = Vec::with_capacity(BATCH);
-    let mut queue_open = true;
-    // One wait for the queue at a time, kept across loop turns (a notification is never lost
-    // with a dropped waiter), renewed once it fires.
-    let notified = queue.notify.notified();
-    tokio::pin!(notified);
-    // Requests may have been queued while connecting: look once without waiting for news.
-    queue.notify.notify_one();
-    let m = &shared.metrics;
-    // Reply latencies are counted locally and published once per read, not with atomic
-    // updates per reply.
-    let latencies = m.latency.local();
-    let fail_all = |in_flight: &mut VecDeque<InFlight>, err: BackendError| {
-        let n = in_flight.len() as u64;
+/// A connection that can no longer be used, and why (for the health failure and the log line).
+/// Whatever was in flight on it has been answered with an error.
+struct Broken(String);
+
+/// The Connected state: one socket, and the requests written on it waiting for their replies,
+/// oldest first.
+struct Connection<'a> {
+    shared: &'a Shared,
+    queue: &'a Queue,
+    /// Reset by every reply: a server that answers is back.
+    backoff: &'a mut Backoff,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    in_flight: VecDeque<InFlight>,
+    decoder: ReplyDecoder,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+    /// Reply slots taken from the queue with their bytes.
+    taken: Vec<Queued>,
+    /// Whether the queue may bring more requests: false once the pool closed it.
+    queue_open: bool,
+    /// Whether the timer is set for a request in flight (see [`Connection::serve`]).
+    armed: bool,
+    /// Jobs in the previous batch: a connection whose batches are single jobs (one client at a
+    /// time) gains nothing by waiting for company, and skips the yield in
+    /// [`Connection::on_queued`].
+    last_batch: usize,
+    /// Reply latencies are counted locally and published once per read, not with atomic
+    /// updates per reply.
+    latencies: LocalHistogram,
+}
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.connections.dec();
+    }
+}
+
+impl<'a> Connection<'a> {
+    /// Enters the Connected state on a freshly dialled `stream`.
+    fn new(
+        shared: &'a Shared,
+        queue: &'a Queue,
+        backoff: &'a mut Backoff,
+        stream: TcpStream,
+    ) -> Connection<'a> {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connections.inc();
+        tracing::debug!(server = %shared.name, addr = %shared.addr, "connected");
+        let (rd, wr) = stream.into_split();
+        Connection {
+            shared,
+            queue,
+            backoff,
+            rd,
+            wr,
+            in_flight: VecDeque::new(),
+            decoder: ReplyDecoder::new(Limits::for_replies()),
+            inbuf: BytesMut::with_capacity(BUF_START),
+            outbuf: BytesMut::with_capacity(BUF_START),
+            taken: Vec::with_capacity(BATCH),
+            queue_open: true,
+            armed: false,
+            last_batch: 0,
+            latencies: shared.metrics.latency.local(),
+        }
+    }
+
+    /// Forwards jobs and matches replies until the socket fails, a request times out, or the
+    /// pool is gone and every request in flight is answered.
+    async fn serve(mut self) -> End {
+        let queue = self.queue;
+        // One wait for the queue at a time, kept across loop turns (a notification is never
+        // lost with a dropped waiter), renewed once it fires.
+        let notified = queue.notify.notified();
+        tokio::pin!(notified);
+        // Requests may have been queued while connecting: look once without waiting for news.
+        queue.notify.notify_one();
+        // The oldest request's deadline. The timer is re-armed lazily: it may fire for a
+        // request that has been answered since, and then it is set to the new oldest one's
+        // deadline. So it is touched about once per timeout period, not once per request.
+        let timer = tokio::time::sleep(self.shared.timeout);
+        tokio::pin!(timer);
+        loop {
+            if !self.queue_open && self.in_flight.is_empty() {
+                return End::Closed;
+            }
+            self.arm(timer.as_mut());
+            let step = tokio::select! {
+                biased;
+                read = self.rd.read_buf(&mut self.inbuf) => self.on_readable(read),
+                () = &mut timer, if self.armed => self.on_deadline(),
+                () = &mut notified, if self.takes_more() => self.on_queued(notified.as_mut()).await,
+            };
+            if let Err(Broken(reason)) = step {
+                return End::Failed(reason);
+            }
+        }
+    }
+
+    /// Sets `timer` to the oldest request's deadline, unless it is set already.
+    fn arm(&mut self, timer: Pin<&mut Sleep>) {
+        if self.armed {
+            return;
+        }
+        if let Some(front) = self.in_flight.front() {
+            timer.reset(front.sent + self.shared.timeout);
+            self.armed = true;
+        }
+    }
+
+    /// Whether to take more requests from the queue now: not once it is closed, nor while
+    /// [`MAX_IN_FLIGHT`] requests wait for replies.
+    fn takes_more(&self) -> bool {
+        self.queue_open && self.in_flight.len() < MAX_IN_FLIGHT
+    }
+
+    /// A read returned: zero bytes (the server closed the connection) or an error breaks the
+    /// connection; otherwise the replies that came are matched to their requests.
+    fn on_readable(&mut self, read: std::io::Result<usize>) -> Result<(), Broken> {
+        match read {
+            Ok(0) => Err(self.broken("connection closed by server".to_string())),
+            Ok(_) => self.on_replies(),
+            Err(e) => Err(self.broken(e.to_string())),
+        }
+    }
+
+    /// Decodes every complete reply in the read buffer and hands each to the oldest request,
+    /// in FIFO order. A reply that is not RESP, or one with no request, breaks the connection.
+    fn on_replies(&mut self) -> Result<(), Broken> {
+        // One clock read for every reply this read brought.
+        let now = Instant::now();
+        // Requests written together share `sent`: one duration for them all.
+        let mut last: Option<(Instant, f64)> = None;
+        loop {
+            match self.decoder.decode(&mut self.inbuf) {
+                Ok(Some(frame)) => self.answer(frame, now, &mut last)?,
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.fail_all(self.shared.protocol(&reason));
+                    return Err(Broken(reason));
+                }
+            }
+        }
+        self.after_read();
+        Ok(())
+    }
+
+    /// Hands `frame` to the oldest request in flight, which `now` answered; `last` caches the
+    /// latency of the batch the previous reply belonged to.
+    fn answer(
+        &mut self,
+        frame: Bytes,
+        now: Instant,
+        last: &mut Option<(Instant, f64)>,
+    ) -> Result<(), Broken> {
+        let Some(f) = self.in_flight.pop_front() else {
+            return Err(Broken("reply without a request".into()));
+        };
+        self.backoff.reset();
+        self.shared.metrics.in_flight.dec();
+        let secs = match *last {
+            Some((sent, secs)) if sent == f.sent => secs,
+            _ => {
+                let secs = now.saturating_duration_since(f.sent).as_secs_f64();
+                *last = Some((f.sent, secs));
+                secs
+            }
+        };
+        self.latencies.observe(secs);
+        if f.signals && Health::is_failure_reply(&frame) {
+            self.shared
+                .health
+                .failure("server answered that it cannot serve");
+        }
+        f.reply.send(Ok(frame));
+        Ok(())
+    }
+
+    /// Every complete reply is out: publishes their latencies, and lets go of what a burst of
+    /// large replies or of many requests grew.
+    fn after_read(&mut self) {
+        self.latencies.flush();
+        if self.inbuf.is_empty() && self.inbuf.capacity() > BUF_KEEP {
+            self.inbuf = BytesMut::with_capacity(BUF_START);
+        }
+        if self.in_flight.is_empty() && self.in_flight.capacity() > BATCH * 4 {
+            self.in_flight = VecDeque::new();
+        }
+    }
+
+    /// The timer fired. If the oldest request is past its deadline (a hung or SIGSTOPped
+    /// server), the connection breaks; otherwise that request was answered since the timer was
+    /// set, and the loop re-arms it for the new oldest one.
+    fn on_deadline(&mut self) -> Result<(), Broken> {
+        self.armed = false;
+        let expired = self
+            .in_flight
+            .front()
+            .is_some_and(|f| f.sent + self.shared.timeout <= Instant::now());
+        if !expired {
+            return Ok(());
+        }
+        tracing::warn!(server = %self.shared.name, addr = %self.shared.addr, in_flight = self.in_flight.len(), "server request timed out; dropping the connection");
+        self.fail_all(self.shared.timed_out());
+        Err(Broken(format!(
+            "request timed out after {:?}",
+            self.shared.timeout
+        )))
+    }
+
+    /// The queue has requests, or closed (`notified` fired, and waits again from here): takes
+    /// them all and writes them as one batch.
+    async fn on_queued(&mut self, mut notified: Pin<&mut Notified<'a>>) -> Result<(), Broken> {
+        notified.set(self.queue.notify.notified());
+        if self.waits_for_company() {
+            // Let the sessions that run in this scheduler tick, and those whose clients the
+            // next I/O poll finds ready, add their requests, so that they share one write (and
+            // the server one read) instead of one each. Measured: fewer syscalls and more
+            // throughput per CPU than writing at once, on both runtime flavors
+            // (docs/benchmarks.md).
+            tokio::task::yield_now().await;
+        }
+        // `outbuf` is empty here (cleared after every write): the queue gets it back for the
+        // requests that come next.
+        if self.queue.take(&mut self.outbuf, &mut self.taken) {
+            self.queue_open = false;
+        }
+        if self.taken.is_empty() {
+            return Ok(());
+        }
+        let sent = Instant::now();
+        self.start_batch(sent);
+        self.write_batch(sent).await?;
+        self.after_write();
+        Ok(())
+    }
+
+    /// Whether a batch this small is worth a scheduler turn's wait for more requests.
+    fn waits_for_company(&self) -> bool {
+        let waiting = self.queue.len();
+        waiting > 0 && waiting < BATCH && (waiting > 1 || self.last_batch > 1)
+    }
+
+    /// Moves the taken reply slots in flight, all sent at `sent`.
+    fn start_batch(&mut self, sent: Instant) {
+        let n = self.taken.len();
+        self.last_batch = n;
+        self.shared.metrics.requests.inc_by(n as u64);
+        self.shared.metrics.in_flight.add(n as i64);
+        for job in self.taken.drain(..) {
+            self.in_flight.push_back(InFlight {
+                reply: job.reply,
+                sent,
+                signals: job.signals,
+            });
+        }
+    }
+
+    /// Writes the batch in `outbuf`. Usually the socket takes it whole at once; otherwise the
+    /// rest goes out bounded by the oldest job's deadline, so that a server that stopped
+    /// reading cannot hold this task.
+    async fn write_batch(&mut self, sent: Instant) -> Result<(), Broken> {
+        let written = match self.wr.try_write(&self.outbuf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(self.broken(e.to_string())),
+        };
+        if written >= self.outbuf.len() {
+            return Ok(());
+        }
+        let oldest = self.in_flight.front().map_or(sent, |f| f.sent) + self.shared.timeout;
+        let rest = self.outbuf.get(written..).unwrap_or_default();
+        let result = tokio::time::timeout_at(oldest, self.wr.write_all(rest)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.broken(e.to_string())),
+            Err(_) => {
+                self.fail_all(self.shared.timed_out());
+                Err(Broken("write timed out".into()))
+            }
+        }
+    }
+
+    /// The batch is written: the write buffer is emptied for the queue, or let go if a burst
+    /// of large requests grew it, and so is a reply-slot list that a burst grew.
+    fn after_write(&mut self) {
+        if self.outbuf.capacity() > BUF_KEEP {
+            self.outbuf = BytesMut::with_capacity(BUF_START);
+        } else {
+            self.outbuf.clear();
+        }
+        if self.taken.capacity() > BATCH * 2 {
+            self.taken = Vec::with_capacity(BATCH);
+        }
+    }
+
+    /// The socket failed (`reason`): every request in flight fails with "unavailable".
+    fn broken(&mut self, reason: String) -> Broken {
+        self.fail_all(self.shared.unavailable(&reason));
+        Broken(reason)
+    }
+
+    /// Answers every request in flight with `err`, counted by its kind: once a reply is
+    /// missing, FIFO matching can no longer be trusted, so none of them will get one.
+    fn fail_all(&mut self, err: BackendError) {
+        let m = &self.shared.metrics;
+        let n = self.in_flight.len() as u64;
         match err {
             BackendError::Unavailable { .. } => m.unavailable.inc_by(n),
             BackendError::Timeout { .. } => m.timeouts.inc_by(n),
             BackendError::Protocol { .. } => m.protocol_errors.inc_by(n),
         }
         m.in_flight.sub(n as i64);
-        for f in in_flight.drain(..) {
+        for f in self.in_flight.drain(..) {
             f.reply.send(Err(err.clone()));
-        }
-    };
-    // The oldest request's deadline. The timer is re-armed lazily: it may fire for a request
-    // that has been answered since, and then it is set to the new oldest one's deadline. So it
-    // is touched about once per timeout period, not once per request.
-    let timer = tokio::time::sleep(shared.timeout);
-    tokio::pin!(timer);
-    let mut armed = false;
-    // Jobs in the previous batch: a connection whose batches are single jobs (one client at a
-    // time) gains nothing by waiting for company, and skips the yield below.
-    let mut last_batch = 0usize;
-    loop {
-        if !queue_open && in_flight.is_empty() {
-            return End::Closed;
-        }
-        if !armed {
-            if let Some(front) = in_flight.front() {
-                timer.as_mut().reset(front.sent + shared.timeout);
-                armed = true;
-            }
-        }
-        tokio::select! {
-            biased;
-            read = rd.read_buf(&mut inbuf) => {
-                match read {
-                    Ok(0) | Err(_) => {
-                        let reason = match read {
-                            Err(e) => e.to_string(),
-                            _ => "connection closed by server".to_string(),
-                        };
-                        fail_all(&mut in_flight, shared.unavailable(&reason));
-                        return End::Failed(reason);
-                    }
-                    // One clock read for every reply this read brought.
-                    Ok(_) => {
-                        let now = Instant::now();
-                        // Requests written together share `sent`: one duration for them all.
-                        let mut last: Option<(Instant, f64)> = None;
-                        loop {
-                        match decoder.decode(&mut inbuf) {
-                            Ok(Some(frame)) => match in_flight.pop_front() {
-                                Some(f) => {
-                                    *backoff = BACKOFF_MIN;
-                                    m.in_flight.dec();
-                                    let secs = match last {
-                                        Some((sent, secs)) if sent == f.sent => secs,
-                                        _ => {
-                                            let secs = now.saturating_duration_since(f.sent).as_secs_f64();
-                                            last = Some((f.sent, secs));
-                                            secs
-                                        }
-                                    };
-                                    latencies.observe(secs);
-                                    if f.signals && Health::is_failure_reply(&frame) {
-                                        shared.health.failure("server answered that it cannot serve");
-                                    }
-                                    f.reply.send(Ok(frame));
-                                }
-                                None => {
-                                    return End::Failed("reply without a request".into());
-                                }
-                            },
-                            Ok(None) => {
-                                latencies.flush();
-                                if inbuf.is_empty() && inbuf.capacity() > BUF_KEEP {
-                                    // A burst of large replies grew the buffer: let it go.
-                                    inbuf = BytesMut::with_capacity(BUF_START);
-                                }
-                                if in_flight.is_empty() && in_flight.capacity() > BATCH * 4 {
-                                    in_flight = VecDeque::new();
-                                }
-                                break;
-                            }
-                            Err(e) => {
-                                let reason = e.to_string();
-                                fail_all(&mut in_flight, shared.protocol(&reason));
-                                return End::Failed(reason);
-                            }
-                        }
-                        }
-                    }
-                }
-            }
-            () = &mut timer, if armed => {
-                armed = false;
-                let expired = in_flight
-                    .front()
-                    .is_some_and(|f| f.sent + shared.timeout <= Instant::now());
-                if expired {
-                    tracing::warn!(server = %shared.name, addr = %shared.addr, in_flight = in_flight.len(), "server request timed out; dropping the connection");
-                    fail_all(&mut in_flight, shared.timed_out());
-                    return End::Failed(format!("request timed out after {:?}", shared.timeout));
-                }
-            }
-            () = &mut notified, if queue_open && in_flight.len() < MAX_IN_FLIGHT => {
-                notified.set(queue.notify.notified());
-                let waiting = queue.len();
-                if waiting > 0 && waiting < BATCH && (waiting > 1 || last_batch > 1) {
-                    // Let the sessions that run in this scheduler tick, and those whose clients
-                    // the next I/O poll finds ready, add their requests, so that they share one
-                    // write (and the server one read) instead of one each. Measured: fewer
-                    // syscalls and more throughput per CPU than writing at once, on both
-                    // runtime flavors (docs/benchmarks.md).
-                    tokio::task::yield_now().await;
-                }
-                // `outbuf` is empty here (cleared after every write): the queue gets it back
-                // for the requests that come next.
-                if queue.take(&mut outbuf, &mut taken) {
-                    queue_open = false;
-                }
-                let n = taken.len();
-                if n == 0 {
-                    continue;
-                }
-                last_batch = n;
-                let sent = Instant::now();
-                m.requests.inc_by(n as u64);
-                m.in_flight.add(n as i64);
-                for job in taken.drain(..) {
-                    in_flight.push_back(InFlight {
-                        reply: job.reply,
-                        sent,
-                        signals: job.signals,
-                    });
-                }
-                // Usually the socket takes the whole batch at once; otherwise the rest goes out
-                // bounded by the oldest job's deadline, so that a server that stopped reading
-                // cannot hold this task.
-                let written = match wr.try_write(&outbuf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                    Err(e) => {
-                        let reason = e.to_string();
-                        fail_all(&mut in_flight, shared.unavailable(&reason));
-                        return End::Failed(reason);
-                    }
-                };
-                if written < outbuf.len() {
-                    let oldest = in_flight.front().map_or(sent, |f| f.sent) + shared.timeout;
-                    let rest = outbuf.get(written..).unwrap_or_default();
-                    match tokio::time::timeout_at(oldest, wr.write_all(rest)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            let reason = e.to_string();
-                            fail_all(&mut in_flight, shared.unavailable(&reason));
-                            return End::Failed(reason);
-                        }
-                        Err(_) => {
-                            fail_all(&mut in_flight, shared.timed_out());
-                            return End::Failed("write timed out".into());
-                        }
-                    }
-                }
-                if outbuf.capacity() > BUF_KEEP {
-                    // A burst of large requests grew the buffer: let it go.
-                    outbuf = BytesMut::with_capacity(BUF_START);
-                } else {
-                    outbuf.clear();
-                }
-                if taken.capacity() > BATCH * 2 {
-                    taken = Vec::with_capacity(BATCH);
-                }
-            }
         }
     }
 }
@@ -707,52 +900,4 @@ fn is_script(frame: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::Metrics;
-
-    /// A pool on a runtime that then shuts down: the connection task is gone, so requests fail
-    /// at once with an error instead of waiting in a queue nobody reads.
-    #[test]
-    fn requests_fail_at_once_once_the_connection_task_is_gone() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        // A listener that accepts (the kernel's backlog) and never answers.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let metrics = Metrics::new();
-        let health = HealthOptions {
-            interval: Duration::from_secs(60),
-            timeout: Duration::from_secs(1),
-            fall: 3,
-            rise: 2,
-        };
-        let options = PoolOptions {
-            connections: 1,
-            timeout: Duration::from_secs(60),
-        };
-        let (pool, mut queued) = runtime.block_on(async {
-            let pool = Pool::spawn("s", &addr, &options, health, metrics.server("s"));
-            // Let the task connect and take one request; the next stays queued.
-            let written = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            drop(written);
-            let queued = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
-            (pool, queued)
-        });
-        drop(runtime);
-        match queued.try_recv() {
-            Ok(Err(BackendError::Unavailable { reason, .. })) => {
-                assert_eq!(&*reason, "connection task stopped");
-            }
-            other => panic!("queued request: {other:?}"),
-        }
-        let mut later = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
-        assert!(matches!(
-            later.try_recv(),
-            Ok(Err(BackendError::Unavailable { .. }))
-        ));
-    }
-}
+mod tests;
