@@ -148,6 +148,24 @@ impl Health {
     }
 }
 
+/// Why an active probe failed. The text is the failure's reason in the log line of a state
+/// change.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    /// No control connection: a bad address, a refused or unreachable server.
+    #[error("health probe failed: {0}")]
+    Connect(redis::RedisError),
+    /// Connected, but PING failed: an error reply (`-LOADING`), a reset connection.
+    #[error("health probe failed: {0}")]
+    Ping(redis::RedisError),
+    /// PING answered something other than PONG.
+    #[error("health probe failed: unexpected PING reply {0:?}")]
+    Reply(String),
+    /// No answer within the probe's timeout.
+    #[error("health probe timed out after {0:?}")]
+    Timeout(Duration),
+}
+
 /// Probes `addr` every interval until `stop` is cancelled, feeding `health`.
 pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::CancellationToken) {
     let options = health.options().clone();
@@ -159,21 +177,26 @@ pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let result = tokio::time::timeout(options.timeout, ping(&mut con, &addr, &options)).await;
-        match result {
-            Ok(Ok(())) => health.success(),
-            Ok(Err(e)) => {
+        match probe_once(&mut con, &addr, &options).await {
+            Ok(()) => health.success(),
+            Err(e) => {
+                // A failed probe's connection is not trusted again: the next one dials anew.
                 con = None;
-                health.failure(&format!("health probe failed: {e}"));
-            }
-            Err(_) => {
-                con = None;
-                health.failure(&format!(
-                    "health probe timed out after {:?}",
-                    options.timeout
-                ));
+                health.failure(&e.to_string());
             }
         }
+    }
+}
+
+/// One probe: PING over `con` (dialled first if there is none), within the probe's timeout.
+async fn probe_once(
+    con: &mut Option<redis::aio::MultiplexedConnection>,
+    addr: &str,
+    options: &HealthOptions,
+) -> Result<(), ProbeError> {
+    match tokio::time::timeout(options.timeout, ping(con, addr, options)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProbeError::Timeout(options.timeout)),
     }
 }
 
@@ -181,84 +204,36 @@ async fn ping(
     con: &mut Option<redis::aio::MultiplexedConnection>,
     addr: &str,
     options: &HealthOptions,
-) -> Result<(), String> {
-    if con.is_none() {
-        let client = redis::Client::open(format!("redis://{addr}/")).map_err(|e| e.to_string())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout));
-        let c = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| e.to_string())?;
-        *con = Some(c);
-    }
-    let Some(c) = con.as_mut() else {
-        return Err("no connection".into());
+) -> Result<(), ProbeError> {
+    let c = match con {
+        Some(c) => c,
+        None => con.insert(connect(addr, options).await?),
     };
     let pong: String = redis::cmd("PING")
         .query_async(c)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ProbeError::Ping)?;
     if pong == "PONG" {
         Ok(())
     } else {
-        Err(format!("unexpected PING reply {pong:?}"))
+        Err(ProbeError::Reply(pong))
     }
+}
+
+/// Opens the prober's control connection to `addr`.
+async fn connect(
+    addr: &str,
+    options: &HealthOptions,
+) -> Result<redis::aio::MultiplexedConnection, ProbeError> {
+    let client = redis::Client::open(format!("redis://{addr}/")).map_err(ProbeError::Connect)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(options.timeout))
+        .set_response_timeout(Some(options.timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(ProbeError::Connect)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::Metrics;
-
-    fn health(fall: u32, rise: u32) -> (Health, ServerMetrics) {
-        let m = Metrics::new().server("x");
-        let options = HealthOptions {
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(100),
-            fall,
-            rise,
-        };
-        (Health::new(Arc::from("x"), options, m.clone()), m)
-    }
-
-    #[test]
-    fn fall_consecutive_failures_take_it_down() {
-        let (h, m) = health(3, 2);
-        h.failure("a");
-        h.failure("b");
-        h.success(); // the streak restarts
-        h.failure("c");
-        h.failure("d");
-        assert!(h.is_up());
-        h.failure("e");
-        assert!(!h.is_up());
-        assert_eq!(m.up.get(), 0);
-        assert_eq!(m.went_down.get(), 1);
-    }
-
-    #[test]
-    fn rise_consecutive_successes_bring_it_back() {
-        let (h, m) = health(1, 2);
-        h.failure("x");
-        assert!(!h.is_up());
-        h.success();
-        h.failure("again"); // the streak restarts
-        h.success();
-        assert!(!h.is_up());
-        h.success();
-        assert!(h.is_up());
-        assert_eq!(m.went_up.get(), 1);
-        assert_eq!(m.up.get(), 1);
-    }
-
-    #[test]
-    fn failure_replies_are_recognised() {
-        assert!(Health::is_failure_reply(b"-LOADING Redis is loading\r\n"));
-        assert!(Health::is_failure_reply(b"-MASTERDOWN Link down\r\n"));
-        assert!(Health::is_failure_reply(b"-READONLY You can't write\r\n"));
-        assert!(!Health::is_failure_reply(b"-ERR wrong\r\n"));
-        assert!(!Health::is_failure_reply(b"+OK\r\n"));
-    }
-}
+mod tests;

@@ -32,15 +32,22 @@
 //!
 //! Reads are not part of transactions: a read may see one replica committed before another.
 
+mod error;
 pub mod plan;
 pub mod scripts;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::oneshot;
 
+use error::TxnError;
+pub use error::{CallError, ResolveError};
+
+use crate::backend::Reply;
 use crate::metrics::Metrics;
 use crate::protocol::{write_error, write_integer, write_simple, Request, Value};
 use crate::topology::{Topology, TopologyHandle};
@@ -181,23 +188,35 @@ fn eval(script: &'static str, keys: Vec<Bytes>, args: Vec<Bytes>) -> Bytes {
     Request::from_args(&all).frame().clone()
 }
 
-/// Sends one script to a server and parses its reply.
-async fn call(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Result<Value, String> {
+/// Sends one script (or command) to participant `server` and parses its reply.
+async fn call(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Result<Value, CallError> {
     let Some(s) = topo.server(server) else {
-        return Err("no such server".into());
+        return Err(CallError::NoSuchServer);
     };
-    match s.pool.send(pick, frame).await {
-        Ok(Ok(reply)) => match Value::parse(&reply) {
-            Ok(Value::Error(e)) => Err(format!(
-                "server '{}': {}",
-                s.name,
-                String::from_utf8_lossy(&e)
-            )),
-            Ok(v) => Ok(v),
-            Err(e) => Err(format!("server '{}': {e}", s.name)),
-        },
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("server '{}': connection ended", s.name)),
+    reply_of(&s.name, s.pool.send(pick, frame)).await
+}
+
+/// The reply that participant `server` sends on `rx`, parsed; an error reply is an error.
+async fn reply_of(server: &str, rx: oneshot::Receiver<Reply>) -> Result<Value, CallError> {
+    let frame = match rx.await {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(e)) => return Err(CallError::Backend(e)),
+        Err(_) => {
+            return Err(CallError::ConnectionEnded {
+                server: server.to_owned(),
+            })
+        }
+    };
+    match Value::parse(&frame) {
+        Ok(Value::Error(message)) => Err(CallError::ErrorReply {
+            server: server.to_owned(),
+            message: String::from_utf8_lossy(&message).into_owned(),
+        }),
+        Ok(value) => Ok(value),
+        Err(error) => Err(CallError::Malformed {
+            server: server.to_owned(),
+            error,
+        }),
     }
 }
 
@@ -242,25 +261,56 @@ async fn failpoint(name: &str) {
     let _ = name;
 }
 
-fn error(msg: &str) -> Bytes {
-    let mut out = BytesMut::new();
-    write_error(&mut out, msg);
-    out.freeze()
+/// A key lock that a script met: the transaction holding it, and how old that one's intent is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Lock {
+    /// The holder's txid.
+    holder: String,
+    /// The age of the holder's intent, in the server's time; -1 when it has none.
+    age_ms: i64,
+    /// The participant the lock is on.
+    server: u16,
+}
+
+impl Lock {
+    /// The lock in a no vote (`{0, holder_txid, holder_age_ms}`) from `server`.
+    fn from_vote(vote: &Value, server: u16) -> Lock {
+        Lock {
+            holder: bulk_at(vote, 1).unwrap_or_default(),
+            age_ms: int_at(vote, 2).unwrap_or(-1),
+            server,
+        }
+    }
+
+    /// Whether its holder is presumed dead: its intent is older than `lock_timeout`, or gone.
+    fn is_stale(&self, lock_timeout: Duration) -> bool {
+        let timeout_ms = i64::try_from(lock_timeout.as_millis()).unwrap_or(i64::MAX);
+        self.age_ms < 0 || self.age_ms > timeout_ms
+    }
 }
 
 /// What a prepare round found.
 enum Votes {
+    /// Every participant locked its keys and stored the intent.
     Yes,
-    /// A key is locked by `holder`, whose intent is `age_ms` old (-1: unknown).
-    Conflict {
-        holder: String,
-        age_ms: i64,
-        server: u16,
-    },
-    Failed(String),
+    /// A key is locked by another transaction.
+    Conflict(Lock),
+    /// A participant could not be asked, or answered what a prepare never does.
+    Failed(CallError),
 }
 
-/// Runs a transaction to its end and returns the client's reply.
+/// How one attempt of a transaction ended.
+enum Attempt {
+    /// Committed: the client's reply.
+    Done(Bytes),
+    /// A key was locked by another transaction, and nothing was written: worth a retry.
+    Conflict(Lock),
+    /// Not committed, or not known to be: not retried.
+    Failed(TxnError),
+}
+
+/// Runs a transaction to its end and returns the client's reply: the commands' results, or
+/// an error saying what happened (`-TRYAGAIN` when nothing was written and retrying is safe).
 pub async fn execute(
     topo: Arc<Topology>,
     pick: usize,
@@ -268,69 +318,94 @@ pub async fn execute(
     options: &TxOptions,
     metrics: &Metrics,
 ) -> Bytes {
-    // A participant that is down would block the transaction: refuse at once.
-    for &server in plan.parts.keys() {
-        if !topo.is_up(server) {
-            let name = topo.server(server).map_or("?", |s| s.name.as_str());
-            metrics.txn_outcome("unavailable");
-            return error(&format!(
-                "TRYAGAIN keyway: server '{name}' holding a replica of these keys is down; two_phase writes resume when it is back"
-            ));
-        }
-    }
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let outcome = if plan.parts.len() == 1 && topo.replicas == 1 {
-            one_phase(&topo, pick, &plan).await
-        } else {
-            two_phase(&topo, pick, &plan, metrics).await
-        };
-        match outcome {
-            Attempt::Done(reply) => {
-                metrics.txn_outcome("committed");
-                return reply;
-            }
-            Attempt::Failed(reply) => {
-                metrics.txn_outcome("failed");
-                return reply;
-            }
-            Attempt::Conflict {
-                holder,
-                age_ms,
-                server,
-            } => {
-                if age_ms < 0 || age_ms > options.lock_timeout.as_millis() as i64 {
-                    // A transaction presumed dead holds the lock: resolve it, then retry.
-                    let _ = resolve_holder(&topo, pick, server, &holder, metrics).await;
-                }
-                if attempt > options.retries {
-                    metrics.txn_outcome("conflict");
-                    return error(
-                        "TRYAGAIN keyway: keys are locked by concurrent two-phase writes; retry",
-                    );
-                }
-                let base = 2u64 << attempt.min(8);
-                let jitter = rand::random_range(0..=base);
-                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
-            }
-        }
+    let result = run(&topo, pick, &plan, options, metrics).await;
+    metrics.txn_outcome(match &result {
+        Ok(_) => "committed",
+        Err(e) => e.outcome(),
+    });
+    match result {
+        Ok(reply) => reply,
+        Err(e) => e.to_reply(),
     }
 }
 
-enum Attempt {
-    Done(Bytes),
-    Failed(Bytes),
-    Conflict {
-        holder: String,
-        age_ms: i64,
-        server: u16,
-    },
+/// Refuses a transaction with a participant down, then runs its attempts, each in one phase
+/// (one participant, one replica) or two.
+async fn run(
+    topo: &Topology,
+    pick: usize,
+    plan: &Plan,
+    options: &TxOptions,
+    metrics: &Metrics,
+) -> Result<Bytes, TxnError> {
+    // A participant that is down would block the transaction: refuse at once.
+    if let Some(&down) = plan.parts.keys().find(|&&server| !topo.is_up(server)) {
+        let name = topo.server(down).map_or("?", |s| s.name.as_str());
+        return Err(TxnError::ParticipantDown {
+            server: name.to_owned(),
+        });
+    }
+    let single = plan.parts.len() == 1 && topo.replicas == 1;
+    retrying(
+        options,
+        move || async move {
+            if single {
+                one_phase(topo, pick, plan).await
+            } else {
+                two_phase(topo, pick, plan, metrics).await
+            }
+        },
+        move |lock: Lock| async move {
+            let _ = resolve_holder(topo, pick, lock.server, &lock.holder, metrics).await;
+        },
+    )
+    .await
+}
+
+/// Runs `attempt` until it commits or fails. An attempt that met a lock is retried after
+/// [`retry_delay`], at most `options.retries` times, and a lock whose holder is presumed dead
+/// is handed to `resolve` first. Past the last retry: [`TxnError::Conflict`]. No attempt waits
+/// for a lock, so none can deadlock.
+async fn retrying<A, R>(
+    options: &TxOptions,
+    mut attempt: impl FnMut() -> A,
+    mut resolve: impl FnMut(Lock) -> R,
+) -> Result<Bytes, TxnError>
+where
+    A: Future<Output = Attempt>,
+    R: Future<Output = ()>,
+{
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let lock = match attempt().await {
+            Attempt::Done(reply) => return Ok(reply),
+            Attempt::Failed(e) => return Err(e),
+            Attempt::Conflict(lock) => lock,
+        };
+        if lock.is_stale(options.lock_timeout) {
+            // A transaction presumed dead holds the lock: resolve it, then retry.
+            resolve(lock).await;
+        }
+        if attempts > options.retries {
+            return Err(TxnError::Conflict);
+        }
+        tokio::time::sleep(retry_delay(attempts, rand::random())).await;
+    }
+}
+
+/// The wait after attempt `attempt` (counted from 1) met a lock: a base of 4 ms doubling with
+/// each attempt up to 512 ms (from the eighth on), plus a jitter of up to the base again,
+/// `jitter` reduced into `0..=base` (uniform for a uniform `jitter`), so that transactions that
+/// collided do not collide again in step.
+fn retry_delay(attempt: u32, jitter: u64) -> Duration {
+    let base = 2u64 << attempt.min(8);
+    Duration::from_millis(base + jitter % (base + 1))
 }
 
 async fn one_phase(topo: &Topology, pick: usize, plan: &Plan) -> Attempt {
     let Some((&server, part)) = plan.parts.iter().next() else {
-        return Attempt::Failed(error("ERR keyway: empty transaction"));
+        return Attempt::Failed(TxnError::Empty);
     };
     let frame = eval(
         scripts::ONE_PHASE,
@@ -339,29 +414,26 @@ async fn one_phase(topo: &Topology, pick: usize, plan: &Plan) -> Attempt {
     );
     match call(topo, server, pick, frame).await {
         Ok(v) if int_at(&v, 0) == Some(1) => Attempt::Done(reply(plan, &[(part, v)])),
-        Ok(v) => Attempt::Conflict {
-            holder: bulk_at(&v, 1).unwrap_or_default(),
-            age_ms: int_at(&v, 2).unwrap_or(-1),
-            server,
-        },
-        Err(e) => Attempt::Failed(error(&format!("ERR keyway: {e}"))),
+        Ok(v) if int_at(&v, 0) == Some(0) => Attempt::Conflict(Lock::from_vote(&v, server)),
+        Ok(reply) => Attempt::Failed(TxnError::OnePhase(CallError::Unexpected {
+            server: topo
+                .server(server)
+                .map_or("?", |s| s.name.as_str())
+                .to_owned(),
+            script: "one-phase",
+            reply,
+        })),
+        Err(e) => Attempt::Failed(TxnError::OnePhase(e)),
     }
 }
 
-async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics) -> Attempt {
-    let txid = format!(
-        "{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>()
-    );
+/// Phase 1: sends the prepare script to every participant at once, and collects their votes.
+async fn prepare(topo: &Topology, pick: usize, plan: &Plan, txid: &str) -> Votes {
     let primary_name = topo
         .server(plan.primary)
         .map_or(String::new(), |s| s.name.clone());
-    let intent = intent_key(&txid);
-    let decision = decision_key(&txid);
+    let intent = intent_key(txid);
     let index = Bytes::from_static(INDEX_KEY);
-
-    // Phase 1: prepare everywhere, in parallel.
     let mut pending = Vec::with_capacity(plan.parts.len());
     for (&server, part) in &plan.parts {
         let locks: Vec<Bytes> = part.keys.iter().map(|k| lock_key(k)).collect();
@@ -371,7 +443,7 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
             scripts::PREPARE,
             keys,
             vec![
-                Bytes::from(txid.clone()),
+                Bytes::from(txid.to_owned()),
                 Bytes::from(primary_name.clone()),
                 pack_steps(&part.steps),
                 pack_strings(&locks),
@@ -380,52 +452,57 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         let Some(s) = topo.server(server) else {
             continue;
         };
-        pending.push((server, s.pool.send(pick, frame)));
+        pending.push((server, s.name.as_str(), s.pool.send(pick, frame)));
     }
     let mut votes = Votes::Yes;
-    for (server, rx) in pending {
-        let name = topo.server(server).map_or("?", |s| s.name.as_str());
-        let vote = match rx.await {
-            Ok(Ok(reply)) => Value::parse(&reply).map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("server '{name}': connection ended")),
-        };
-        match vote {
+    for (server, name, rx) in pending {
+        match reply_of(name, rx).await {
             Ok(v) if int_at(&v, 0) == Some(1) => {}
             Ok(v) if int_at(&v, 0) == Some(0) => {
                 if matches!(votes, Votes::Yes) {
-                    votes = Votes::Conflict {
-                        holder: bulk_at(&v, 1).unwrap_or_default(),
-                        age_ms: int_at(&v, 2).unwrap_or(-1),
-                        server,
-                    };
+                    votes = Votes::Conflict(Lock::from_vote(&v, server));
                 }
             }
-            Ok(v) => {
-                votes = Votes::Failed(format!("server '{name}': unexpected prepare reply {v:?}"))
+            Ok(reply) => {
+                votes = Votes::Failed(CallError::Unexpected {
+                    server: name.to_owned(),
+                    script: "prepare",
+                    reply,
+                })
             }
             Err(e) => votes = Votes::Failed(e),
         }
     }
+    votes
+}
+
+async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics) -> Attempt {
+    let txid = format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    let intent = intent_key(&txid);
+    let decision = decision_key(&txid);
+    let index = Bytes::from_static(INDEX_KEY);
+
+    // Phase 1: prepare everywhere, in parallel.
+    let votes = prepare(topo, pick, plan, &txid).await;
     metrics.txn_prepare(matches!(votes, Votes::Yes));
     failpoint("after_prepare").await;
-    if !matches!(votes, Votes::Yes) {
-        abort_all(topo, pick, plan, &txid).await;
-        return match votes {
-            Votes::Conflict {
-                holder,
-                age_ms,
-                server,
-            } => Attempt::Conflict {
-                holder,
-                age_ms,
-                server,
-            },
-            Votes::Failed(e) => Attempt::Failed(error(&format!(
-                "TRYAGAIN keyway: two-phase prepare failed, nothing was written ({e})"
-            ))),
-            Votes::Yes => Attempt::Failed(error("ERR keyway: unreachable")),
-        };
+    match votes {
+        // Preparing -> Committing.
+        Votes::Yes => {}
+        // Preparing -> Aborting, then a retry.
+        Votes::Conflict(lock) => {
+            abort_all(topo, pick, plan, &txid).await;
+            return Attempt::Conflict(lock);
+        }
+        // Preparing -> Aborting, and the client is told.
+        Votes::Failed(e) => {
+            abort_all(topo, pick, plan, &txid).await;
+            return Attempt::Failed(TxnError::PrepareFailed(e));
+        }
     }
 
     // Phase 2: the commit point, on the primary participant.
@@ -439,28 +516,21 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
             ],
         )
     };
-    let primary_result = call(topo, plan.primary, pick, commit(true)).await;
-    let primary_value = match primary_result {
+    let primary_value = match call(topo, plan.primary, pick, commit(true)).await {
         Ok(v) if int_at(&v, 0) == Some(1) => v,
         Ok(v) if int_at(&v, 0) == Some(-1) => {
             // Recovery aborted this transaction (it looked dead): nothing was applied.
             metrics.txn_commit(false);
             abort_all(topo, pick, plan, &txid).await;
-            return Attempt::Failed(error(
-                "TRYAGAIN keyway: the transaction was aborted by recovery before its commit point; nothing was written",
-            ));
+            return Attempt::Failed(TxnError::AbortedByRecovery);
         }
         Ok(_) => {
             metrics.txn_commit(false);
-            return Attempt::Failed(error(
-                "ERR keyway: the transaction's intent vanished on its primary participant; outcome unknown",
-            ));
+            return Attempt::Failed(TxnError::IntentVanished);
         }
         Err(e) => {
             metrics.txn_commit(false);
-            return Attempt::Failed(error(&format!(
-                "ERR keyway: two-phase commit outcome unknown ({e}); recovery will finish it on every replica"
-            )));
+            return Attempt::Failed(TxnError::CommitUnknown(e));
         }
     };
     metrics.txn_commit(true);
@@ -479,22 +549,19 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         let Some(s) = topo.server(server) else {
             continue;
         };
-        others.push((part, s.pool.send(pick, commit(false))));
+        others.push((part, s.name.as_str(), s.pool.send(pick, commit(false))));
         failpoint("between_secondary_commits").await;
     }
     let mut all_acknowledged = true;
-    for (part, rx) in others {
-        let acknowledged = match rx.await {
-            Ok(Ok(reply)) => match Value::parse(&reply) {
-                Ok(v) if int_at(&v, 0) == Some(1) => {
-                    results.push((part, v));
-                    true
-                }
-                // Nothing staged any more: recovery already rolled it forward.
-                Ok(v) => int_at(&v, 0) == Some(0),
-                Err(_) => false,
-            },
-            _ => false,
+    for (part, name, rx) in others {
+        let acknowledged = match reply_of(name, rx).await {
+            Ok(v) if int_at(&v, 0) == Some(1) => {
+                results.push((part, v));
+                true
+            }
+            // Nothing staged any more: recovery already rolled it forward.
+            Ok(v) => int_at(&v, 0) == Some(0),
+            Err(_) => false,
         };
         // A secondary that failed after the commit point is rolled forward by recovery, which
         // needs the decision; otherwise the decision has served its purpose.
@@ -597,8 +664,9 @@ pub enum Decision {
 ///
 /// # Errors
 ///
-/// A message when the primary participant is unknown to this topology or unreachable; the
-/// intent then stays for a later attempt.
+/// [`ResolveError::UnknownPrimary`] when the primary participant is not in this topology,
+/// [`ResolveError::Call`] when it or server `at` cannot be asked (unreachable, no answer in
+/// time, an error reply); the intent then stays for a later attempt.
 pub async fn resolve(
     topo: &Topology,
     pick: usize,
@@ -606,13 +674,16 @@ pub async fn resolve(
     txid: &str,
     primary: &str,
     metrics: &Metrics,
-) -> Result<Decision, String> {
-    let Some(primary_index) = topo.servers.iter().position(|s| s.name == primary) else {
-        return Err(format!(
-            "primary participant '{primary}' is not in the topology"
-        ));
+) -> Result<Decision, ResolveError> {
+    let unknown = || ResolveError::UnknownPrimary {
+        primary: primary.to_owned(),
     };
-    let primary_index = u16::try_from(primary_index).map_err(|e| e.to_string())?;
+    let primary_index = topo
+        .servers
+        .iter()
+        .position(|s| s.name == primary)
+        .and_then(|index| u16::try_from(index).ok())
+        .ok_or_else(unknown)?;
     let decided = call(
         topo,
         primary_index,
@@ -648,7 +719,7 @@ async fn resolve_holder(
     at: u16,
     holder: &str,
     metrics: &Metrics,
-) -> Result<Decision, String> {
+) -> Result<Decision, ResolveError> {
     let intent = intent_key(holder);
     let frame = Request::from_args(&[
         Bytes::from_static(b"HGET"),
@@ -662,7 +733,7 @@ async fn resolve_holder(
             let primary = String::from_utf8_lossy(&primary).into_owned();
             resolve(topo, pick, at, holder, &primary, metrics).await
         }
-        _ => Err("the lock's intent is gone".into()),
+        _ => Err(ResolveError::IntentGone),
     }
 }
 
@@ -707,3 +778,6 @@ pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::Cancella
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

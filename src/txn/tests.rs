@@ -1,0 +1,223 @@
+//! Unit tests of the retry schedule, the retry loop (in virtual time) and the errors' replies.
+
+use std::cell::RefCell;
+
+use tokio::time::Instant;
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn options(retries: u32) -> TxOptions {
+    TxOptions {
+        lock_timeout: ms(1000),
+        retries,
+    }
+}
+
+/// A lock held by a live transaction (its intent is 5 ms old).
+fn live_lock() -> Lock {
+    Lock {
+        holder: "live".into(),
+        age_ms: 5,
+        server: 0,
+    }
+}
+
+/// The base of the wait after attempt `attempt`: 4 ms, doubling, at most 512 ms.
+fn base(attempt: u32) -> Duration {
+    ms(4 << (attempt.min(8) - 1))
+}
+
+#[test]
+fn the_retry_delay_doubles_from_4ms_to_512ms_plus_a_jitter_of_up_to_as_much_again() {
+    let want = [4, 8, 16, 32, 64, 128, 256, 512, 512, 512];
+    for (attempt, want) in (1..).zip(want) {
+        assert_eq!(
+            retry_delay(attempt, 0),
+            ms(want),
+            "attempt {attempt}, no jitter"
+        );
+        assert_eq!(
+            retry_delay(attempt, want),
+            ms(2 * want),
+            "attempt {attempt}, top"
+        );
+        // Past the top the jitter wraps round, never beyond.
+        assert_eq!(
+            retry_delay(attempt, want + 1),
+            ms(want),
+            "attempt {attempt}"
+        );
+    }
+    assert_eq!(retry_delay(u32::MAX, 0), ms(512));
+    // Every jitter in between is reachable.
+    let waits: Vec<Duration> = (0..=4).map(|j| retry_delay(1, j)).collect();
+    assert_eq!(waits, [4, 5, 6, 7, 8].map(ms));
+}
+
+#[test]
+fn the_retry_delay_stays_within_its_bounds_for_any_jitter() {
+    for attempt in 1..=20 {
+        for jitter in (0..1000).map(|_| rand::random::<u64>()).chain([u64::MAX]) {
+            let wait = retry_delay(attempt, jitter);
+            assert!(wait >= base(attempt), "attempt {attempt}: {wait:?}");
+            assert!(wait <= 2 * base(attempt), "attempt {attempt}: {wait:?}");
+        }
+    }
+}
+
+#[test]
+fn a_lock_is_stale_when_its_intent_is_older_than_the_lock_timeout_or_gone() {
+    let lock = |age_ms| Lock {
+        holder: "h".into(),
+        age_ms,
+        server: 0,
+    };
+    assert!(!lock(0).is_stale(ms(1000)));
+    assert!(!lock(1000).is_stale(ms(1000)));
+    assert!(lock(1001).is_stale(ms(1000)));
+    assert!(lock(-1).is_stale(ms(1000)), "no intent: its holder is gone");
+}
+
+#[test]
+fn errors_answer_tryagain_only_when_nothing_was_written() {
+    let conflict = TxnError::Conflict.to_reply();
+    assert_eq!(
+        &conflict[..],
+        b"-TRYAGAIN keyway: keys are locked by concurrent two-phase writes; retry\r\n"
+    );
+    let down = TxnError::ParticipantDown {
+        server: "s1".into(),
+    };
+    assert_eq!(
+        &down.to_reply()[..],
+        &b"-TRYAGAIN keyway: server 's1' holding a replica of these keys is down; two_phase writes resume when it is back\r\n"[..]
+    );
+    let unanswered = CallError::ConnectionEnded {
+        server: "s2".into(),
+    };
+    assert_eq!(
+        &TxnError::PrepareFailed(unanswered.clone()).to_reply()[..],
+        &b"-TRYAGAIN keyway: two-phase prepare failed, nothing was written (server 's2': connection ended)\r\n"[..]
+    );
+    assert_eq!(
+        &TxnError::CommitUnknown(unanswered.clone()).to_reply()[..],
+        &b"-ERR keyway: two-phase commit outcome unknown (server 's2': connection ended); recovery will finish it on every replica\r\n"[..]
+    );
+    assert_eq!(
+        &TxnError::OnePhase(unanswered).to_reply()[..],
+        b"-ERR keyway: server 's2': connection ended\r\n"
+    );
+    assert_eq!(TxnError::AbortedByRecovery.code(), "TRYAGAIN");
+    assert_eq!(TxnError::IntentVanished.code(), "ERR");
+    assert_eq!(TxnError::Conflict.outcome(), "conflict");
+    assert_eq!(down.outcome(), "unavailable");
+    assert_eq!(TxnError::IntentVanished.outcome(), "failed");
+}
+
+/// The loop's run against attempts that answer `outcomes` in turn (the last one again once
+/// they run out): when each attempt began, how many locks it resolved, and its result.
+async fn run_loop(
+    retries: u32,
+    outcomes: Vec<Attempt>,
+) -> (Vec<Instant>, usize, Result<Bytes, TxnError>) {
+    let began = RefCell::new(Vec::new());
+    let resolved = RefCell::new(0);
+    let outcomes = RefCell::new(outcomes);
+    let result = retrying(
+        &options(retries),
+        || {
+            began.borrow_mut().push(Instant::now());
+            let mut outcomes = outcomes.borrow_mut();
+            let next = match outcomes.as_slice() {
+                [Attempt::Conflict(lock)] => Attempt::Conflict(lock.clone()),
+                [] => panic!("the loop asked again after an attempt that ends it"),
+                _ => outcomes.remove(0),
+            };
+            async move { next }
+        },
+        |_lock| {
+            *resolved.borrow_mut() += 1;
+            async {}
+        },
+    )
+    .await;
+    (began.into_inner(), resolved.into_inner(), result)
+}
+
+fn gaps(began: &[Instant]) -> Vec<Duration> {
+    began.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// Virtual time: live locks every time: `retries` retries, each after a jittered wait within
+/// its bounds, then TRYAGAIN; a live lock is never resolved.
+#[tokio::test(start_paused = true)]
+async fn a_conflict_is_retried_retries_times_with_jittered_backoff_then_answers_tryagain() {
+    for _ in 0..20 {
+        let (began, resolved, result) = run_loop(3, vec![Attempt::Conflict(live_lock())]).await;
+        assert_eq!(began.len(), 4, "the attempt and 3 retries");
+        for (attempt, gap) in (1..).zip(gaps(&began)) {
+            assert!(
+                gap >= base(attempt),
+                "wait after attempt {attempt}: {gap:?}"
+            );
+            assert!(
+                gap <= 2 * base(attempt),
+                "wait after attempt {attempt}: {gap:?}"
+            );
+        }
+        assert_eq!(resolved, 0, "a live lock is waited out, not resolved");
+        assert!(matches!(result, Err(TxnError::Conflict)), "{result:?}");
+    }
+}
+
+/// Virtual time: a lock whose holder is presumed dead is resolved after every attempt that
+/// met it, the last one included.
+#[tokio::test(start_paused = true)]
+async fn a_stale_lock_is_resolved_after_each_attempt_that_met_it() {
+    let stale = Lock {
+        holder: "dead".into(),
+        age_ms: 5000,
+        server: 1,
+    };
+    let (began, resolved, result) = run_loop(2, vec![Attempt::Conflict(stale)]).await;
+    assert_eq!(began.len(), 3);
+    assert_eq!(resolved, 3);
+    assert!(matches!(result, Err(TxnError::Conflict)), "{result:?}");
+}
+
+/// Virtual time: a conflict then a commit answers the commit, after one wait.
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_commits_answers_the_commit() {
+    let ok = Bytes::from_static(b"+OK\r\n");
+    let (began, _, result) = run_loop(
+        3,
+        vec![Attempt::Conflict(live_lock()), Attempt::Done(ok.clone())],
+    )
+    .await;
+    assert_eq!(began.len(), 2);
+    let gap = began[1] - began[0];
+    assert!(gap >= ms(4) && gap <= ms(8), "{gap:?}");
+    assert_eq!(result.expect("committed"), ok);
+}
+
+/// Virtual time: a failed attempt is not retried, and no time passes; nor is a conflict when
+/// `retries` is 0.
+#[tokio::test(start_paused = true)]
+async fn a_failure_or_a_conflict_with_no_retries_left_answers_at_once() {
+    let start = Instant::now();
+    let (began, _, result) = run_loop(3, vec![Attempt::Failed(TxnError::IntentVanished)]).await;
+    assert_eq!(began, [start]);
+    assert!(
+        matches!(result, Err(TxnError::IntentVanished)),
+        "{result:?}"
+    );
+
+    let (began, _, result) = run_loop(0, vec![Attempt::Conflict(live_lock())]).await;
+    assert_eq!(began, [start]);
+    assert_eq!(Instant::now(), start);
+    assert!(matches!(result, Err(TxnError::Conflict)), "{result:?}");
+}
