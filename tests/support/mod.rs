@@ -498,16 +498,27 @@ impl ProxyProcess {
     }
 
     /// As [`ProxyProcess::start`], with extra environment variables (`KW_FAILPOINT`).
+    ///
+    /// A free port can be taken by another process between `free_port` and Keyway's bind: then
+    /// Keyway exits with "Address already in use" and is started again on new ports.
     pub fn start_env(toml: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> ProxyProcess {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let toml = toml
-            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
-            .replace("admin = \"127.0.0.1:0\"", &format!("admin = \"{admin}\""));
-        let path = dir.path().join("keyway.toml");
-        std::fs::write(&path, toml).expect("write config");
-        Self::launch(dir, &path, addr, admin, extra_args, envs)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let dir = tempfile::tempdir().expect("temp dir");
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let toml = toml
+                .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
+                .replace("admin = \"127.0.0.1:0\"", &format!("admin = \"{admin}\""));
+            let path = dir.path().join("keyway.toml");
+            std::fs::write(&path, toml).expect("write config");
+            match Self::try_launch(dir, &path, addr, admin, extra_args, envs) {
+                Ok(p) => return p,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {}
+                Err(log) => panic!("keyway did not become ready: {log}"),
+            }
+        }
     }
 
     /// Starts `keyway serve --config PATH` on a config file the test placed itself (its
@@ -531,6 +542,19 @@ impl ProxyProcess {
         extra_args: &[&str],
         envs: &[(&str, &str)],
     ) -> ProxyProcess {
+        Self::try_launch(dir, path, addr, admin, extra_args, envs)
+            .unwrap_or_else(|log| panic!("keyway did not become ready: {log}"))
+    }
+
+    /// As [`ProxyProcess::launch`]; the log of a Keyway that did not become ready (killed).
+    fn try_launch(
+        dir: tempfile::TempDir,
+        path: &std::path::Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<ProxyProcess, String> {
         let child = Command::new(env!("CARGO_BIN_EXE_keyway"))
             .args(["serve", "--config", path.to_str().expect("utf-8 path")])
             .args(extra_args)
@@ -547,11 +571,17 @@ impl ProxyProcess {
             admin,
             dir,
         };
+        let mut p = p;
+        let mut exited = false;
         let up = wait_until(Duration::from_secs(10), || {
-            TcpStream::connect(p.admin).is_ok() && http_get(p.admin, "/readyz").0 == 200
+            exited = matches!(p.child.try_wait(), Ok(Some(_)));
+            exited || (TcpStream::connect(p.admin).is_ok() && http_get(p.admin, "/readyz").0 == 200)
         });
-        assert!(up, "keyway did not become ready: {}", p.log());
-        p
+        if up && !exited {
+            Ok(p)
+        } else {
+            Err(p.log())
+        }
     }
 
     pub fn log(&self) -> String {
