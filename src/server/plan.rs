@@ -213,8 +213,10 @@ fn keyed<'r, 't>(
         Ok(placement) => placement,
         Err(e) => return Plan::Refuse(e.into()),
     };
-    if let (Some(old), Placement::One(new), false) = (topo.warm_from(slot), placement, write) {
-        if spec.traits.contains(Traits::WARM) && old != new {
+    if let (Placement::One(new), false, true) =
+        (placement, write, spec.traits.contains(Traits::WARM))
+    {
+        if let Some(old) = topo.warm_from(slot).filter(|&old| old != new) {
             return Plan::WarmGet { new, old };
         }
     }

@@ -233,12 +233,9 @@ pub(crate) async fn run(
                 return Ok(());
             }
         }
-        // In a block of its own: the kit must not outlive it in this task's state (a local in
-        // scope across the await below would take room in every parked session).
-        let stretch = {
-            let active = Active::new(&mut stream, &shared, client, Kit::take());
-            Box::pin(active.run(drain.as_mut()))
-        };
+        // Boxed, so that the active state takes no room in a parked session's task; the kit is
+        // taken inside it.
+        let stretch = Box::pin(active(&mut stream, &shared, client, drain.as_mut()));
         match stretch.await? {
             Stretch::Parked(kept, kit) => {
                 client = kept;
@@ -247,6 +244,45 @@ pub(crate) async fn run(
             Stretch::Closed => return Ok(()),
         }
     }
+}
+
+/// An active stretch: the [`Active`] state is made inside the (boxed) future, not moved into
+/// it, since it is large and a move is a copy per stretch (one per request at -P 1).
+async fn active(
+    stream: &mut TcpStream,
+    shared: &Arc<Shared>,
+    client: ClientState,
+    drain: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> std::io::Result<Stretch> {
+    let mut active = Active::new(stream, shared, client, Kit::take());
+    let end = active.run(drain).await?;
+    // Parking takes the client's state and the kit out field by field: moving the whole state
+    // (or emptying it in place and dropping it) would cost a copy or a drop per stretch.
+    let Active {
+        client,
+        mut kit,
+        grew,
+        ..
+    } = active;
+    Ok(match end {
+        End::Park => {
+            if grew {
+                // A partial frame grew the read buffer: it may sit on an allocation of any
+                // size, which the kit must not keep.
+                kit.inbuf = BytesMut::new();
+            }
+            Stretch::Parked(client, kit)
+        }
+        End::Closed => Stretch::Closed,
+    })
+}
+
+/// How [`Active::run`] ended.
+enum End {
+    /// Everything received is answered: park.
+    Park,
+    /// The connection is finished.
+    Closed,
 }
 
 /// What woke a parked session.
@@ -304,13 +340,10 @@ struct Active<'s> {
     /// The snapshot requests are planned on (see `fresh`).
     topo: Arc<Topology>,
     client: ClientState,
-    /// Scratch list of key positions, reused by the planner.
-    keys: Vec<usize>,
     /// A parked session has no partial frame, so the decoder starts afresh each stretch.
     decoder: RequestDecoder,
-    inbuf: BytesMut,
-    out: BytesMut,
-    pending: VecDeque<Entry>,
+    /// The buffers, the queue of pending replies, the planner's scratch list of key positions.
+    kit: Kit,
     /// Set once a partial frame made the read buffer grow: it may now sit on an allocation of
     /// any size, which the kit must not keep.
     grew: bool,
@@ -341,23 +374,14 @@ impl<'s> Active<'s> {
         kit: Kit,
     ) -> Active<'s> {
         let (rd, wr) = stream.split();
-        let Kit {
-            inbuf,
-            out,
-            pending,
-            keys,
-        } = kit;
         Active {
             rd,
             wr,
             shared,
             topo: shared.topology.load(),
             client,
-            keys,
             decoder: RequestDecoder::new(shared.limits),
-            inbuf,
-            out,
-            pending,
+            kit,
             grew: false,
             fresh: true,
             barriers: 0,
@@ -370,15 +394,15 @@ impl<'s> Active<'s> {
 
     /// Runs the stretch until the session parks or the connection ends.
     async fn run(
-        mut self,
+        &mut self,
         mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
-    ) -> std::io::Result<Stretch> {
+    ) -> std::io::Result<End> {
         // The client spoke (the socket turned readable): take what it sent. One poll: readiness
         // may be stale (nothing to read after all), and then the session parks again rather
         // than wait here with its buffers.
         let first = poll_read_some(
             &mut self.rd,
-            &mut self.inbuf,
+            &mut self.kit.inbuf,
             &mut self.grew,
             &mut Context::from_waker(Waker::noop()),
         );
@@ -386,19 +410,19 @@ impl<'s> Active<'s> {
             Poll::Ready(Ok(0)) => self.closing = Some(None),
             Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return Ok(self.park()),
+            Poll::Pending => return Ok(End::Park),
         }
         loop {
             self.dispatch();
             match self.next() {
                 Next::Wait => {}
-                Next::Park => return Ok(self.park()),
+                Next::Park => return Ok(End::Park),
                 Next::Close(why) => {
                     if let Some(why) = why {
                         count_disconnect(&self.shared.metrics, why);
                     }
                     let _ = self.wr.shutdown().await;
-                    return Ok(Stretch::Closed);
+                    return Ok(End::Closed);
                 }
             }
             let ended = match self.wait(drain.as_mut()).await {
@@ -419,7 +443,7 @@ impl<'s> Active<'s> {
                 }
             };
             if ended {
-                return Ok(Stretch::Closed);
+                return Ok(End::Closed);
             }
             // Time passed: the next batch takes the topology current then.
             self.fresh = false;
@@ -432,21 +456,6 @@ impl<'s> Active<'s> {
         }
     }
 
-    /// Ends the stretch parked, the kit's parts gathered back.
-    fn park(self) -> Stretch {
-        let kit = Kit {
-            inbuf: if self.grew {
-                BytesMut::new()
-            } else {
-                self.inbuf
-            },
-            out: self.out,
-            pending: self.pending,
-            keys: self.keys,
-        };
-        Stretch::Parked(self.client, kit)
-    }
-
     /// Plans and dispatches every whole frame already buffered, up to the pipeline limit.
     /// Frames that arrived in one read share one start time (one clock read per batch, not per
     /// frame).
@@ -454,11 +463,11 @@ impl<'s> Active<'s> {
         let max_pipeline = self.shared.client_limits.max_pipeline;
         let mut now: Option<Instant> = None;
         while self.closing.is_none()
-            && self.pending.len() < max_pipeline
+            && self.kit.pending.len() < max_pipeline
             && self.barriers == 0
-            && !self.inbuf.is_empty()
+            && !self.kit.inbuf.is_empty()
         {
-            match self.decoder.decode(&mut self.inbuf) {
+            match self.decoder.decode(&mut self.kit.inbuf) {
                 Ok(Some(request)) => {
                     if now.is_none() && !std::mem::take(&mut self.fresh) {
                         // A batch of frames starts: on the topology current now (a swap may
@@ -479,13 +488,13 @@ impl<'s> Active<'s> {
                 }
             }
         }
-        if self.inbuf.is_empty()
-            && self.inbuf.capacity() > 0
-            && self.inbuf.capacity() < READ_CHUNK / 4
+        if self.kit.inbuf.is_empty()
+            && self.kit.inbuf.capacity() > 0
+            && self.kit.inbuf.capacity() < READ_CHUNK / 4
         {
             // Every frame was split off and too little room is left to read into: the remainder
             // would only keep their allocation alive.
-            self.inbuf = BytesMut::new();
+            self.kit.inbuf = BytesMut::new();
         }
     }
 
@@ -498,8 +507,9 @@ impl<'s> Active<'s> {
     }
 
     /// Plans one request, dispatches the plan, and queues its pending reply.
+    #[inline]
     fn request(&mut self, request: &Request, started: Instant) {
-        let (spec, plan) = plan::plan(request, &self.topo, &mut self.client, &mut self.keys);
+        let (spec, plan) = plan::plan(request, &self.topo, &mut self.client, &mut self.kit.keys);
         let mut cx = DispatchContext {
             topo: &self.topo,
             client: &mut self.client,
@@ -512,6 +522,7 @@ impl<'s> Active<'s> {
         }
     }
 
+    #[inline]
     fn push(
         &mut self,
         reply: Pending,
@@ -520,7 +531,7 @@ impl<'s> Active<'s> {
     ) {
         let barrier = reply.is_barrier();
         self.barriers += usize::from(barrier);
-        self.pending.push_back(Entry {
+        self.kit.pending.push_back(Entry {
             reply,
             command: self.shared.metrics.command_index(spec),
             started,
@@ -529,15 +540,16 @@ impl<'s> Active<'s> {
     }
 
     /// Whether to wait for an event, park or close, now that everything buffered is dispatched.
+    #[inline]
     fn next(&mut self) -> Next {
-        let quiet = self.pending.is_empty() && self.out.is_empty();
+        let quiet = self.kit.pending.is_empty() && self.kit.out.is_empty();
         if self.draining && self.closing.is_none() && quiet {
             // Draining: everything received is answered; close between requests.
             self.closing = Some(Some(Disconnect::Drain));
         }
         match self.closing {
             Some(why) if quiet => Next::Close(why),
-            None if quiet && self.inbuf.is_empty() => Next::Park,
+            None if quiet && self.kit.inbuf.is_empty() => Next::Park,
             _ => Next::Wait,
         }
     }
@@ -545,16 +557,16 @@ impl<'s> Active<'s> {
     /// Waits for the next event, preferring writes to collecting replies to reading.
     async fn wait(&mut self, drain: Pin<&mut WaitForCancellationFuture<'_>>) -> Event {
         let limits = &self.shared.client_limits;
-        let can_read = self.closing.is_none() && self.pending.len() < limits.max_pipeline;
-        let quiet = self.pending.is_empty() && self.out.is_empty();
+        let can_read = self.closing.is_none() && self.kit.pending.len() < limits.max_pipeline;
+        let quiet = self.kit.pending.is_empty() && self.kit.out.is_empty();
         let idle_armed = !limits.idle_timeout.is_zero() && self.closing.is_none() && quiet;
         if !idle_armed {
             self.idle_timer = None;
         } else if self.idle_timer.is_none() {
             self.idle_timer = Some(Box::pin(tokio::time::sleep(limits.idle_timeout)));
         }
-        let can_write = !self.out.is_empty() && !self.hold;
-        let has_pending = !self.pending.is_empty();
+        let can_write = !self.kit.out.is_empty() && !self.hold;
+        let has_pending = !self.kit.pending.is_empty();
         // Waiting for the rest of a frame, nothing pending: only a drain can come first. (With
         // replies pending, the next reply wakes the loop, which checks the flag.)
         let wait_drain = !self.draining && quiet;
@@ -562,26 +574,27 @@ impl<'s> Active<'s> {
             biased;
             // Writing comes first: `out` holds only what the client's socket did not take yet,
             // which is what the output limit bounds.
-            n = self.wr.write(&self.out), if can_write => Event::Written(n),
-            done = poll_fn(|cx| front(&mut self.pending, cx)), if has_pending => Event::Reply(done),
-            n = poll_fn(|cx| poll_read_some(&mut self.rd, &mut self.inbuf, &mut self.grew, cx)), if can_read => Event::Read(n),
+            n = self.wr.write(&self.kit.out), if can_write => Event::Written(n),
+            done = poll_fn(|cx| front(&mut self.kit.pending, cx)), if has_pending => Event::Reply(done),
+            n = poll_fn(|cx| poll_read_some(&mut self.rd, &mut self.kit.inbuf, &mut self.grew, cx)), if can_read => Event::Read(n),
             () = drain, if wait_drain => Event::Drain,
             () = poll_fn(|cx| poll_timer(&mut self.idle_timer, cx)), if idle_armed => Event::Idle,
         }
     }
 
     /// The client's socket took `n` bytes. Returns whether the connection is gone.
+    #[inline]
     fn on_written(&mut self, n: usize) -> bool {
         if n == 0 {
             return true;
         }
-        self.out.advance(n);
-        if self.out.is_empty() && self.pending.is_empty() && !self.inbuf.is_empty() {
+        self.kit.out.advance(n);
+        if self.kit.out.is_empty() && self.kit.pending.is_empty() && !self.kit.inbuf.is_empty() {
             // Nothing more to write while the rest of a frame is awaited: give the buffer back
             // (an emptied BytesMut still holds its allocation), so that a client that stalls
             // halfway holds no write buffer. (Otherwise the stretch parks now and the buffer
             // goes back with its kit.)
-            self.out = BytesMut::new();
+            self.kit.out = BytesMut::new();
         }
         false
     }
@@ -593,15 +606,16 @@ impl<'s> Active<'s> {
         let (within, batch) = self.collect(first, limit);
         // Frames of one read share their start time (see `dispatch`).
         self.hold = within
-            && self.out.len() < COALESCE_MAX
+            && self.kit.out.len() < COALESCE_MAX
             && self
+                .kit
                 .pending
                 .front()
                 .is_some_and(|next| next.started == batch);
         if !within {
             tracing::info!(
                 client = self.client.id,
-                bytes = self.out.len(),
+                bytes = self.kit.out.len(),
                 "client does not read its replies; disconnecting at the output limit"
             );
             count_disconnect(&self.shared.metrics, Disconnect::OutputLimit);
@@ -610,6 +624,7 @@ impl<'s> Active<'s> {
     }
 
     /// The client sent `n` bytes (0: it closed its side).
+    #[inline]
     fn on_read(&mut self, n: usize) {
         if n == 0 {
             self.closing = Some(None);
@@ -636,18 +651,22 @@ impl<'s> Active<'s> {
             if done.barrier {
                 self.barriers = self.barriers.saturating_sub(1);
             }
-            let len = match &done.reply {
-                Ok(frame) => frame.len(),
-                Err(e) => e.message().len() + 16,
-            };
-            if !self.out.is_empty() && self.out.len() + len > limit {
-                return (false, batch);
-            }
+            let out = &mut self.kit.out;
             match &done.reply {
-                Ok(frame) => self.out.extend_from_slice(frame),
-                Err(e) => e.encode(&mut self.out),
+                Ok(frame) => {
+                    if !out.is_empty() && out.len() + frame.len() > limit {
+                        return (false, batch);
+                    }
+                    out.extend_from_slice(frame);
+                }
+                Err(e) => {
+                    if !out.is_empty() && out.len() + e.message().len() + 16 > limit {
+                        return (false, batch);
+                    }
+                    e.encode(out);
+                }
             }
-            if let Poll::Ready(more) = front(&mut self.pending, &mut cx) {
+            if let Poll::Ready(more) = front(&mut self.kit.pending, &mut cx) {
                 next = Some(more);
             }
         }
