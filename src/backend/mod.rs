@@ -22,8 +22,9 @@
 //!   arriving meanwhile fail at once with "unavailable", so a dead server never makes a client
 //!   wait.
 //!
-//! Nothing here parses commands: a job is opaque bytes, and a reply is the raw frame the server
-//! sent, forwarded as it came.
+//! Nothing here parses commands: a job is opaque bytes (its sender says whether it calls a
+//! script, [`Pool::send_script`]), and a reply is the raw frame the server sent, forwarded as it
+//! came.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -378,9 +379,25 @@ impl Pool {
     /// Never waits: the queue is unbounded, because what bounds it is upstream (each client
     /// has at most `max_pipeline` requests pending, and Keyway at most `max_clients` clients),
     /// and a synchronous send keeps the request path free of await points.
+    ///
+    /// For a plain command: an error reply such as `-LOADING` counts against the server's
+    /// health. Scripts go through [`Pool::send_script`].
     pub fn send(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
+        self.send_as(pick, frame, true)
+    }
+
+    /// As [`Pool::send`], for a script or function call (`EVAL*`, `FCALL*`, Keyway's own
+    /// two-phase scripts): its error replies are the script's words
+    /// (`redis.error_reply('LOADING')`), not the server's, and never count against its health.
+    /// The caller knows what it sends (the command table's `Traits::SCRIPT`); nothing here
+    /// reads the frame.
+    pub fn send_script(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
+        self.send_as(pick, frame, false)
+    }
+
+    fn send_as(&self, pick: usize, frame: Bytes, signals: bool) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(pick, !is_script(&frame), ReplyTo::One(tx), |out| {
+        self.enqueue(pick, signals, ReplyTo::One(tx), |out| {
             out.extend_from_slice(&frame)
         });
         rx
@@ -879,24 +896,6 @@ impl<'a> Connection<'a> {
             f.reply.send(Err(err.clone()));
         }
     }
-}
-
-/// Whether a request frame calls a script or function (`EVAL*`, `FCALL*`): looks at the first
-/// argument only (`*N\r\n$len\r\nNAME`), without parsing the frame.
-fn is_script(frame: &[u8]) -> bool {
-    let Some(start) = frame.iter().position(|&b| b == b'$') else {
-        return false;
-    };
-    let rest = frame.get(start..).unwrap_or_default();
-    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-        return false;
-    };
-    let name = rest.get(nl + 1..).unwrap_or_default();
-    let starts = |word: &[u8]| {
-        name.get(..word.len())
-            .is_some_and(|n| n.eq_ignore_ascii_case(word))
-    };
-    starts(b"EVAL") || starts(b"FCALL")
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ use crate::txn;
 
 /// Where a plan runs: the snapshot it was made on, the client, what every session shares.
 pub(crate) struct Context<'a> {
+    /// The command runs a script or function (`Traits::SCRIPT`): its error replies are not the
+    /// server's words about its health.
+    pub(crate) script: bool,
     pub(crate) topo: &'a Arc<Topology>,
     pub(crate) client: &'a mut ClientState,
     pub(crate) shared: &'a Arc<Shared>,
@@ -49,9 +52,9 @@ pub(crate) fn dispatch(
             return (Pending::Ready(reply), after);
         }
         Plan::Refuse(e) => Pending::Ready(Err(e)),
-        Plan::Route(route) => send_route(cx.topo, cx.client.pick(), route, request.frame()),
+        Plan::Route(route) => send_route(cx, route, request.frame()),
         Plan::WarmGet { new, old } => warm_get(cx, new, old, request),
-        Plan::Split(split) => send_split(cx.topo, cx.client.pick(), split, request.args()),
+        Plan::Split(split) => send_split(cx, split, request.args()),
         Plan::All(how) => all(cx.topo, cx.client.pick(), how, request.frame()),
         Plan::RandomKey { start } => {
             let topo = cx.topo.clone();
@@ -72,33 +75,41 @@ fn internal_routing_error() -> Pending {
     )))
 }
 
-/// Sends a frame to the server at a slot-table index.
+/// Sends a plain command's frame to the server at a slot-table index.
 fn send_to(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Pending {
+    send_as(topo, server, pick, frame, false)
+}
+
+/// Sends a frame to the server at a slot-table index, as a script call or a plain command.
+fn send_as(topo: &Topology, server: u16, pick: usize, frame: Bytes, script: bool) -> Pending {
     match topo.server(server) {
+        Some(s) if script => Pending::Forward(s.pool.send_script(pick, frame)),
         Some(s) => Pending::Forward(s.pool.send(pick, frame)),
         None => internal_routing_error(),
     }
 }
 
 /// Sends the client's frame where `route` says.
-fn send_route(topo: &Arc<Topology>, pick: usize, route: Route<'_>, frame: &Bytes) -> Pending {
+fn send_route(cx: &Context<'_>, route: Route<'_>, frame: &Bytes) -> Pending {
+    let (topo, pick, script) = (cx.topo, cx.client.pick(), cx.script);
     match route {
-        Route::One(server) => send_to(topo, server, pick, frame.clone()),
+        Route::One(server) => send_as(topo, server, pick, frame.clone(), script),
         Route::Read { server, alternate } => {
-            let first = send_to(topo, server, pick, frame.clone());
+            let first = send_as(topo, server, pick, frame.clone(), script);
             Pending::Merge(Box::pin(read_with_retry(
                 first,
                 topo.clone(),
                 alternate,
                 pick,
                 frame.clone(),
+                script,
             )))
         }
         Route::FanOut { targets, need } => {
             let mut replies = Vec::with_capacity(targets.len());
             for &t in targets {
                 let name = topo.server(t).map_or_else(String::new, |s| s.name.clone());
-                replies.push((name, send_to(topo, t, pick, frame.clone())));
+                replies.push((name, send_as(topo, t, pick, frame.clone(), script)));
             }
             Pending::Merge(Box::pin(fan_out(replies, need)))
         }
@@ -121,7 +132,8 @@ fn put_args(out: &mut BytesMut, args: Args<'_>, range: std::ops::Range<usize>) {
 /// its keys' runs. A part for one server is written straight into that connection's outgoing
 /// bytes, its reply gathered with the others'; a part for a replica set (which the write mode
 /// may fan out) is built as a frame first and routed.
-fn send_split(topo: &Arc<Topology>, pick: usize, split: Split<'_, '_>, args: Args<'_>) -> Pending {
+fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending {
+    let (topo, pick) = (cx.topo, cx.client.pick());
     let Split {
         how,
         group,
@@ -183,7 +195,7 @@ fn send_split(topo: &Arc<Topology>, pick: usize, split: Split<'_, '_>, args: Arg
         // 16: room for the `*N\r\n` header.
         let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
         write_part(&mut frame, index, p.keys);
-        replies.push(send_route(topo, pick, p.route, &frame.freeze()));
+        replies.push(send_route(cx, p.route, &frame.freeze()));
     }
     Pending::Merge(Box::pin(async move {
         let mut frames = Vec::with_capacity(replies.len());
@@ -271,15 +283,16 @@ async fn read_with_retry(
     alternate: u16,
     pick: usize,
     frame: Bytes,
+    script: bool,
 ) -> Reply {
     let failed = match resolve(first).await {
         // Keyway's errors for a forwarded request are all failures to get a reply.
         Err(e) => e,
         answered => return answered,
     };
-    match topo.server(alternate) {
-        Some(server) => forwarded(server.pool.send(pick, frame).await),
-        None => Err(failed),
+    match send_as(&topo, alternate, pick, frame, script) {
+        Pending::Forward(rx) => forwarded(rx.await),
+        _ => Err(failed),
     }
 }
 

@@ -33,6 +33,7 @@ use super::merge;
 use super::plan;
 use super::reply::Pending;
 use super::shared::Shared;
+use crate::command::Traits;
 use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::metrics::Metrics;
 use crate::protocol::{Request, RequestDecoder};
@@ -511,6 +512,7 @@ impl<'s> Active<'s> {
     fn request(&mut self, request: &Request, started: Instant) {
         let (spec, plan) = plan::plan(request, &self.topo, &mut self.client, &mut self.kit.keys);
         let mut cx = DispatchContext {
+            script: spec.is_some_and(|s| s.traits.contains(Traits::SCRIPT)),
             topo: &self.topo,
             client: &mut self.client,
             shared: self.shared,

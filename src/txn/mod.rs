@@ -188,8 +188,21 @@ fn eval(script: &'static str, keys: Vec<Bytes>, args: Vec<Bytes>) -> Bytes {
     Request::from_args(&all).frame().clone()
 }
 
-/// Sends one script (or command) to participant `server` and parses its reply.
+/// Sends one of Keyway's scripts to participant `server` and parses its reply.
 async fn call(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Result<Value, CallError> {
+    let Some(s) = topo.server(server) else {
+        return Err(CallError::NoSuchServer);
+    };
+    reply_of(&s.name, s.pool.send_script(pick, frame)).await
+}
+
+/// As [`call`], for a plain command (whose error replies speak of the server's health).
+async fn call_command(
+    topo: &Topology,
+    server: u16,
+    pick: usize,
+    frame: Bytes,
+) -> Result<Value, CallError> {
     let Some(s) = topo.server(server) else {
         return Err(CallError::NoSuchServer);
     };
@@ -452,7 +465,7 @@ async fn prepare(topo: &Topology, pick: usize, plan: &Plan, txid: &str) -> Votes
         let Some(s) = topo.server(server) else {
             continue;
         };
-        pending.push((server, s.name.as_str(), s.pool.send(pick, frame)));
+        pending.push((server, s.name.as_str(), s.pool.send_script(pick, frame)));
     }
     let mut votes = Votes::Yes;
     for (server, name, rx) in pending {
@@ -549,7 +562,11 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
         let Some(s) = topo.server(server) else {
             continue;
         };
-        others.push((part, s.name.as_str(), s.pool.send(pick, commit(false))));
+        others.push((
+            part,
+            s.name.as_str(),
+            s.pool.send_script(pick, commit(false)),
+        ));
         failpoint("between_secondary_commits").await;
     }
     let mut all_acknowledged = true;
@@ -598,7 +615,7 @@ async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
     let mut replies = Vec::with_capacity(plan.parts.len());
     for &server in plan.parts.keys() {
         if let Some(s) = topo.server(server) {
-            replies.push(s.pool.send(pick, frame(false)));
+            replies.push(s.pool.send_script(pick, frame(false)));
         }
     }
     for r in replies {
@@ -728,7 +745,7 @@ async fn resolve_holder(
     ])
     .frame()
     .clone();
-    match call(topo, at, pick, frame).await? {
+    match call_command(topo, at, pick, frame).await? {
         Value::Bulk(primary) => {
             let primary = String::from_utf8_lossy(&primary).into_owned();
             resolve(topo, pick, at, holder, &primary, metrics).await
