@@ -43,13 +43,16 @@ pub enum ErrorKind {
     BadReply,
     /// A write reached fewer replicas than the write policy needs.
     Partial,
+    /// A two-phase write whose commit point may or may not have passed: recovery finishes it
+    /// either way.
+    OutcomeUnknown,
     /// Keyway's own fault: a state that should not happen.
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, in the order of [`ErrorKind::index`].
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::UnknownCommand,
         ErrorKind::Arity,
         ErrorKind::Syntax,
@@ -62,6 +65,7 @@ impl ErrorKind {
         ErrorKind::Timeout,
         ErrorKind::BadReply,
         ErrorKind::Partial,
+        ErrorKind::OutcomeUnknown,
         ErrorKind::Internal,
     ];
 
@@ -80,6 +84,7 @@ impl ErrorKind {
             | ErrorKind::Timeout
             | ErrorKind::BadReply
             | ErrorKind::Partial
+            | ErrorKind::OutcomeUnknown
             | ErrorKind::Internal => "ERR",
         }
     }
@@ -109,6 +114,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::BadReply => "bad_reply",
             ErrorKind::Partial => "partial",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
             ErrorKind::Internal => "internal",
         }
     }

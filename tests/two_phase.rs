@@ -434,6 +434,10 @@ fn a_participant_killed_between_prepare_and_commit_stays_all_or_nothing() {
         start.elapsed()
     );
     assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    // Keyway's own error, counted by its kind.
+    let tryagain = metric(&proxy.metrics(), "keyway_errors_total{kind=\"tryagain\"}")
+        .expect("series keyway_errors_total{kind=\"tryagain\"} exists");
+    assert_eq!(tryagain, 1.0);
     let _read: String = con.get(on_s1).unwrap();
     // It returns: recovery finishes the transaction one way, on every replica.
     servers[1].restart();

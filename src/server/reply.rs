@@ -33,7 +33,7 @@ pub(crate) enum Pending {
     /// A two-phase transaction, running as a task of its own from the moment it is dispatched,
     /// so that it finishes even if the client goes away. The session dispatches nothing after
     /// it until it is answered: a client's later commands must not overtake its write.
-    Task(tokio::task::JoinHandle<Bytes>),
+    Task(tokio::task::JoinHandle<Reply>),
 }
 
 impl Pending {
@@ -53,11 +53,11 @@ impl Pending {
             }),
             Pending::Merge(f) => f.as_mut().poll(cx),
             Pending::Task(t) => Pin::new(t).poll(cx).map(|r| {
-                r.map_err(|_| {
-                    ReplyError::new(
+                r.unwrap_or_else(|_| {
+                    Err(ReplyError::new(
                         ErrorKind::Internal,
                         "keyway: the transaction task ended without a reply",
-                    )
+                    ))
                 })
             }),
         }

@@ -2,10 +2,9 @@
 //! ([`CallError`]), recovery of a stale transaction ([`ResolveError`]), and a transaction that
 //! did not commit, as its client is told ([`TxnError`]).
 
-use bytes::{Bytes, BytesMut};
-
 use crate::backend::BackendError;
-use crate::protocol::{write_error, ProtocolError, Value};
+use crate::error::{ErrorKind, ReplyError};
+use crate::protocol::{ProtocolError, Value};
 
 /// Why a script call to a participant server gave no usable answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +35,22 @@ pub enum CallError {
         script: &'static str,
         reply: Value,
     },
+}
+
+impl CallError {
+    /// The kind of a client error caused by this failure.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CallError::Backend(BackendError::Unavailable { .. })
+            | CallError::ConnectionEnded { .. } => ErrorKind::Unavailable,
+            CallError::Backend(BackendError::Timeout { .. }) => ErrorKind::Timeout,
+            CallError::Backend(BackendError::Protocol { .. })
+            | CallError::ErrorReply { .. }
+            | CallError::Malformed { .. }
+            | CallError::Unexpected { .. } => ErrorKind::BadReply,
+            CallError::NoSuchServer => ErrorKind::Internal,
+        }
+    }
 }
 
 /// Why recovery could not resolve a transaction now; its intent stays for a later attempt.
@@ -91,26 +106,18 @@ pub(crate) enum TxnError {
 }
 
 impl TxnError {
-    /// The reply's error code: `TRYAGAIN` when nothing was written and the same write may
-    /// simply be sent again, `ERR` otherwise.
-    pub(crate) fn code(&self) -> &'static str {
+    /// The kind of the client's error: `TRYAGAIN` when nothing was written and the same write
+    /// may simply be sent again; an unknown outcome when the commit point may have passed.
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             TxnError::ParticipantDown { .. }
             | TxnError::Conflict
             | TxnError::PrepareFailed(_)
-            | TxnError::AbortedByRecovery => "TRYAGAIN",
-            TxnError::IntentVanished
-            | TxnError::CommitUnknown(_)
-            | TxnError::OnePhase(_)
-            | TxnError::Empty => "ERR",
+            | TxnError::AbortedByRecovery => ErrorKind::TryAgain,
+            TxnError::IntentVanished | TxnError::CommitUnknown(_) => ErrorKind::OutcomeUnknown,
+            TxnError::OnePhase(e) => e.kind(),
+            TxnError::Empty => ErrorKind::Internal,
         }
-    }
-
-    /// The client's reply: `-<code> <text>`.
-    pub(crate) fn to_reply(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        write_error(&mut out, &format!("{} {self}", self.code()));
-        out.freeze()
     }
 
     /// The `outcome` label of the transaction's metric.
@@ -125,5 +132,11 @@ impl TxnError {
             | TxnError::OnePhase(_)
             | TxnError::Empty => "failed",
         }
+    }
+}
+
+impl From<TxnError> for ReplyError {
+    fn from(e: TxnError) -> ReplyError {
+        ReplyError::new(e.kind(), e.to_string())
     }
 }

@@ -44,6 +44,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
+use crate::error::ReplyError;
 use error::TxnError;
 pub use error::{CallError, ResolveError};
 
@@ -330,16 +331,13 @@ pub async fn execute(
     plan: Plan,
     options: &TxOptions,
     metrics: &Metrics,
-) -> Bytes {
+) -> crate::error::Reply {
     let result = run(&topo, pick, &plan, options, metrics).await;
     metrics.txn_outcome(match &result {
         Ok(_) => "committed",
         Err(e) => e.outcome(),
     });
-    match result {
-        Ok(reply) => reply,
-        Err(e) => e.to_reply(),
-    }
+    result.map_err(ReplyError::from)
 }
 
 /// Refuses a transaction with a participant down, then runs its attempts, each in one phase

@@ -84,7 +84,7 @@ fn a_lock_is_stale_when_its_intent_is_older_than_the_lock_timeout_or_gone() {
 
 #[test]
 fn errors_answer_tryagain_only_when_nothing_was_written() {
-    let conflict = TxnError::Conflict.to_reply();
+    let conflict = ReplyError::from(TxnError::Conflict).to_bytes();
     assert_eq!(
         &conflict[..],
         b"-TRYAGAIN keyway: keys are locked by concurrent two-phase writes; retry\r\n"
@@ -93,26 +93,26 @@ fn errors_answer_tryagain_only_when_nothing_was_written() {
         server: "s1".into(),
     };
     assert_eq!(
-        &down.to_reply()[..],
+        &ReplyError::from(down.clone()).to_bytes()[..],
         &b"-TRYAGAIN keyway: server 's1' holding a replica of these keys is down; two_phase writes resume when it is back\r\n"[..]
     );
     let unanswered = CallError::ConnectionEnded {
         server: "s2".into(),
     };
     assert_eq!(
-        &TxnError::PrepareFailed(unanswered.clone()).to_reply()[..],
+        &ReplyError::from(TxnError::PrepareFailed(unanswered.clone())).to_bytes()[..],
         &b"-TRYAGAIN keyway: two-phase prepare failed, nothing was written (server 's2': connection ended)\r\n"[..]
     );
     assert_eq!(
-        &TxnError::CommitUnknown(unanswered.clone()).to_reply()[..],
+        &ReplyError::from(TxnError::CommitUnknown(unanswered.clone())).to_bytes()[..],
         &b"-ERR keyway: two-phase commit outcome unknown (server 's2': connection ended); recovery will finish it on every replica\r\n"[..]
     );
     assert_eq!(
-        &TxnError::OnePhase(unanswered).to_reply()[..],
+        &ReplyError::from(TxnError::OnePhase(unanswered)).to_bytes()[..],
         b"-ERR keyway: server 's2': connection ended\r\n"
     );
-    assert_eq!(TxnError::AbortedByRecovery.code(), "TRYAGAIN");
-    assert_eq!(TxnError::IntentVanished.code(), "ERR");
+    assert_eq!(TxnError::AbortedByRecovery.kind().prefix(), "TRYAGAIN");
+    assert_eq!(TxnError::IntentVanished.kind().prefix(), "ERR");
     assert_eq!(TxnError::Conflict.outcome(), "conflict");
     assert_eq!(down.outcome(), "unavailable");
     assert_eq!(TxnError::IntentVanished.outcome(), "failed");
