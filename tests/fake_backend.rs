@@ -48,6 +48,14 @@ fn client(proxy: &Proxy) -> RawClient {
     c
 }
 
+/// A client served before the fault, which must still be served after it.
+fn bystander(proxy: &Proxy) -> RawClient {
+    let mut c = client(proxy);
+    c.send(&command(&["PING"]));
+    assert_eq!(reply(&mut c), "+PONG\r\n");
+    c
+}
+
 /// A command as a RESP array.
 fn command(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len());
@@ -171,9 +179,7 @@ fn an_unsolicited_reply_drops_the_connection_and_later_requests_work() {
     // with nothing in flight; the listener is closed meanwhile, so that the requests Keyway gets
     // before it may reconnect are seen to fail.
     let (fake, proxy) = start(Fault::Unsolicited(b"+UNASKED\r\n".to_vec()), After::Refuse);
-    let mut bystander = client(&proxy);
-    bystander.send(&command(&["PING"]));
-    assert_eq!(reply(&mut bystander), "+PONG\r\n");
+    let mut bystander = bystander(&proxy);
     let mut c = client(&proxy);
     assert_eq!(
         get(&mut c, "a"),
@@ -206,9 +212,7 @@ fn an_unsolicited_reply_drops_the_connection_and_later_requests_work() {
 #[test]
 fn a_malformed_reply_fails_the_request_and_drops_the_connection() {
     let (fake, proxy) = start(Fault::Malformed(b"?garbage\r\n".to_vec()), After::Serve);
-    let mut bystander = client(&proxy);
-    bystander.send(&command(&["PING"]));
-    assert_eq!(reply(&mut bystander), "+PONG\r\n");
+    let mut bystander = bystander(&proxy);
     let mut c = client(&proxy);
     assert_eq!(
         get(&mut c, "a"),
@@ -226,9 +230,7 @@ fn a_malformed_reply_fails_the_request_and_drops_the_connection() {
 #[test]
 fn a_reply_cut_by_a_close_fails_the_request_as_unavailable() {
     let (fake, proxy) = start(Fault::CutAndClose(b"$10\r\nhalf".to_vec()), After::Serve);
-    let mut bystander = client(&proxy);
-    bystander.send(&command(&["PING"]));
-    assert_eq!(reply(&mut bystander), "+PONG\r\n");
+    let mut bystander = bystander(&proxy);
     let mut c = client(&proxy);
     // At the close, not at the request timeout (that would be "did not answer within").
     assert_eq!(
@@ -247,9 +249,7 @@ fn a_reply_cut_by_a_close_fails_the_request_as_unavailable() {
 #[test]
 fn a_server_that_stalls_mid_reply_times_out_and_the_connection_is_dropped() {
     let (fake, proxy) = start(Fault::Stall(b"$10\r\nhalf".to_vec()), After::Serve);
-    let mut bystander = client(&proxy);
-    bystander.send(&command(&["PING"]));
-    assert_eq!(reply(&mut bystander), "+PONG\r\n");
+    let mut bystander = bystander(&proxy);
     let mut c = client(&proxy);
     let start = Instant::now();
     assert_eq!(
@@ -278,9 +278,7 @@ fn a_close_mid_pipeline_answers_the_replies_that_came_and_fails_the_rest_in_orde
         },
         After::Serve,
     );
-    let mut bystander = client(&proxy);
-    bystander.send(&command(&["PING"]));
-    assert_eq!(reply(&mut bystander), "+PONG\r\n");
+    let mut bystander = bystander(&proxy);
     let mut c = client(&proxy);
     let keys: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
     let pipeline: Vec<u8> = keys.iter().flat_map(|k| command(&["GET", k])).collect();

@@ -128,7 +128,7 @@ pub(crate) fn plan<'r, 't>(
 }
 
 /// Plans a command the table resolved.
-pub(crate) fn plan_command<'r, 't>(
+fn plan_command<'r, 't>(
     spec: &'static CommandSpec,
     args: Args<'r>,
     topo: &'t Topology,

@@ -513,7 +513,7 @@ impl ProxyProcess {
                 .replace("admin = \"127.0.0.1:0\"", &format!("admin = \"{admin}\""));
             let path = dir.path().join("keyway.toml");
             std::fs::write(&path, toml).expect("write config");
-            match Self::try_launch(dir, &path, addr, admin, extra_args, envs) {
+            match Self::launch(dir, &path, addr, admin, extra_args, envs) {
                 Ok(p) => return p,
                 Err(log) if attempt < 5 && log.contains("Address already in use") => {}
                 Err(log) => panic!("keyway did not become ready: {log}"),
@@ -531,23 +531,12 @@ impl ProxyProcess {
     ) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         Self::launch(dir, path, addr, admin, extra_args, &[])
-    }
-
-    /// Spawns the binary (its stderr into `dir`) and waits until `/readyz` says ready.
-    fn launch(
-        dir: tempfile::TempDir,
-        path: &std::path::Path,
-        addr: SocketAddr,
-        admin: SocketAddr,
-        extra_args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> ProxyProcess {
-        Self::try_launch(dir, path, addr, admin, extra_args, envs)
             .unwrap_or_else(|log| panic!("keyway did not become ready: {log}"))
     }
 
-    /// As [`ProxyProcess::launch`]; the log of a Keyway that did not become ready (killed).
-    fn try_launch(
+    /// Spawns the binary (its stderr into `dir`) and waits until `/readyz` says ready; the
+    /// log of a Keyway that exited or did not become ready (it is killed on drop).
+    fn launch(
         dir: tempfile::TempDir,
         path: &std::path::Path,
         addr: SocketAddr,
