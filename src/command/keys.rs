@@ -185,9 +185,7 @@ fn count_numkeys(
     step: usize,
 ) -> Result<usize, CommandError> {
     let style = match spec.name {
-        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
-            NumKeysStyle::Script
-        }
+        _ if spec.traits.contains(super::Traits::SCRIPT) => NumKeysStyle::Script,
         "sintercard" => NumKeysStyle::SetCard,
         "lmpop" | "zmpop" | "blmpop" | "bzmpop" => NumKeysStyle::Pop,
         _ => NumKeysStyle::SortedSets,
