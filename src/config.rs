@@ -347,6 +347,18 @@ impl Config {
     ///
     /// See [`Config::load`].
     pub fn from_toml_with_env(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            let link = name
+                .strip_prefix("KEYWAY_")
+                .is_some_and(|key| is_service_link(&key.to_ascii_lowercase()));
+            if link {
+                tracing::warn!(
+                    variable = %name,
+                    "ignored: a Kubernetes service link (a Service named keyway*), not a Keyway setting"
+                );
+            }
+        }
         // The toml crate reports line and column for syntax errors, unknown keys and type
         // errors, which figment's merged view no longer knows: check the file alone first.
         toml::from_str::<Config>(text).map_err(|e| ConfigError::Syntax {
@@ -355,7 +367,11 @@ impl Config {
         })?;
         let config: Config = Figment::new()
             .merge(Toml::string(text))
-            .merge(Env::prefixed("KEYWAY_").split("__"))
+            .merge(
+                Env::prefixed("KEYWAY_")
+                    .filter(|key| !is_service_link(&key.as_str().to_ascii_lowercase()))
+                    .split("__"),
+            )
             .extract()
             .map_err(|e| ConfigError::Env(e.to_string()))?;
         config.validate(Some(text))?;
@@ -380,6 +396,17 @@ impl Config {
         };
         check_addr(&self.listen).map_err(|m| invalid("listen".into(), Some("listen"), m))?;
         check_addr(&self.admin).map_err(|m| invalid("admin".into(), Some("admin"), m))?;
+        // Port 0 asks the system for a free port, a different one for each.
+        if self.listen == self.admin && !self.listen.ends_with(":0") {
+            return Err(invalid(
+                "admin".into(),
+                Some("admin"),
+                format!(
+                    "must differ from listen ({}): the admin HTTP server and the client port cannot share an address",
+                    self.listen
+                ),
+            ));
+        }
         if !(1..=1024).contains(&self.threads) {
             return Err(invalid(
                 "threads".into(),
@@ -395,10 +422,17 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if self.limits.max_pipeline == 0 {
+        let limits = [
+            ("max_pipeline", self.limits.max_pipeline),
+            ("max_bulk_len", self.limits.max_bulk_len),
+            ("max_args", self.limits.max_args),
+            ("max_inline_len", self.limits.max_inline_len),
+            ("max_client_output", self.limits.max_client_output),
+        ];
+        if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(
-                "limits.max_pipeline".into(),
-                Some("max_pipeline"),
+                format!("limits.{name}"),
+                Some(name),
                 "must be at least 1".into(),
             ));
         }
@@ -454,25 +488,44 @@ impl PoolConfig {
                 format!("must be between 1 and 64, got {}", self.connections),
             ));
         }
-        if self.timeout.is_zero() {
+        // Shorter than these, a setting is a typo ("1ns" for "1s"): probes or sweeps in a busy
+        // loop, or deadlines no server can meet.
+        let at_least = [
+            ("pool.timeout", "timeout", self.timeout, MIN_DEADLINE),
+            (
+                "pool.health.interval",
+                "interval",
+                self.health.interval,
+                MIN_PERIOD,
+            ),
+            (
+                "pool.health.timeout",
+                "timeout",
+                self.health.timeout,
+                MIN_DEADLINE,
+            ),
+            (
+                "pool.two_phase.lock_timeout",
+                "lock_timeout",
+                self.two_phase.lock_timeout,
+                MIN_PERIOD,
+            ),
+            (
+                "pool.two_phase.sweep_interval",
+                "sweep_interval",
+                self.two_phase.sweep_interval,
+                MIN_PERIOD,
+            ),
+        ];
+        if let Some((key, needle, value, min)) = at_least.iter().find(|(_, _, v, min)| v < min) {
             return Err(invalid(
-                "pool.timeout".into(),
-                Some("timeout".into()),
-                "must be greater than zero".into(),
-            ));
-        }
-        if self.health.interval.is_zero() || self.health.timeout.is_zero() {
-            return Err(invalid(
-                "pool.health.interval".into(),
-                Some("interval".into()),
-                "health interval and timeout must be greater than zero".into(),
-            ));
-        }
-        if self.two_phase.lock_timeout.is_zero() || self.two_phase.sweep_interval.is_zero() {
-            return Err(invalid(
-                "pool.two_phase.lock_timeout".into(),
-                Some("lock_timeout".into()),
-                "lock_timeout and sweep_interval must be greater than zero".into(),
+                (*key).into(),
+                Some((*needle).into()),
+                format!(
+                    "must be at least {}, got {}",
+                    humantime::format_duration(*min),
+                    humantime::format_duration(*value)
+                ),
             ));
         }
         if self.health.fall == 0 || self.health.rise == 0 {
@@ -490,6 +543,7 @@ impl PoolConfig {
             )
         })?;
         let mut names = HashSet::new();
+        let mut addrs = std::collections::HashMap::new();
         for (i, s) in self.servers.iter().enumerate() {
             let key = |field: &str| format!("pool.servers[{i}].{field}");
             if s.name.is_empty() {
@@ -503,6 +557,16 @@ impl PoolConfig {
                 ));
             }
             check_addr(&s.addr).map_err(|m| invalid(key("addr"), Some(s.addr.clone()), m))?;
+            if let Some(other) = addrs.insert(s.addr.as_str(), s.name.as_str()) {
+                return Err(invalid(
+                    key("addr"),
+                    Some(s.addr.clone()),
+                    format!(
+                        "servers \"{other}\" and \"{}\" have the same address {}: one redis-server would hold two shares of the keys (and, with replicas, two copies of one slot)",
+                        s.name, s.addr
+                    ),
+                ));
+            }
             if !(s.weight.is_finite() && s.weight > 0.0) {
                 return Err(invalid(
                     key("weight"),
@@ -515,8 +579,50 @@ impl PoolConfig {
     }
 }
 
+/// Whether a `KEYWAY_*` variable (its name after the prefix, lowercase) is one of the links
+/// Kubernetes injects for a Service whose name starts with `keyway` (`KEYWAY_PORT`,
+/// `KEYWAY_PORT_6380_TCP_ADDR`, `KEYWAY_SERVICE_HOST`, `KEYWAY_REDIS_SERVICE_PORT_HTTP`, ...),
+/// which are not Keyway settings and must not stop a sidecar from starting.
+fn is_service_link(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('_').collect();
+    (0..parts.len()).any(|start| {
+        let rest = parts.get(start..).unwrap_or_default();
+        let tail_ok = start == 0
+            || parts
+                .get(..start)
+                .is_some_and(|p| p.iter().all(|s| !s.is_empty()));
+        tail_ok
+            && match rest {
+                ["port"] | ["service", "host"] | ["service", "port", ..] => true,
+                ["port", number, proto, more @ ..] => {
+                    number.bytes().all(|b| b.is_ascii_digit())
+                        && !number.is_empty()
+                        && matches!(*proto, "tcp" | "udp" | "sctp")
+                        && matches!(more, [] | ["proto" | "port" | "addr"])
+                }
+                _ => false,
+            }
+    })
+}
+
+/// The shortest deadline a setting may give (`pool.timeout`, `pool.health.timeout`).
+const MIN_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1);
+/// The shortest period a setting may give (health probes, two-phase sweeps and lock timeout).
+const MIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// `host:port` with a numeric port; the host may be a name resolved at connect time.
+///
+/// A URL (`redis://user:password@host:port`) is refused without quoting it: the password it may
+/// hold must not reach `keyway check`'s output, the logs, INFO or `/topology`.
 fn check_addr(addr: &str) -> Result<(), String> {
+    if addr.contains('@') || addr.contains('/') {
+        return Err(
+            "must be host:port; this looks like a URL, which may hold credentials \
+                    (user:password@): Keyway takes none in an address, so that no secret is shown \
+                    in logs, INFO or /topology"
+                .into(),
+        );
+    }
     let bad = || format!("\"{addr}\" is not a host:port address");
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || port.parse::<u16>().is_err() {
@@ -625,6 +731,117 @@ weight = 2
             .unwrap_err()
             .to_string();
         assert!(e.contains("round-robin") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn configs_that_would_misbehave_are_refused_with_key_and_line() {
+        for (from, to, key, says) in [
+            (
+                "addr = \"127.0.0.1:7002\"",
+                "addr = \"127.0.0.1:7001\"",
+                "pool.servers[1].addr",
+                "same address",
+            ),
+            (
+                "listen = \"127.0.0.1:6380\"",
+                "listen = \"127.0.0.1:6380\"\nadmin = \"127.0.0.1:6380\"",
+                "admin",
+                "must differ from listen",
+            ),
+            (
+                "[pool]",
+                "[limits]\nmax_bulk_len = 0\n[pool]",
+                "limits.max_bulk_len",
+                "at least 1",
+            ),
+            (
+                "[pool]",
+                "[limits]\nmax_args = 0\n[pool]",
+                "limits.max_args",
+                "at least 1",
+            ),
+            (
+                "[pool]",
+                "[limits]\nmax_inline_len = 0\n[pool]",
+                "limits.max_inline_len",
+                "at least 1",
+            ),
+            (
+                "[pool]",
+                "[limits]\nmax_client_output = 0\n[pool]",
+                "limits.max_client_output",
+                "at least 1",
+            ),
+            (
+                "timeout = \"250ms\"",
+                "timeout = \"250ms\"\n[pool.health]\ninterval = \"1ns\"",
+                "pool.health.interval",
+                "at least 10ms, got 1ns",
+            ),
+            (
+                "timeout = \"250ms\"",
+                "timeout = \"0s\"",
+                "pool.timeout",
+                "at least 1ms",
+            ),
+            (
+                "timeout = \"250ms\"",
+                "timeout = \"250ms\"\n[pool.two_phase]\nsweep_interval = \"1us\"",
+                "pool.two_phase.sweep_interval",
+                "at least 10ms",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{to}: {e}");
+            assert!(e.contains("line "), "{to}: names no line: {e}");
+        }
+    }
+
+    #[test]
+    fn an_address_with_credentials_is_refused_without_showing_them() {
+        for addr in [
+            "redis://:s3cret@127.0.0.1:7002",
+            "user:s3cret@127.0.0.1:7002",
+        ] {
+            let text = GOOD.replace("127.0.0.1:7002", addr);
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("pool.servers[1].addr"), "{e}");
+            assert!(e.contains("credentials"), "{e}");
+            assert!(!e.contains("s3cret"), "the error shows the password: {e}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_keyway_keys() {
+        for key in [
+            "port",
+            "port_6380_tcp",
+            "port_6380_tcp_proto",
+            "port_6380_tcp_port",
+            "port_6380_tcp_addr",
+            "service_host",
+            "service_port",
+            "service_port_redis",
+            "redis_port",
+            "redis_port_6379_tcp_addr",
+            "redis_service_host",
+            "admin_service_port_http",
+        ] {
+            assert!(is_service_link(key), "{key}");
+        }
+        for key in [
+            "listen",
+            "admin",
+            "threads",
+            "drain_timeout",
+            "pool__timeout",
+            "pool__servers",
+            "limits__max_clients",
+            "port_name",
+            "service",
+        ] {
+            assert!(!is_service_link(key), "{key}");
+        }
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl Metrics {
             client_disconnects: counter_vec(
                 &r,
                 "keyway_client_disconnects_total",
-                "Client connections closed by Keyway, by reason (protocol_error, output_limit, idle_timeout, drain).",
+                "Client connections closed by Keyway, by reason (protocol_error, output_limit, idle_timeout, drain, cross_protocol).",
                 &["reason"],
             ),
             errors: {
@@ -318,7 +318,13 @@ impl Metrics {
         for outcome in ["applied", "rejected"] {
             metrics.config_reloads.with_label_values(&[outcome]);
         }
-        for reason in ["protocol_error", "output_limit", "idle_timeout", "drain"] {
+        for reason in [
+            "protocol_error",
+            "output_limit",
+            "idle_timeout",
+            "drain",
+            "cross_protocol",
+        ] {
             metrics.client_disconnects.with_label_values(&[reason]);
         }
         metrics

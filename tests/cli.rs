@@ -97,6 +97,23 @@ fn environment_variables_override_the_file() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("listne"), "{}", text(&o));
+    // Kubernetes' links for a Service named keyway (or keyway-redis) are not settings: ignored,
+    // with a warning naming them.
+    let o = keyway(
+        &["check", "--config", &good],
+        &[
+            ("KEYWAY_PORT", "tcp://10.0.0.1:6380"),
+            ("KEYWAY_PORT_6380_TCP_ADDR", "10.0.0.1"),
+            ("KEYWAY_SERVICE_HOST", "10.0.0.1"),
+            ("KEYWAY_REDIS_SERVICE_PORT_HTTP", "80"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("KEYWAY_PORT") && text(&o).contains("service link"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

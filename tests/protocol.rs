@@ -476,3 +476,38 @@ fn real_redis_protocol_errors_have_our_texts() {
         );
     }
 }
+
+/// HTTP sent to the client port (a forged cross-protocol request, an SSRF): redis-server closes
+/// the connection at a `POST` request line or a `Host:` header without running what follows;
+/// so does Keyway, with the same bytes before the close.
+#[test]
+fn http_sent_to_the_client_port_closes_it_without_running_the_body() {
+    let server = support::RedisServer::start();
+    let proxy = support::Proxy::start(&[&server]);
+    let post =
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 19\r\n\r\nSET http-body ran\r\n";
+    let get = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nSET http-body ran\r\n";
+    for request in [&post[..], &get[..]] {
+        let mut theirs = support::RawClient::connect(server.addr());
+        theirs.send(request);
+        let theirs = theirs.read_to_close();
+        let mut ours = support::RawClient::connect(proxy.addr);
+        ours.send(request);
+        let ours = ours.read_to_close();
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs),
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let mut con = server.client();
+    let ran: Option<String> = redis::cmd("GET").arg("http-body").query(&mut con).unwrap();
+    assert_eq!(ran, None, "the body of the HTTP request ran");
+    let closed = support::metric(
+        &proxy.metrics(),
+        "keyway_client_disconnects_total{reason=\"cross_protocol\"}",
+    )
+    .expect("series keyway_client_disconnects_total{reason=\"cross_protocol\"} exists");
+    assert_eq!(closed, 2.0);
+}

@@ -64,6 +64,8 @@ pub(crate) fn dispatch(
         }
         Plan::Scan { server, cursor } => scan(cx, server, cursor, request.args()),
         Plan::TwoPhase(plan) => two_phase(cx, plan),
+        // The session closes the connection before dispatching (see `Active::request`).
+        Plan::CrossProtocol => return (Pending::Ready(Ok(Bytes::new())), After::Close),
     };
     (pending, After::Continue)
 }

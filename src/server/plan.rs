@@ -48,6 +48,10 @@ pub(crate) enum Plan<'r, 't> {
     Scan { server: u16, cursor: u64 },
     /// A write under `write = "two_phase"`.
     TwoPhase(txn::Plan),
+    /// HTTP sent to the client port (a `POST` request line, a `Host:` header): the connection
+    /// is closed without a reply, as redis-server does, so that a request forged by a browser or
+    /// an SSRF cannot run the commands in its body.
+    CrossProtocol,
 }
 
 /// Where a frame goes.
@@ -116,6 +120,10 @@ pub(crate) fn plan<'r, 't>(
     keys: &mut Vec<usize>,
 ) -> (Option<&'static CommandSpec>, Plan<'r, 't>) {
     let args = request.args();
+    let name = request.name();
+    if name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:") {
+        return (None, Plan::CrossProtocol);
+    }
     match command::resolve(args) {
         Ok(spec) => (Some(spec), plan_command(spec, args, topo, client, keys)),
         Err(e) => {

@@ -22,10 +22,7 @@ impl Fixture {
     fn new(servers: usize, extra: &str) -> Fixture {
         let mut toml = format!("{extra}\ntimeout = \"20ms\"\n");
         for i in 0..servers {
-            // Port 9: discard, which nothing on a test machine serves; never connected here.
-            toml.push_str(&format!(
-                "[[servers]]\nname = \"s{i}\"\naddr = \"127.0.0.1:9\"\n"
-            ));
+            toml.push_str(&server_toml(i));
         }
         let config: PoolConfig = toml::from_str(&toml).expect("pool config");
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -55,6 +52,15 @@ impl Fixture {
         }
         assert!(!topo.is_up(i));
     }
+}
+
+/// Server `i` of a fixture: a port of its own from 9 up (discard and other ports nothing on a
+/// test machine serves; never connected here).
+fn server_toml(i: usize) -> String {
+    format!(
+        "[[servers]]\nname = \"s{i}\"\naddr = \"127.0.0.1:{}\"\n",
+        9 + i
+    )
 }
 
 fn request(args: &[&str]) -> Request {
@@ -409,9 +415,7 @@ fn a_get_on_a_moved_slot_warms_from_its_previous_server_during_warmup() {
     // A third server takes some slots; a key of one of them reads through its old server.
     let mut toml = "warmup = \"1h\"\ntimeout = \"20ms\"\n".to_string();
     for i in 0..3 {
-        toml.push_str(&format!(
-            "[[servers]]\nname = \"s{i}\"\naddr = \"127.0.0.1:9\"\n"
-        ));
+        toml.push_str(&server_toml(i));
     }
     let config: PoolConfig = toml::from_str(&toml).expect("pool config");
     f.runtime.block_on(f.handle.swap(&config)).expect("swap");

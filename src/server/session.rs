@@ -149,6 +149,7 @@ enum Disconnect {
     OutputLimit,
     IdleTimeout,
     Drain,
+    CrossProtocol,
 }
 
 impl Disconnect {
@@ -158,6 +159,7 @@ impl Disconnect {
             Disconnect::OutputLimit => "output_limit",
             Disconnect::IdleTimeout => "idle_timeout",
             Disconnect::Drain => "drain",
+            Disconnect::CrossProtocol => "cross_protocol",
         }
     }
 }
@@ -511,6 +513,10 @@ impl<'s> Active<'s> {
     #[inline]
     fn request(&mut self, request: &Request, started: Instant) {
         let (spec, plan) = plan::plan(request, &self.topo, &mut self.client, &mut self.kit.keys);
+        if let plan::Plan::CrossProtocol = plan {
+            self.cross_protocol();
+            return;
+        }
         let mut cx = DispatchContext {
             script: spec.is_some_and(|s| s.traits.contains(Traits::SCRIPT)),
             topo: &self.topo,
@@ -522,6 +528,34 @@ impl<'s> Active<'s> {
         if after == After::Close {
             self.closing = Some(None);
         }
+    }
+
+    /// HTTP on the client port: close at once, without a reply and without the replies still
+    /// unwritten (redis-server frees such a client before it writes again), log it at most once
+    /// a minute (as redis-server does, so that a flood cannot fill the log), and count it.
+    /// Dropping a pending two-phase transaction's handle does not stop the transaction.
+    #[cold]
+    fn cross_protocol(&mut self) {
+        static LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = self.shared.started.elapsed().as_secs() + 1;
+        let last = LOGGED.load(std::sync::atomic::Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) > 60 {
+            LOGGED.store(now, std::sync::atomic::Ordering::Relaxed);
+            let peer = self
+                .rd
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            tracing::warn!(
+                client = self.client.id,
+                %peer,
+                "possible security attack: HTTP (POST or Host:) sent to the client port, as a forged cross-protocol request would; connection closed"
+            );
+        }
+        self.kit.pending.clear();
+        self.kit.out.clear();
+        self.barriers = 0;
+        self.closing = Some(Some(Disconnect::CrossProtocol));
     }
 
     #[inline]
