@@ -120,12 +120,10 @@ pub(crate) fn plan<'r, 't>(
     keys: &mut Vec<usize>,
 ) -> (Option<&'static CommandSpec>, Plan<'r, 't>) {
     let args = request.args();
-    let name = request.name();
-    if name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:") {
-        return (None, Plan::CrossProtocol);
-    }
     match command::resolve(args) {
         Ok(spec) => (Some(spec), plan_command(spec, args, topo, client, keys)),
+        // Neither is a command, so only a name the table does not know is looked at.
+        Err(_) if is_http(request.name()) => (None, Plan::CrossProtocol),
         Err(e) => {
             let known = std::str::from_utf8(request.name())
                 .ok()
@@ -133,6 +131,12 @@ pub(crate) fn plan<'r, 't>(
             (known, Plan::Refuse(e.into()))
         }
     }
+}
+
+/// Whether a request's name is what an HTTP request sends first: a `POST` request line or a
+/// `Host:` header (a GET request line is a Redis GET with the wrong arity).
+fn is_http(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:")
 }
 
 /// Plans a command the table resolved.
