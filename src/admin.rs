@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::topology::TopologyHandle;
 
 /// What the admin endpoints may read and change: the topology, the metrics, whether Keyway is
-/// draining. Nothing of the client sessions.
+/// draining, the token that mutations need. Nothing of the client sessions.
 pub struct AdminState {
     /// The topology `/topology` shows and `PUT /topology` replaces.
     pub topology: Arc<TopologyHandle>,
@@ -37,7 +37,39 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Read by `/readyz`.
     pub drain: Arc<Drain>,
+    /// `admin_token_file`: mutations are off without it.
+    pub token_file: Option<std::path::PathBuf>,
+    /// The last token read from `token_file`, used while the file cannot be read.
+    last_token: std::sync::Mutex<Option<String>>,
+    /// Admin connections open now, at most [`MAX_CONNECTIONS`].
+    connections: Arc<tokio::sync::Semaphore>,
 }
+
+impl AdminState {
+    /// The admin state over these handles.
+    pub fn new(
+        topology: Arc<TopologyHandle>,
+        metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
+        token_file: Option<std::path::PathBuf>,
+    ) -> AdminState {
+        AdminState {
+            topology,
+            metrics,
+            drain,
+            token_file,
+            last_token: std::sync::Mutex::new(None),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        }
+    }
+}
+
+/// Admin connections at once. Past it a connection is closed at once, so that half-sent
+/// requests cannot take every file descriptor (the client port needs them too).
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's headers (and between keep-alive
+/// requests) or its body.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Reply = Response<Full<Bytes>>;
 
@@ -62,13 +94,21 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 continue;
             }
         };
+        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "admin connection refused: too many open");
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, &state).await) }
+                async move { Ok::<_, Infallible>(handle(req, &state, peer).await) }
             });
             if let Err(e) = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -92,8 +132,12 @@ pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
 /// Largest `PUT /topology` body accepted.
 const MAX_BODY: usize = 1024 * 1024;
 
-async fn handle(req: Request<Incoming>, state: &AdminState) -> Reply {
+async fn handle(req: Request<Incoming>, state: &AdminState, peer: SocketAddr) -> Reply {
     if req.method() == Method::PUT && req.uri().path() == "/topology" {
+        if let Err(refused) = authorize(&req, state, peer).await {
+            return refused;
+        }
+        tracing::info!(%peer, "PUT /topology by an authorized caller");
         return put_topology(req, state).await;
     }
     match (req.method(), req.uri().path()) {
@@ -116,6 +160,78 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Reply {
     }
 }
 
+/// Checks a mutation's bearer token against `admin_token_file` (in constant time). `Err` is the
+/// reply: 403 when mutations are off (no token file), 401 for a missing or wrong token. The
+/// caller's address is logged; the token never is.
+async fn authorize(
+    req: &Request<Incoming>,
+    state: &AdminState,
+    peer: SocketAddr,
+) -> Result<(), Reply> {
+    let error = |status, msg: &str| {
+        let mut r = reply(
+            status,
+            "application/json",
+            serde_json::json!({ "error": msg }).to_string(),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    };
+    let Some(path) = &state.token_file else {
+        tracing::warn!(%peer, path = %req.uri().path(), "admin mutation refused: admin_token_file is not set");
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "PUT /topology is off: set admin_token_file (a file holding a bearer token) to enable it",
+        ));
+    };
+    let token = match tokio::fs::read_to_string(path).await {
+        Ok(t) if !t.trim().is_empty() => {
+            let t = t.trim().to_string();
+            if let Ok(mut last) = state.last_token.lock() {
+                *last = Some(t.clone());
+            }
+            Some(t)
+        }
+        other => {
+            let last = state.last_token.lock().ok().and_then(|l| l.clone());
+            tracing::warn!(
+                path = %path.display(),
+                error = ?other.err().map(|e| e.to_string()),
+                kept = last.is_some(),
+                "admin_token_file cannot be read or is empty; the last token read stays in use"
+            );
+            last
+        }
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = match (token, given) {
+        (Some(token), Some(given)) => {
+            use subtle::ConstantTimeEq;
+            bool::from(token.as_bytes().ct_eq(given.as_bytes()))
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        tracing::warn!(%peer, path = %req.uri().path(), "admin mutation refused: missing or wrong bearer token");
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token (Authorization: Bearer <token from admin_token_file>) is required",
+        ))
+    }
+}
+
 async fn put_topology(req: Request<Incoming>, state: &AdminState) -> Reply {
     use http_body_util::BodyExt;
     let bad = |msg: String| {
@@ -134,12 +250,11 @@ async fn put_topology(req: Request<Incoming>, state: &AdminState) -> Reply {
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("json"));
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(READ_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Err(_) => return bad(format!("the body did not arrive within {READ_TIMEOUT:?}")),
+        Ok(Err(e)) => {
             return bad(format!(
                 "cannot read the body (at most {MAX_BODY} bytes): {e}"
             ))

@@ -53,6 +53,11 @@ pub struct Config {
     /// Admin HTTP address (metrics, health, topology). Default `127.0.0.1:9380`.
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// A file holding the bearer token that the admin API's mutating endpoints
+    /// (`PUT /topology`) require; without it they are off. Read at each such request, so that
+    /// a rotated Kubernetes Secret takes effect without a restart. Default none.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// On SIGTERM/SIGINT: how long to wait for clients to get their in-flight replies before
     /// exiting anyway. Default `10s`.
     #[serde(default = "default_drain", with = "humantime_serde")]
@@ -415,6 +420,17 @@ impl Config {
             ));
         }
         self.pool.validate(text)?;
+        if let Some(path) = &self.admin_token_file {
+            // Only whether a token is there: the token itself is never shown.
+            let usable = std::fs::read_to_string(path).is_ok_and(|t| !t.trim().is_empty());
+            if !usable {
+                return Err(invalid(
+                    "admin_token_file".into(),
+                    Some("admin_token_file"),
+                    format!("{} cannot be read or holds no token", path.display()),
+                ));
+            }
+        }
         if self.limits.max_clients == 0 {
             return Err(invalid(
                 "limits.max_clients".into(),

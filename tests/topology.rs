@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Commands;
-use support::{free_port, http, http_get, metric, wait_until, Proxy, ProxyProcess, RedisServer};
+use support::{
+    free_port, http, http_get, http_with, metric, wait_until, Proxy, ProxyProcess, RedisServer,
+};
 
 fn version(admin: SocketAddr) -> u64 {
     let (_, body) = http_get(admin, "/topology");
@@ -54,7 +56,8 @@ fn put_json(admin: SocketAddr, path: &str, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(admin).unwrap();
     use std::io::{Read, Write};
     let req = format!(
-        "PUT {path} HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "PUT {path} HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        support::bearer(),
         body.len()
     );
     s.write_all(req.as_bytes()).unwrap();
@@ -132,7 +135,9 @@ fn admin_api_swaps_validates_and_dry_runs() {
         b.addr_string(),
         c.addr_string()
     );
-    let (status, answer) = http(proxy.admin, "PUT", "/topology", &toml);
+    let auth = [("Authorization", support::bearer())];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, answer) = support::http_with(proxy.admin, "PUT", "/topology", &toml, &auth);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(version(proxy.admin), 2);
     // Invalid documents are refused with the reason; the topology keeps serving.
@@ -143,7 +148,7 @@ fn admin_api_swaps_validates_and_dry_runs() {
         ("replicas = 1", "no servers"),
         ("[[servers]]\nname = \"a\"\naddr = \"nowhere\"", "not a host:port"),
     ] {
-        let (status, answer) = http(proxy.admin, "PUT", "/topology", bad);
+        let (status, answer) = support::http_with(proxy.admin, "PUT", "/topology", bad, &auth);
         assert_eq!(status, 400, "{bad}: {answer}");
         assert!(answer.contains(why), "{bad}: {answer}");
     }
@@ -549,4 +554,100 @@ fn warm_up_reads_moved_keys_from_their_previous_server() {
     assert_eq!(put_json(proxy.admin, "/topology", &body).0, 200);
     let v: Option<String> = con.get(moved[0].as_str()).unwrap();
     assert_eq!(v, None);
+}
+
+/// `PUT /topology` needs the bearer token of `admin_token_file` and is off without one: a
+/// missing, wrong or unset token changes nothing. The file is read at each mutation, so a
+/// rotated token works at once. Reads (`GET /topology`, `/metrics`) need none.
+#[test]
+fn topology_changes_need_the_admin_token() {
+    let (a, b) = (RedisServer::start(), RedisServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let toml = support::config_toml(&[&a], "")
+        .replace(support::admin_token_file(), token.to_str().unwrap());
+    let proxy = Proxy::start_toml(&toml);
+    let body = format!(
+        "[[servers]]\nname = \"s0\"\naddr = \"{}\"\n[[servers]]\nname = \"s1\"\naddr = \"{}\"\n",
+        a.addr_string(),
+        b.addr_string()
+    );
+    let put = |auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|v| ("Authorization", v)).into_iter().collect();
+        http_with(proxy.admin, "PUT", "/topology", &body, &headers)
+    };
+    for (auth, status) in [
+        (None, 401),
+        (Some("Bearer wrong-token"), 401),
+        (Some("Bearer first-token-and-more"), 401),
+        (Some("first-token"), 401),
+    ] {
+        let (got, answer) = put(auth);
+        assert_eq!(got, status, "{auth:?}: {answer}");
+        assert!(!answer.contains("first-token"), "the token leaks: {answer}");
+    }
+    assert_eq!(version(proxy.admin), 1, "nothing changed");
+    // A rotated token works at once; the old one no longer does.
+    std::fs::write(&token, "second-token\n").unwrap();
+    assert_eq!(put(Some("Bearer first-token")).0, 401);
+    let (got, answer) = put(Some("Bearer second-token"));
+    assert_eq!(got, 200, "{answer}");
+    assert_eq!(version(proxy.admin), 2);
+    // The file gone: the last token read stays in use.
+    std::fs::remove_file(&token).unwrap();
+    assert_eq!(put(Some("Bearer second-token")).0, 200);
+    assert_eq!(http_get(proxy.admin, "/topology").0, 200);
+
+    // Without admin_token_file, mutations are off.
+    let open = Proxy::start_toml(&support::config_toml(&[&a], "").replace(
+        &format!("admin_token_file = \"{}\"\n", support::admin_token_file()),
+        "",
+    ));
+    let (got, answer) = http(open.admin, "PUT", "/topology", &body);
+    assert_eq!(got, 403, "{answer}");
+    assert!(answer.contains("admin_token_file"), "{answer}");
+    assert_eq!(version(open.admin), 1);
+}
+
+/// Half-sent admin requests cannot pile up: past 64 open connections the next is closed at
+/// once, and a connection that does not finish its headers is closed after 5 s, which frees
+/// its place.
+#[test]
+fn admin_connections_are_bounded_and_time_out() {
+    use std::io::{Read, Write};
+    let a = RedisServer::start();
+    let proxy = Proxy::start(&[&a]);
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut s = std::net::TcpStream::connect(proxy.admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHo").unwrap();
+        held.push(s);
+    }
+    // Each held connection has been accepted once /healthz answers nothing more: the 65th is
+    // closed without a reply.
+    let refused = wait_until(Duration::from_secs(5), || {
+        let mut s = std::net::TcpStream::connect(proxy.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: k\r\n\r\n");
+        let mut buf = Vec::new();
+        matches!(s.read_to_end(&mut buf), Ok(0))
+    });
+    assert!(refused, "a 65th admin connection was served");
+    // The half-sent ones are closed by the header timeout; then the admin port serves again.
+    let mut first = held.remove(0);
+    first.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut buf = Vec::new();
+    let _ = first.read_to_end(&mut buf);
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(
+            proxy.admin,
+            "/healthz"
+        )
+        .0 == 200),
+        "the admin port did not recover"
+    );
+    // The client port was never affected.
+    let mut con = proxy.client();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
 }

@@ -162,11 +162,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 addr: config.admin.clone(),
                 source,
             })?;
-    let admin_state = AdminState {
-        topology: shared.topology.clone(),
-        metrics: shared.metrics.clone(),
-        drain: shared.drain.clone(),
-    };
+    let admin_state = AdminState::new(
+        shared.topology.clone(),
+        shared.metrics.clone(),
+        shared.drain.clone(),
+        config.admin_token_file.clone(),
+    );
     tokio::spawn(crate::admin::serve(admin, Arc::new(admin_state)));
     tokio::spawn(crate::txn::sweep(
         shared.topology.clone(),

@@ -352,7 +352,10 @@ impl RawClient {
 /// The `[pool]` config of a test: servers named `s0`, `s1`, ... in the order given, with
 /// extra `[pool]` lines (`"timeout = \"200ms\""`).
 pub fn config_toml(servers: &[&RedisServer], pool_extra: &str) -> String {
-    let mut t = String::from("listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[pool]\n");
+    let mut t = format!(
+        "listen = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[pool]\n",
+        admin_token_file()
+    );
     t.push_str(pool_extra);
     t.push('\n');
     for (i, s) in servers.iter().enumerate() {
@@ -362,6 +365,25 @@ pub fn config_toml(servers: &[&RedisServer], pool_extra: &str) -> String {
         ));
     }
     t
+}
+
+/// The admin bearer token of the test configs (see [`config_toml`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A file holding [`ADMIN_TOKEN`], written once per test process.
+pub fn admin_token_file() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("keyway-test-admin-token-{}", std::process::id()));
+        std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).expect("write the admin token file");
+        path.to_string_lossy().into_owned()
+    })
+}
+
+/// The `Authorization` header value that admin mutations need in the test configs.
+pub fn bearer() -> String {
+    format!("Bearer {ADMIN_TOKEN}")
 }
 
 /// Keyway running inside the test process on its own runtime; stopped on drop.
@@ -446,10 +468,25 @@ impl Drop for Proxy {
 
 /// A minimal HTTP/1.1 request over std TCP: returns (status code, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, body, &[])
+}
+
+/// As [`http`], with extra headers (`("Authorization", "Bearer ...")`).
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: keyway\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: keyway\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("write request");
