@@ -593,3 +593,48 @@ fn both_runtime_flavors_serve_the_same_traffic() {
         assert!(s.dbsize() > 300, "server holds {}", s.dbsize());
     }
 }
+
+/// Keyway's own keys (two-phase locks, intents, decisions) are out of clients' reach: a client
+/// that set `__keyway:lock:acct:42` would block every later write to `acct:42`. Every command
+/// naming one is refused as a whole, and nothing is written.
+#[test]
+fn keyways_own_keys_are_out_of_clients_reach() {
+    let (a, b, c) = three();
+    let proxy = Proxy::start(&[&a, &b, &c]);
+    let mut con = proxy.client();
+    let refused: [&[&str]; 8] = [
+        &["SET", "__keyway:lock:acct:42", "x"],
+        &["GET", "__keyway:tx:1"],
+        &["DEL", "__keyway:txs"],
+        &["MSET", "plain", "1", "__keyway:decision:1", "commit"],
+        &["MGET", "plain", "__keyway:tx:1"],
+        &["RENAME", "{t}a", "__keyway:lock:{t}a"],
+        &[
+            "EVAL",
+            "return redis.call('SET', KEYS[1], 'x')",
+            "1",
+            "__keyway:lock:k",
+        ],
+        &["HSET", "__keyway:tx:9", "primary", "s0"],
+    ];
+    for args in refused {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let err = cmd.query::<redis::Value>(&mut con).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("'__keyway:' are keyway's own bookkeeping"),
+            "{args:?}: {err}"
+        );
+    }
+    // Nothing was written, the MSET's plain key included.
+    for s in [&a, &b, &c] {
+        assert_eq!(s.dbsize(), 0);
+    }
+    // The keys they name work as ever.
+    let _: () = con.set("acct:42", "1").unwrap();
+    let got: String = con.get("acct:42").unwrap();
+    assert_eq!(got, "1");
+}

@@ -157,7 +157,7 @@ pub(crate) fn all(how: Merge, replies: Vec<Reply>, topo: &Topology) -> Reply {
 
 /// Whether a listed key is Keyway's own (`__keyway:*`: two-phase locks, intents, decisions).
 fn is_internal(k: &Value) -> bool {
-    matches!(k, Value::Bulk(key) if key.starts_with(b"__keyway:"))
+    matches!(k, Value::Bulk(key) if key.starts_with(crate::txn::RESERVED_PREFIX))
 }
 
 /// Whether server `index` is the one that lists key `k` (see [`Topology::owner`]).

@@ -102,6 +102,14 @@ const CROSSSLOT: &str = "Keys in request don't hash to the same slot \
      (keyway shards keys by slot; put a hash tag in the keys, e.g. {user1}.a and {user1}.b, \
      to keep them on one server)";
 
+const RESERVED: &str = "keys starting with '__keyway:' are keyway's own bookkeeping \
+     (two-phase locks, intents and decisions); clients cannot read or write them";
+
+/// Whether a key is one of Keyway's own (`__keyway:*`), which no client command may name.
+fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(crate::txn::RESERVED_PREFIX)
+}
+
 const RANDOM_FANOUT: &str = "SPOP picks members at random, so replicas would pop different \
      members; keyway refuses it when writes go to several replicas (write = all or quorum)";
 
@@ -200,6 +208,9 @@ fn keyed<'r, 't>(
     let mut slot = None;
     for &i in keys.iter() {
         let Some(key) = args.get(i) else { continue };
+        if is_reserved(key) {
+            return refuse(ErrorKind::Refused, RESERVED);
+        }
         let s = key_slot(key, topo.hash_tag);
         match slot {
             None => slot = Some(s),
@@ -336,6 +347,12 @@ fn split<'r, 't>(
         return Plan::Refuse(command::CommandError::Arity { name: spec.name }.into());
     }
     let write = spec.is_write();
+    if (1..args.len())
+        .step_by(group)
+        .any(|at| is_reserved(args.get(at).unwrap_or_default()))
+    {
+        return refuse(ErrorKind::Refused, RESERVED);
+    }
     if write && topo.write == WriteMode::TwoPhase {
         let replica_set = |key: &[u8]| topo.replica_set(key_slot(key, topo.hash_tag));
         return Plan::TwoPhase(txn::plan::split(how, args, group, replica_set));

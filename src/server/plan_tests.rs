@@ -114,7 +114,12 @@ fn local_commands_are_answered_by_keyway() {
 #[test]
 fn refusals_carry_their_kind() {
     let mut f = Fixture::new(3, "");
-    let cases: [(&[&str], ErrorKind); 8] = [
+    let cases: [(&[&str], ErrorKind); 10] = [
+        (&["GET", "__keyway:tx:1"], ErrorKind::Refused),
+        (
+            &["MSET", "a", "1", "__keyway:lock:a", "x"],
+            ErrorKind::Refused,
+        ),
         (&["NOSUCH", "x"], ErrorKind::UnknownCommand),
         (&["CLIENT", "nosuch"], ErrorKind::UnknownCommand),
         (&["GET"], ErrorKind::Arity),

@@ -53,6 +53,10 @@ use crate::metrics::Metrics;
 use crate::protocol::{write_error, write_integer, write_simple, Request, Value};
 use crate::topology::{Topology, TopologyHandle};
 
+/// The prefix of every key Keyway keeps on the servers (locks, intents, decisions, the index);
+/// no client command may name one (`server::plan`).
+pub const RESERVED_PREFIX: &[u8] = b"__keyway:";
+
 /// The index of intents on each server.
 pub const INDEX_KEY: &[u8] = b"__keyway:txs";
 
