@@ -347,13 +347,13 @@ fn split<'r, 't>(
         return Plan::Refuse(command::CommandError::Arity { name: spec.name }.into());
     }
     let write = spec.is_write();
-    if (1..args.len())
-        .step_by(group)
-        .any(|at| is_reserved(args.get(at).unwrap_or_default()))
-    {
-        return refuse(ErrorKind::Refused, RESERVED);
-    }
     if write && topo.write == WriteMode::TwoPhase {
+        if (1..args.len())
+            .step_by(group)
+            .any(|at| is_reserved(args.get(at).unwrap_or_default()))
+        {
+            return refuse(ErrorKind::Refused, RESERVED);
+        }
         let replica_set = |key: &[u8]| topo.replica_set(key_slot(key, topo.hash_tag));
         return Plan::TwoPhase(txn::plan::split(how, args, group, replica_set));
     }
@@ -363,7 +363,11 @@ fn split<'r, 't>(
     let mut runs: Vec<(u32, Option<&[u8]>)> = Vec::with_capacity((args.len() - 1) / group);
     let mut parts: Vec<SubCommand<'t>> = Vec::with_capacity(topo.servers.len().min(8));
     for at in (1..args.len()).step_by(group) {
-        let slot = key_slot(args.get(at).unwrap_or_default(), topo.hash_tag);
+        let key = args.get(at).unwrap_or_default();
+        if is_reserved(key) {
+            return refuse(ErrorKind::Refused, RESERVED);
+        }
+        let slot = key_slot(key, topo.hash_tag);
         let run = args.encoded(at..at + group);
         let part = match part_for(&mut parts, topo, slot) {
             Ok(i) => i,

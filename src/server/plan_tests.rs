@@ -411,6 +411,15 @@ fn two_phase_writes_become_transactions_over_the_replica_sets() {
     with_plan(&mut f, &["SPOP", "k"], |_, plan| {
         assert_eq!(refusal(&plan), Ok(ErrorKind::Refused));
     });
+    // Keyway's own keys are refused before anything is staged.
+    for args in [
+        &["MSET", "a", "1", "__keyway:lock:a", "x"][..],
+        &["SET", "__keyway:txs", "x"],
+    ] {
+        with_plan(&mut f, args, |_, plan| {
+            assert_eq!(refusal(&plan), Ok(ErrorKind::Refused), "{args:?}");
+        });
+    }
 }
 
 #[test]
