@@ -383,6 +383,19 @@ impl Config {
         Ok(config)
     }
 
+    /// Settings that are valid but probably not what was meant, one sentence each: printed by
+    /// `keyway check` and logged when Keyway starts.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.pool.write == WriteMode::Quorum && self.pool.replicas == 2 {
+            out.push(
+                "pool.write = \"quorum\" with replicas = 2 needs both replicas (a majority of 2 is 2): it behaves like write = \"all\"; use replicas = 3 for a quorum that keeps taking writes while one replica is down"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// Checks what the types cannot: a usable, unambiguous pool.
     ///
     /// `text` is the file the config came from, used to point at the line of a bad value.

@@ -125,6 +125,9 @@ fn run(command: Command) -> anyhow::Result<()> {
                 c.pool.servers.len(),
                 c.pool.replicas
             );
+            for warning in c.warnings() {
+                println!("warning: {warning}");
+            }
             Ok(())
         }
         Command::Plan { config, new } => {
@@ -183,6 +186,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Serve { config, no_watch } => {
             let c = Config::load(&config)?;
+            for warning in c.warnings() {
+                tracing::warn!("{warning}");
+            }
             let runtime = if c.threads <= 1 {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -113,6 +113,19 @@ fn environment_variables_override_the_file() {
         text(&o).contains("KEYWAY_PORT") && text(&o).contains("service link"),
         "{}",
         text(&o)
+    ); // Valid but probably not meant: said, and still ok.
+    let o = keyway(
+        &["check", "--config", &good],
+        &[
+            ("KEYWAY_POOL__REPLICAS", "2"),
+            ("KEYWAY_POOL__WRITE", "quorum"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("warning: pool.write = \"quorum\" with replicas = 2 needs both replicas"),
+        "{}",
+        text(&o)
     );
 }
 

@@ -390,7 +390,7 @@ fn write_all_reaches_every_replica_and_reports_partial_failures() {
         .unwrap();
     let err = con.set::<_, _, ()>(&key, 1).unwrap_err().to_string();
     assert!(
-        err.contains("applied on 1 of 2 replicas") && err.contains("s2"),
+        err.contains("acknowledged by 1 of 2 replicas") && err.contains("s2"),
         "{err}"
     );
     // Reads of that key still work from the healthy replica.

@@ -302,8 +302,9 @@ pub(crate) fn scan(reply: Reply, index: usize, topo: &Topology) -> Reply {
 
 /// The answer to a write sent to `total` replicas, of which `acked` acknowledged (their replies)
 /// and `failed` did not (replica name and error), when `need` acknowledgements were needed.
-/// When replicas disagree, the error says how many took the write, so the client knows the
-/// replicas may differ.
+/// When replicas disagree, the error says how many acknowledged the write, and for each other
+/// replica what is known: an error reply refused it; after a timeout its outcome is unknown (it
+/// may have applied the write), so that the client knows the replicas may differ.
 pub(crate) fn fan_out(
     acked: Vec<Bytes>,
     failed: Vec<(&str, Reply)>,
@@ -332,6 +333,9 @@ pub(crate) fn fan_out(
                 Ok(frame) => String::from_utf8_lossy(frame.get(1..).unwrap_or_default())
                     .trim_end()
                     .to_string(),
+                Err(e) if e.kind() == ErrorKind::Timeout => {
+                    format!("outcome unknown, it may have applied the write: {e}")
+                }
                 Err(e) => e.to_string(),
             };
             format!("{name}: {text}")
@@ -340,7 +344,7 @@ pub(crate) fn fan_out(
     Err(ReplyError::new(
         ErrorKind::Partial,
         format!(
-            "keyway: write applied on {} of {} replicas ({} needed); replicas may differ until rewritten ({})",
+            "keyway: write acknowledged by {} of {} replicas ({} needed); replicas may differ until rewritten ({})",
             taken,
             total,
             need,
@@ -413,7 +417,12 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Partial);
         assert!(
             e.message()
-                .starts_with("keyway: write applied on 1 of 2 replicas (2 needed)"),
+                .starts_with("keyway: write acknowledged by 1 of 2 replicas (2 needed)"),
+            "{e}"
+        );
+        assert!(
+            e.message()
+                .contains("b: outcome unknown, it may have applied the write: ERR server 'b'"),
             "{e}"
         );
         let same = vec![
