@@ -88,6 +88,76 @@ pub(crate) fn put_line(out: &mut BytesMut, kind: u8, text: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The protocol a client speaks: RESP2 (the default) or RESP3 (after `HELLO 3`). Replies Keyway
+/// builds itself are encoded for it; replies servers send come over connections of the same
+/// protocol and pass through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Proto {
+    /// RESP2: `$-1`/`*-1` nulls, maps and sets as flat arrays, text as bulk strings.
+    #[default]
+    Resp2,
+    /// RESP3: `_` null, `%` maps, `~` sets, `=` verbatim text.
+    Resp3,
+}
+
+impl Proto {
+    /// The number `HELLO` and `CLIENT INFO` report (2 or 3).
+    pub fn version(self) -> i64 {
+        match self {
+            Proto::Resp2 => 2,
+            Proto::Resp3 => 3,
+        }
+    }
+}
+
+/// Appends a null bulk string: `$-1` in RESP2, `_` in RESP3.
+pub fn write_null(out: &mut BytesMut, proto: Proto) {
+    match proto {
+        Proto::Resp2 => out.extend_from_slice(b"$-1\r\n"),
+        Proto::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// Appends a null array: `*-1` in RESP2, `_` in RESP3.
+pub fn write_null_array(out: &mut BytesMut, proto: Proto) {
+    match proto {
+        Proto::Resp2 => out.extend_from_slice(b"*-1\r\n"),
+        Proto::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// Appends the header of a map of `pairs` key-value pairs: `%pairs` in RESP3, an array of
+/// `2 * pairs` elements in RESP2. The keys and values follow, alternating.
+pub fn write_map_header(out: &mut BytesMut, pairs: usize, proto: Proto) {
+    match proto {
+        Proto::Resp2 => write_array_header(out, pairs * 2),
+        // A map of n pairs holds them in memory: n is far below i64::MAX.
+        Proto::Resp3 => out.extend_from_slice(NumberLine::new(b'%', pairs as i64).as_bytes()),
+    }
+}
+
+/// Appends the header of a set of `n` elements: `~n` in RESP3, `*n` in RESP2.
+pub fn write_set_header(out: &mut BytesMut, n: usize, proto: Proto) {
+    match proto {
+        Proto::Resp2 => write_array_header(out, n),
+        Proto::Resp3 => out.extend_from_slice(NumberLine::new(b'~', n as i64).as_bytes()),
+    }
+}
+
+/// Appends text as redis-server sends INFO and CLIENT LIST: a bulk string in RESP2, a verbatim
+/// string of format `txt` in RESP3.
+pub fn write_verbatim(out: &mut BytesMut, text: &[u8], proto: Proto) {
+    match proto {
+        Proto::Resp2 => write_bulk(out, text),
+        Proto::Resp3 => {
+            out.extend_from_slice(NumberLine::new(b'=', text.len() as i64 + 4).as_bytes());
+            out.extend_from_slice(b"txt:");
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 /// Appends `+s\r\n`; any `\r` or `\n` in `s` becomes a space.
 pub fn write_simple(out: &mut BytesMut, s: &str) {
     put_line(out, b'+', s.as_bytes());

@@ -1,4 +1,4 @@
-//! RESP2 frames: incremental, bounded, zero-copy decoding, and encoding. Bytes only.
+//! RESP2 and RESP3 frames: incremental, bounded, zero-copy decoding, and encoding. Bytes only.
 //!
 //! This layer knows nothing about commands. It turns client bytes into [`Request`]s, splits
 //! whole reply frames off server bytes with [`ReplyDecoder`], parses the few replies the proxy
@@ -46,11 +46,11 @@ mod value;
 pub use decode::{Args, Request, RequestDecoder};
 pub(crate) use encode::NumberLine;
 pub use encode::{
-    write_array_header, write_bulk, write_command, write_error, write_integer, write_nil,
-    write_simple,
+    write_array_header, write_bulk, write_command, write_error, write_integer, write_map_header,
+    write_nil, write_null, write_null_array, write_set_header, write_simple, write_verbatim, Proto,
 };
 pub use reply::ReplyDecoder;
-pub use value::{is_error_reply, Value};
+pub use value::{is_error_reply, is_null_reply, Value};
 
 use std::fmt;
 

@@ -107,7 +107,9 @@ impl ReplyDecoder {
                     return Ok(false);
                 };
                 match kind {
-                    b'+' | b'-' => match self.line(buf)? {
+                    // RESP2's simple string and error; RESP3's null, boolean, double and big
+                    // number are lines too.
+                    b'+' | b'-' | b'_' | b'#' | b',' | b'(' => match self.line(buf)? {
                         Some(next) => self.pos = next,
                         None => return Ok(false),
                     },
@@ -115,7 +117,8 @@ impl ReplyDecoder {
                         Some((_, next)) => self.pos = next,
                         None => return Ok(false),
                     },
-                    b'$' => {
+                    // Bulk string; RESP3's blob error and verbatim string have its shape.
+                    b'$' | b'!' | b'=' => {
                         let Some((len, next)) =
                             number(buf, self.pos, ProtocolError::InvalidBulkLength)?
                         else {
@@ -131,29 +134,40 @@ impl ReplyDecoder {
                             continue;
                         }
                     }
-                    b'*' => {
+                    // Array; RESP3's set and push hold `count` elements, a map `2 * count`,
+                    // and an attribute `2 * count` followed by the element it describes.
+                    b'*' | b'~' | b'>' | b'%' | b'|' => {
                         let Some((count, next)) =
                             number(buf, self.pos, ProtocolError::InvalidMultibulkLength)?
                         else {
                             return Ok(false);
                         };
-                        if count < -1 {
+                        // Only an array has a null form (`*-1`).
+                        if count < -1 || (count == -1 && kind != b'*') {
                             return Err(ProtocolError::InvalidMultibulkLength);
                         }
                         self.pos = next;
-                        if count > 0 {
-                            let count = usize::try_from(count)
-                                .ok()
-                                .filter(|&n| n <= self.limits.max_array_len)
-                                .ok_or(ProtocolError::InvalidMultibulkLength)?;
+                        // `*-1` holds nothing.
+                        let count = usize::try_from(count).unwrap_or(0);
+                        if count > self.limits.max_array_len {
+                            return Err(ProtocolError::InvalidMultibulkLength);
+                        }
+                        // Within the cap, so doubling cannot overflow.
+                        let elements = match kind {
+                            b'%' => count * 2,
+                            b'|' => count * 2 + 1,
+                            _ => count,
+                        };
+                        if elements > 0 {
                             if self.stack.len() >= self.limits.max_depth {
                                 return Err(ProtocolError::NestingTooDeep);
                             }
-                            // An array opens: its elements follow; it completes with the last.
-                            self.stack.push(count);
+                            // An aggregate opens: its elements follow; it completes with the
+                            // last.
+                            self.stack.push(elements);
                             continue;
                         }
-                        // `*0` and `*-1` are complete elements by themselves.
+                        // `*0`, `*-1`, `%0`, `~0` are complete elements by themselves.
                     }
                     other => return Err(ProtocolError::UnknownReplyType(other)),
                 }
@@ -250,6 +264,21 @@ mod tests {
         b"*0\r\n",
         b"*3\r\n:1\r\n*2\r\n$1\r\na\r\n*0\r\n$-1\r\n",
         b"*2\r\n*1\r\n*1\r\n+deep\r\n-ERR x\r\n",
+        // RESP3: null, boolean, double, big number, blob error, verbatim string, map, set,
+        // push, an attribute with the element it describes, empty aggregates.
+        b"_\r\n",
+        b"#t\r\n",
+        b",3.14\r\n",
+        b"(3492890328409238509324850943850943825024385\r\n",
+        b"!9\r\nERR x\r\nyz\r\n",
+        b"=8\r\ntxt:ab\r\n\r\n",
+        b"%2\r\n$1\r\na\r\n:1\r\n+b\r\n~2\r\n,inf\r\n_\r\n",
+        b"~0\r\n",
+        b"%0\r\n",
+        b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nm\r\n",
+        b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
+        b"|0\r\n#f\r\n",
+        b"*2\r\n%1\r\n+k\r\n~1\r\n#t\r\n_\r\n",
     ];
 
     #[test]
@@ -260,6 +289,28 @@ mod tests {
         assert!(rest.is_empty());
         let frames: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
         assert_eq!(frames, STREAM);
+    }
+
+    #[test]
+    fn resp3_aggregates_have_no_null_form_and_respect_the_cap() {
+        for bad in [
+            &b"~-1\r\n"[..],
+            b"%-1\r\n",
+            b">-1\r\n",
+            b"|-1\r\n",
+            b"*-2\r\n",
+        ] {
+            assert_eq!(error_of(bad), ProtocolError::InvalidMultibulkLength);
+        }
+        let limits = Limits {
+            max_array_len: 2,
+            ..Limits::for_replies()
+        };
+        // A map of 2 pairs holds 4 elements but claims 2: within a cap of 2.
+        let (frames, err, _) = split_all(b"%2\r\n:1\r\n:2\r\n:3\r\n:4\r\n", limits);
+        assert_eq!((frames.len(), err), (1, None));
+        let (_, err, _) = split_all(b"%3\r\n", limits);
+        assert_eq!(err, Some(ProtocolError::InvalidMultibulkLength));
     }
 
     #[test]
@@ -332,7 +383,7 @@ mod tests {
 
     #[test]
     fn reply_errors() {
-        assert_eq!(error_of(b"%1\r\n"), ProtocolError::UnknownReplyType(b'%'));
+        assert_eq!(error_of(b"@1\r\n"), ProtocolError::UnknownReplyType(b'@'));
         assert_eq!(
             error_of(b"\r\n").to_string(),
             "unknown reply type byte '\\x0d'"

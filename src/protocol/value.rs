@@ -8,11 +8,14 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::encode::{put_line, write_array_header, write_bulk, write_integer, write_nil};
+use super::encode::{
+    put_line, write_array_header, write_bulk, write_integer, write_nil, NumberLine,
+};
 use super::number::{number_line, NumberError};
 use super::{Limits, ProtocolError};
 
-/// A parsed RESP2 reply.
+/// A parsed reply, RESP2 or RESP3. RESP3's types are kept as they came (a double as its text),
+/// so that [`Value::encode`] writes back the bytes a server sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     /// `+text`
@@ -29,6 +32,24 @@ pub enum Value {
     Array(Vec<Value>),
     /// `*-1`
     NilArray,
+    /// RESP3 `_`
+    Null,
+    /// RESP3 `#t` / `#f`
+    Boolean(bool),
+    /// RESP3 `,text` (`3.14`, `inf`, `nan`), as the server wrote it.
+    Double(Bytes),
+    /// RESP3 `(digits`
+    BigNumber(Bytes),
+    /// RESP3 `!len`, an error with a binary-safe text.
+    BlobError(Bytes),
+    /// RESP3 `=len`: the format (`txt`, `mkd`), a `:`, then the text, as one string.
+    Verbatim(Bytes),
+    /// RESP3 `%n`: keys and values alternating (`2n` elements).
+    Map(Vec<Value>),
+    /// RESP3 `~n`
+    Set(Vec<Value>),
+    /// RESP3 `>n`: an out-of-band message (pub/sub, client tracking).
+    Push(Vec<Value>),
 }
 
 /// The smallest encoded element (`+\r\n`), to bound how many elements a frame can hold.
@@ -76,18 +97,53 @@ impl Value {
                 }
             }
             Value::NilArray => out.extend_from_slice(b"*-1\r\n"),
+            Value::Null => out.extend_from_slice(b"_\r\n"),
+            Value::Boolean(true) => out.extend_from_slice(b"#t\r\n"),
+            Value::Boolean(false) => out.extend_from_slice(b"#f\r\n"),
+            Value::Double(s) => put_line(out, b',', s),
+            Value::BigNumber(s) => put_line(out, b'(', s),
+            Value::BlobError(s) => put_blob(out, b'!', s),
+            Value::Verbatim(s) => put_blob(out, b'=', s),
+            Value::Map(items) => put_aggregate(out, b'%', items.len() / 2, items),
+            Value::Set(items) => put_aggregate(out, b'~', items.len(), items),
+            Value::Push(items) => put_aggregate(out, b'>', items.len(), items),
         }
     }
 
-    /// Whether this is an error reply.
+    /// Whether this is an error reply (`-` or RESP3's `!`).
     pub fn is_error(&self) -> bool {
-        matches!(self, Value::Error(_))
+        matches!(self, Value::Error(_) | Value::BlobError(_))
+    }
+
+    /// Whether this is a null (`$-1`, `*-1`, RESP3's `_`).
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Nil | Value::NilArray | Value::Null)
     }
 }
 
-/// Whether a reply frame is an error reply (its first byte is `-`).
+/// A blob with the `$` shape under another type byte (`!`, `=`).
+fn put_blob(out: &mut BytesMut, kind: u8, body: &[u8]) {
+    out.extend_from_slice(NumberLine::new(kind, body.len() as i64).as_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An aggregate header claiming `count`, then `items`.
+fn put_aggregate(out: &mut BytesMut, kind: u8, count: usize, items: &[Value]) {
+    out.extend_from_slice(NumberLine::new(kind, count as i64).as_bytes());
+    for v in items {
+        v.encode(out);
+    }
+}
+
+/// Whether a reply frame is an error reply (its first byte is `-`, or RESP3's `!`).
 pub fn is_error_reply(frame: &[u8]) -> bool {
-    frame.first() == Some(&b'-')
+    matches!(frame.first(), Some(b'-' | b'!'))
+}
+
+/// Whether a reply frame is a null (`$-1`, `*-1`, RESP3's `_`).
+pub fn is_null_reply(frame: &[u8]) -> bool {
+    matches!(frame, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
 }
 
 fn number(frame: &[u8], pos: usize, invalid: ProtocolError) -> Result<(i64, usize), ProtocolError> {
@@ -108,7 +164,7 @@ fn parse_at(
 ) -> Result<Value, ProtocolError> {
     let kind = *frame.get(*pos).ok_or(ProtocolError::Incomplete)?;
     match kind {
-        b'+' | b'-' => {
+        b'+' | b'-' | b'_' | b'#' | b',' | b'(' => {
             let text = *pos + 1;
             let cr = frame
                 .get(text..)
@@ -123,21 +179,26 @@ fn parse_at(
             *pos = cr + 2;
             // In range: text <= cr < frame.len(), both just checked.
             let s = frame.slice(text..cr);
-            Ok(if kind == b'+' {
-                Value::Simple(s)
-            } else {
-                Value::Error(s)
-            })
+            match kind {
+                b'+' => Ok(Value::Simple(s)),
+                b'-' => Ok(Value::Error(s)),
+                b',' => Ok(Value::Double(s)),
+                b'(' => Ok(Value::BigNumber(s)),
+                b'_' if s.is_empty() => Ok(Value::Null),
+                b'#' if s.as_ref() == b"t" => Ok(Value::Boolean(true)),
+                b'#' if s.as_ref() == b"f" => Ok(Value::Boolean(false)),
+                _ => Err(ProtocolError::UnknownReplyType(kind)),
+            }
         }
         b':' => {
             let (n, next) = number(frame, *pos, ProtocolError::InvalidInteger)?;
             *pos = next;
             Ok(Value::Integer(n))
         }
-        b'$' => {
+        b'$' | b'!' | b'=' => {
             let (len, next) = number(frame, *pos, ProtocolError::InvalidBulkLength)?;
             *pos = next;
-            if len == -1 {
+            if len == -1 && kind == b'$' {
                 return Ok(Value::Nil);
             }
             let len = usize::try_from(len)
@@ -154,27 +215,45 @@ fn parse_at(
             }
             *pos = end + 2;
             // In range: end + 2 <= frame.len(), just checked.
-            Ok(Value::Bulk(frame.slice(next..end)))
+            let body = frame.slice(next..end);
+            Ok(match kind {
+                b'!' => Value::BlobError(body),
+                b'=' => Value::Verbatim(body),
+                _ => Value::Bulk(body),
+            })
         }
-        b'*' => {
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
             let (count, next) = number(frame, *pos, ProtocolError::InvalidMultibulkLength)?;
             *pos = next;
-            if count == -1 {
+            if count == -1 && kind == b'*' {
                 return Ok(Value::NilArray);
             }
             let count = usize::try_from(count)
                 .ok()
                 .filter(|&n| n <= limits.max_array_len)
                 .ok_or(ProtocolError::InvalidMultibulkLength)?;
-            if count > 0 && depth >= limits.max_depth {
+            // Within the cap, so doubling cannot overflow.
+            let elements = if matches!(kind, b'%' | b'|') {
+                count * 2
+            } else {
+                count
+            };
+            if elements > 0 && depth >= limits.max_depth {
                 return Err(ProtocolError::NestingTooDeep);
             }
             let room = frame.len().saturating_sub(next) / MIN_ELEMENT_LEN;
-            let mut items = Vec::with_capacity(count.min(room));
-            for _ in 0..count {
+            let mut items = Vec::with_capacity(elements.min(room));
+            for _ in 0..elements {
                 items.push(parse_at(frame, pos, depth + 1, limits)?);
             }
-            Ok(Value::Array(items))
+            Ok(match kind {
+                b'~' => Value::Set(items),
+                b'>' => Value::Push(items),
+                b'%' => Value::Map(items),
+                // An attribute describes the element after it; merges have no use for it.
+                b'|' => return parse_at(frame, pos, depth, limits),
+                _ => Value::Array(items),
+            })
         }
         other => Err(ProtocolError::UnknownReplyType(other)),
     }
@@ -190,6 +269,45 @@ mod tests {
 
     fn parse(s: &'static [u8]) -> Result<Value, ProtocolError> {
         Value::parse(&b(s))
+    }
+
+    #[test]
+    fn parses_and_reencodes_resp3() {
+        let cases: &[(&'static [u8], Value)] = &[
+            (b"_\r\n", Value::Null),
+            (b"#t\r\n", Value::Boolean(true)),
+            (b"#f\r\n", Value::Boolean(false)),
+            (b",-inf\r\n", Value::Double(b(b"-inf"))),
+            (
+                b"(12345678901234567890123\r\n",
+                Value::BigNumber(b(b"12345678901234567890123")),
+            ),
+            (b"!5\r\nERR x\r\n", Value::BlobError(b(b"ERR x"))),
+            (b"=6\r\ntxt:ab\r\n", Value::Verbatim(b(b"txt:ab"))),
+            (
+                b"%1\r\n$1\r\nk\r\n~2\r\n:1\r\n_\r\n",
+                Value::Map(vec![
+                    Value::Bulk(b(b"k")),
+                    Value::Set(vec![Value::Integer(1), Value::Null]),
+                ]),
+            ),
+            (b">1\r\n+m\r\n", Value::Push(vec![Value::Simple(b(b"m"))])),
+            (b"%0\r\n", Value::Map(vec![])),
+        ];
+        for (frame, want) in cases {
+            let got = parse(frame).expect("valid");
+            assert_eq!(&got, want, "{}", String::from_utf8_lossy(frame));
+            let mut out = BytesMut::new();
+            got.encode(&mut out);
+            assert_eq!(out.as_ref(), *frame);
+        }
+        // An attribute is dropped: the value is the element it describes.
+        assert_eq!(parse(b"|1\r\n+a\r\n:1\r\n:7\r\n"), Ok(Value::Integer(7)));
+        assert!(parse(b"!3\r\nERR\r\n").expect("valid").is_error());
+        assert!(parse(b"_\r\n").expect("valid").is_null());
+        for bad in [&b"_x\r\n"[..], b"#x\r\n", b"~-1\r\n", b"!-1\r\n"] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
@@ -238,7 +356,7 @@ mod tests {
             parse(b"*-2\r\n"),
             Err(ProtocolError::InvalidMultibulkLength)
         );
-        assert_eq!(parse(b"~1\r\n"), Err(ProtocolError::UnknownReplyType(b'~')));
+        assert_eq!(parse(b"@1\r\n"), Err(ProtocolError::UnknownReplyType(b'@')));
         let limits = Limits {
             max_depth: 1,
             ..Limits::default()
