@@ -291,6 +291,9 @@ use super::{{cmd, flag::*, split, trait_::*, CommandSpec, Local as L}};
 mod why {{
 {reasons}}}
 
+/// The redis-server version this table was generated from.
+pub(crate) const TABLE_VERSION: &str = "{version}";
+
 /// Every command and subcommand redis-server {version} lists in `COMMAND` (and the few of later
 /// versions that clients send on connect): name, arity, key positions, kind, flags, traits.
 #[rustfmt::skip]

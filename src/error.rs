@@ -33,6 +33,8 @@ pub enum ErrorKind {
     TryAgain,
     /// `HELLO` with a protocol version Keyway does not speak.
     NoProto,
+    /// Authentication with an unknown user or a wrong password.
+    WrongPass,
     /// The client broke the protocol; Keyway closes the connection after this reply.
     Protocol,
     /// A server could not be reached (refused, reset, in backoff).
@@ -52,7 +54,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order of [`ErrorKind::index`].
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::UnknownCommand,
         ErrorKind::Arity,
         ErrorKind::Syntax,
@@ -60,6 +62,7 @@ impl ErrorKind {
         ErrorKind::CrossSlot,
         ErrorKind::TryAgain,
         ErrorKind::NoProto,
+        ErrorKind::WrongPass,
         ErrorKind::Protocol,
         ErrorKind::Unavailable,
         ErrorKind::Timeout,
@@ -75,6 +78,7 @@ impl ErrorKind {
             ErrorKind::CrossSlot => "CROSSSLOT",
             ErrorKind::TryAgain => "TRYAGAIN",
             ErrorKind::NoProto => "NOPROTO",
+            ErrorKind::WrongPass => "WRONGPASS",
             ErrorKind::UnknownCommand
             | ErrorKind::Arity
             | ErrorKind::Syntax
@@ -109,6 +113,7 @@ impl ErrorKind {
             ErrorKind::CrossSlot => "crossslot",
             ErrorKind::TryAgain => "tryagain",
             ErrorKind::NoProto => "noproto",
+            ErrorKind::WrongPass => "wrongpass",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",

@@ -410,12 +410,12 @@ fn local_commands_are_answered_by_keyway() {
     );
     assert!(info.contains("name=s0"), "{info}");
     let err = redis::cmd("HELLO")
-        .arg(3)
+        .arg(4)
         .query::<redis::Value>(&mut con)
         .unwrap_err();
     assert_eq!(err.code(), Some("NOPROTO"), "{err}");
     let hello: redis::Value = redis::cmd("HELLO").arg(2).query(&mut con).unwrap();
-    assert!(format!("{hello:?}").contains("keyway"), "{hello:?}");
+    assert!(format!("{hello:?}").contains("standalone"), "{hello:?}");
     let n: i64 = redis::cmd("COMMAND").arg("COUNT").query(&mut con).unwrap();
     assert!(n > 200, "{n}");
     // QUIT answers OK and closes.

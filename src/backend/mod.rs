@@ -45,7 +45,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
-use crate::protocol::{Limits, ReplyDecoder};
+use crate::protocol::{is_error_reply, Limits, Proto, ReplyDecoder};
 
 /// Requests written and not yet answered on one connection past which it takes no more from its
 /// queue until replies come. A soft limit: a take moves everything queued, which is bounded
@@ -275,10 +275,37 @@ impl Shared {
     }
 }
 
+/// Which connection of a pool a request takes: the client's number (its id, so that one
+/// client's requests stay on one connection and in order) and the protocol its replies must be
+/// in. A plain number is a RESP2 pick (Keyway's own requests, which it parses itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// Any number: the connection is `conn % connections`.
+    pub conn: usize,
+    /// The protocol of the connection, so that the server's reply is already in the client's.
+    pub proto: Proto,
+}
+
+impl From<usize> for Pick {
+    fn from(conn: usize) -> Pick {
+        Pick {
+            conn,
+            proto: Proto::Resp2,
+        }
+    }
+}
+
 /// The connections to one server.
+///
+/// Two sets, one per protocol: RESP2 connections open with the pool; RESP3 ones (each starting
+/// with `HELLO 3`) open the first time a RESP3 client sends to this server, so that a pool whose
+/// clients all speak RESP2 holds no RESP3 connection, and the reverse costs idle RESP2 ones only.
+/// A server's reply thus always comes in its client's protocol and is forwarded untouched.
 pub struct Pool {
     shared: Arc<Shared>,
     conns: Box<[Arc<Queue>]>,
+    /// The RESP3 set, once opened.
+    conns3: std::sync::OnceLock<Box<[Arc<Queue>]>>,
     /// Stops the health prober when the pool goes.
     _prober: tokio_util::sync::DropGuard,
 }
@@ -296,7 +323,11 @@ impl fmt::Debug for Pool {
 impl Drop for Pool {
     /// The pool left the topology: its connection tasks answer what is in flight and end.
     fn drop(&mut self) {
-        for queue in self.conns.iter() {
+        for queue in self
+            .conns
+            .iter()
+            .chain(self.conns3.get().into_iter().flatten())
+        {
             queue.close();
         }
     }
@@ -332,17 +363,22 @@ impl Pool {
             #[cfg(test)]
             dials: std::sync::Mutex::default(),
         });
-        let conns = (0..options.connections.max(1))
-            .map(|_| {
-                let queue = Arc::new(Queue::new());
-                tokio::spawn(connection_task(shared.clone(), queue.clone()));
-                queue
-            })
-            .collect();
+        let conns = open(&shared, options.connections, Proto::Resp2);
         Pool {
             shared,
             conns,
+            conns3: std::sync::OnceLock::new(),
             _prober: stop.drop_guard(),
+        }
+    }
+
+    /// The connections of `proto`, the RESP3 ones opened now if this is their first use.
+    fn queues(&self, proto: Proto) -> &[Arc<Queue>] {
+        match proto {
+            Proto::Resp2 => &self.conns,
+            Proto::Resp3 => self
+                .conns3
+                .get_or_init(|| open(&self.shared, self.conns.len(), Proto::Resp3)),
         }
     }
 
@@ -382,8 +418,8 @@ impl Pool {
     ///
     /// For a plain command: an error reply such as `-LOADING` counts against the server's
     /// health. Scripts go through [`Pool::send_script`].
-    pub fn send(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
-        self.send_as(pick, frame, true)
+    pub fn send(&self, pick: impl Into<Pick>, frame: Bytes) -> oneshot::Receiver<Reply> {
+        self.send_as(pick.into(), frame, true)
     }
 
     /// As [`Pool::send`], for a script or function call (`EVAL*`, `FCALL*`, Keyway's own
@@ -391,11 +427,11 @@ impl Pool {
     /// (`redis.error_reply('LOADING')`), not the server's, and never count against its health.
     /// The caller knows what it sends (the command table's `Traits::SCRIPT`); nothing here
     /// reads the frame.
-    pub fn send_script(&self, pick: usize, frame: Bytes) -> oneshot::Receiver<Reply> {
-        self.send_as(pick, frame, false)
+    pub fn send_script(&self, pick: impl Into<Pick>, frame: Bytes) -> oneshot::Receiver<Reply> {
+        self.send_as(pick.into(), frame, false)
     }
 
-    fn send_as(&self, pick: usize, frame: Bytes, signals: bool) -> oneshot::Receiver<Reply> {
+    fn send_as(&self, pick: Pick, frame: Bytes, signals: bool) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
         self.enqueue(pick, signals, ReplyTo::One(tx), |out| {
             out.extend_from_slice(&frame)
@@ -407,7 +443,7 @@ impl Pool {
     /// outgoing bytes (straight from the client's frame); its reply goes to `part`. The parts
     /// are plain data commands (MSET, MGET, DEL, ...), so an error reply may count against the
     /// server's health.
-    pub fn send_part(&self, pick: usize, part: GatherPart, write: impl FnOnce(&mut BytesMut)) {
+    pub fn send_part(&self, pick: Pick, part: GatherPart, write: impl FnOnce(&mut BytesMut)) {
         self.enqueue(pick, true, ReplyTo::Part(part), write);
     }
 
@@ -417,13 +453,14 @@ impl Pool {
     /// functions).
     fn enqueue(
         &self,
-        pick: usize,
+        pick: Pick,
         signals: bool,
         reply: ReplyTo,
         write: impl FnOnce(&mut BytesMut),
     ) {
-        // `conns` is never empty (spawn opens at least one); `get` keeps this panic-free anyway.
-        let Some(queue) = self.conns.get(pick % self.conns.len().max(1)) else {
+        // A set is never empty (`open` opens at least one); `get` keeps this panic-free anyway.
+        let queues = self.queues(pick.proto);
+        let Some(queue) = queues.get(pick.conn % queues.len().max(1)) else {
             reply.send(Err(self.unavailable("no connection")));
             return;
         };
@@ -462,10 +499,21 @@ struct InFlight {
     signals: bool,
 }
 
+/// Starts `n` (at least one) connection tasks of `proto`, and returns their queues.
+fn open(shared: &Arc<Shared>, n: usize, proto: Proto) -> Box<[Arc<Queue>]> {
+    (0..n.max(1))
+        .map(|_| {
+            let queue = Arc::new(Queue::new());
+            tokio::spawn(connection_task(shared.clone(), queue.clone(), proto));
+            queue
+        })
+        .collect()
+}
+
 /// Runs one connection for its whole life: connect, serve, back off, repeat. It ends when the
 /// pool is dropped (the server left the topology): the queue closes, in-flight jobs are
 /// answered, and the socket is closed.
-async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
+async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>, proto: Proto) {
     let _exit = CloseOnExit {
         queue: &queue,
         shared: &shared,
@@ -473,7 +521,7 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
     let mut backoff = Backoff::default();
     loop {
         // Connecting -> Connected, or Connecting -> Backoff when the dial fails.
-        let reason = match dial(&shared).await {
+        let reason = match connect(&shared, proto).await {
             Ok(stream) => {
                 let connection = Connection::new(&shared, &queue, &mut backoff, stream);
                 match connection.serve().await {
@@ -511,6 +559,45 @@ async fn dial(shared: &Shared) -> Result<TcpStream, String> {
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("connect timed out after {:?}", shared.timeout)),
+    }
+}
+
+/// Dials the server and readies the connection for `proto`: a RESP3 connection says `HELLO 3`
+/// first, and serves only once the server agreed.
+async fn connect(shared: &Shared, proto: Proto) -> Result<TcpStream, String> {
+    let mut stream = dial(shared).await?;
+    if proto == Proto::Resp3 {
+        let hello = tokio::time::timeout(shared.timeout, handshake(&mut stream, HELLO_3)).await;
+        match hello {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(format!("HELLO 3 failed: {reason}")),
+            Err(_) => return Err(format!("HELLO 3 got no reply within {:?}", shared.timeout)),
+        }
+    }
+    Ok(stream)
+}
+
+/// `HELLO 3`, which switches a connection to RESP3.
+const HELLO_3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+
+/// Sends `request` on a fresh connection and reads its one reply: `Err` with the server's
+/// words if it is an error, or with what went wrong. Nothing else is in flight yet, so the
+/// reply is the only thing the server sends.
+async fn handshake(stream: &mut TcpStream, request: &[u8]) -> Result<(), String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut decoder = ReplyDecoder::new(Limits::for_replies());
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        if let Some(frame) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
+            if is_error_reply(&frame) {
+                let text = String::from_utf8_lossy(frame.get(1..).unwrap_or_default());
+                return Err(text.trim_end().to_owned());
+            }
+            return Ok(());
+        }
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("the server closed the connection".to_owned());
+        }
     }
 }
 

@@ -35,6 +35,7 @@
 
 mod keys;
 mod table;
+pub(crate) use table::TABLE_VERSION;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -35,6 +35,9 @@ mod why {
     pub const WAIT: &str = "replica acknowledgements are per server; choose keyway's write policy (write = all, quorum or two_phase) instead";
 }
 
+/// The redis-server version this table was generated from.
+pub(crate) const TABLE_VERSION: &str = "7.0.15";
+
 /// Every command and subcommand redis-server 7.0.15 lists in `COMMAND` (and the few of later
 /// versions that clients send on connect): name, arity, key positions, kind, flags, traits.
 #[rustfmt::skip]

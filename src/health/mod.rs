@@ -63,6 +63,9 @@ pub struct Health {
     up: AtomicBool,
     state: Mutex<State>,
     metrics: ServerMetrics,
+    /// `redis_version` from the server's `INFO server`, read by the prober at each new
+    /// connection (Keyway reports the pool's lowest as its own version).
+    version: Mutex<Option<Arc<str>>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -84,6 +87,7 @@ impl Health {
             up: AtomicBool::new(true),
             state: Mutex::new(State::Up { failures: 0 }),
             metrics,
+            version: Mutex::new(None),
         }
     }
 
@@ -91,6 +95,21 @@ impl Health {
     #[inline]
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// The server's Redis version, once the prober has read it.
+    pub fn version(&self) -> Option<Arc<str>> {
+        self.version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_version(&self, version: Arc<str>) {
+        *self
+            .version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(version);
     }
 
     /// The prober's settings.
@@ -178,7 +197,12 @@ pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::
             _ = tick.tick() => {}
         }
         match probe_once(&mut con, &addr, &options).await {
-            Ok(()) => health.success(),
+            Ok(version) => {
+                if let Some(v) = version {
+                    health.set_version(v);
+                }
+                health.success()
+            }
             Err(e) => {
                 // A failed probe's connection is not trusted again: the next one dials anew.
                 con = None;
@@ -193,31 +217,49 @@ async fn probe_once(
     con: &mut Option<redis::aio::MultiplexedConnection>,
     addr: &str,
     options: &HealthOptions,
-) -> Result<(), ProbeError> {
+) -> Result<Option<Arc<str>>, ProbeError> {
     match tokio::time::timeout(options.timeout, ping(con, addr, options)).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::Timeout(options.timeout)),
     }
 }
 
+/// PINGs the server; on a new connection it first reads the server's Redis version (returned).
 async fn ping(
     con: &mut Option<redis::aio::MultiplexedConnection>,
     addr: &str,
     options: &HealthOptions,
-) -> Result<(), ProbeError> {
+) -> Result<Option<Arc<str>>, ProbeError> {
+    let mut version = None;
     let c = match con {
         Some(c) => c,
-        None => con.insert(connect(addr, options).await?),
+        None => {
+            let c = con.insert(connect(addr, options).await?);
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(c)
+                .await
+                .map_err(ProbeError::Ping)?;
+            version = redis_version(&info);
+            c
+        }
     };
     let pong: String = redis::cmd("PING")
         .query_async(c)
         .await
         .map_err(ProbeError::Ping)?;
     if pong == "PONG" {
-        Ok(())
+        Ok(version)
     } else {
         Err(ProbeError::Reply(pong))
     }
+}
+
+/// `redis_version` of an `INFO server` text.
+fn redis_version(info: &str) -> Option<Arc<str>> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(|v| Arc::from(v.trim()))
 }
 
 /// Opens the prober's control connection to `addr`.

@@ -3,6 +3,9 @@
 
 use bytes::Bytes;
 
+use crate::backend::Pick;
+use crate::protocol::Proto;
+
 /// A client connection's state.
 pub(crate) struct ClientState {
     /// The client id (`CLIENT ID`); also picks this client's connection of each server's pool.
@@ -12,6 +15,8 @@ pub(crate) struct ClientState {
     /// What `CLIENT SETNAME` and `CLIENT SETINFO` set, boxed: most clients set nothing, and an
     /// idle connection then pays one pointer for it.
     pub(crate) about: Option<Box<About>>,
+    /// The protocol the client speaks (RESP2 until it says `HELLO 3`).
+    pub(crate) proto: Proto,
 }
 
 /// Names a client gave itself.
@@ -34,13 +39,18 @@ impl ClientState {
             // Truncation is fine: only the remainder modulo the replica count matters.
             rr: id as usize,
             about: None,
+            proto: Proto::Resp2,
         }
     }
 
-    /// Which of a server pool's connections this client's requests take.
-    pub(crate) fn pick(&self) -> usize {
-        // Truncation is fine: only the remainder modulo the pool size matters.
-        self.id as usize
+    /// Which of a server pool's connections this client's requests take: one of the client's
+    /// protocol, so that replies come as the client expects them.
+    pub(crate) fn pick(&self) -> Pick {
+        Pick {
+            // Truncation is fine: only the remainder modulo the pool size matters.
+            conn: self.id as usize,
+            proto: self.proto,
+        }
     }
 
     /// The name set by `CLIENT SETNAME`.
@@ -53,9 +63,11 @@ impl ClientState {
         self.about.get_or_insert_with(Box::default)
     }
 
-    /// Back to a new connection's settings (`RESET`), keeping the id. As redis-server, the
-    /// library name and version stay: they still describe the client behind the connection.
+    /// Back to a new connection's settings (`RESET`: RESP2, no name), keeping the id. As
+    /// redis-server, the library name and version stay: they still describe the client behind
+    /// the connection.
     pub(crate) fn reset(&mut self) {
+        self.proto = Proto::Resp2;
         if let Some(about) = &mut self.about {
             about.name = None;
         }

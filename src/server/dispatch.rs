@@ -19,9 +19,13 @@ use super::plan::{Plan, Route, Split};
 use super::reply::{forwarded, resolve, Pending};
 use super::shared::Shared;
 use crate::backend::Gather;
+use crate::backend::Pick;
 use crate::command::Merge;
 use crate::error::{ErrorKind, Reply, ReplyError};
-use crate::protocol::{write_bulk, Args, NumberLine, Request, Value};
+use crate::protocol::{
+    is_error_reply, is_null_reply, resp2_to_resp3, write_bulk, Args, NumberLine, Proto, Request,
+    Value,
+};
 use crate::topology::Topology;
 use crate::txn;
 
@@ -78,12 +82,12 @@ fn internal_routing_error() -> Pending {
 }
 
 /// Sends a plain command's frame to the server at a slot-table index.
-fn send_to(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Pending {
+fn send_to(topo: &Topology, server: u16, pick: Pick, frame: Bytes) -> Pending {
     send_as(topo, server, pick, frame, false)
 }
 
 /// Sends a frame to the server at a slot-table index, as a script call or a plain command.
-fn send_as(topo: &Topology, server: u16, pick: usize, frame: Bytes, script: bool) -> Pending {
+fn send_as(topo: &Topology, server: u16, pick: Pick, frame: Bytes, script: bool) -> Pending {
     match topo.server(server) {
         Some(s) if script => Pending::Forward(s.pool.send_script(pick, frame)),
         Some(s) => Pending::Forward(s.pool.send(pick, frame)),
@@ -209,7 +213,7 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
 }
 
 /// DBSIZE, FLUSHDB, KEYS, SCRIPT LOAD, ...: the same frame to every server.
-fn all(topo: &Arc<Topology>, pick: usize, how: Merge, frame: &Bytes) -> Pending {
+fn all(topo: &Arc<Topology>, pick: Pick, how: Merge, frame: &Bytes) -> Pending {
     let mut replies = Vec::with_capacity(topo.servers.len());
     for s in &topo.servers {
         replies.push(Pending::Forward(s.pool.send(pick, frame.clone())));
@@ -254,12 +258,17 @@ fn two_phase(cx: &Context<'_>, plan: txn::Plan) -> Pending {
         retries: topo.config.two_phase.retries,
     };
     Pending::Task(tokio::spawn(async move {
-        txn::execute(topo, pick, plan, &options, &shared.metrics).await
+        let reply = txn::execute(topo, pick.conn, plan, &options, &shared.metrics).await;
+        // The engine speaks RESP2 to the servers and builds its reply in RESP2.
+        match pick.proto {
+            Proto::Resp2 => reply,
+            Proto::Resp3 => reply.map(|frame| resp2_to_resp3(&frame)),
+        }
     }))
 }
 
 /// RANDOMKEY: starting at `start`, the first server that has any key answers.
-async fn random_key(topo: Arc<Topology>, start: usize, pick: usize, frame: Bytes) -> Reply {
+async fn random_key(topo: Arc<Topology>, start: usize, pick: Pick, frame: Bytes) -> Reply {
     let n = topo.servers.len();
     let mut last = None;
     for i in 0..n {
@@ -267,8 +276,8 @@ async fn random_key(topo: Arc<Topology>, start: usize, pick: usize, frame: Bytes
             break;
         };
         let reply = forwarded(server.pool.send(pick, frame.clone()).await);
-        // `$-1`: this server is empty; anything else (a key or an error) is the answer.
-        if !matches!(&reply, Ok(frame) if frame.as_ref() == merge::NIL) {
+        // A null: this server is empty; anything else (a key or an error) is the answer.
+        if !matches!(&reply, Ok(frame) if is_null_reply(frame)) {
             return reply;
         }
         last = Some(reply);
@@ -283,7 +292,7 @@ async fn read_with_retry(
     first: Pending,
     topo: Arc<Topology>,
     alternate: u16,
-    pick: usize,
+    pick: Pick,
     frame: Bytes,
     script: bool,
 ) -> Reply {
@@ -312,7 +321,7 @@ async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Reply {
                 if let Poll::Ready(reply) = p.poll_reply(cx) {
                     *slot = None;
                     match reply {
-                        Ok(frame) if frame.first() != Some(&b'-') => acked.push(frame),
+                        Ok(frame) if !is_error_reply(&frame) => acked.push(frame),
                         other => failed.push((i, other)),
                     }
                 }
@@ -343,7 +352,7 @@ fn warm_get(cx: &Context<'_>, new: u16, old: u16, request: &Request) -> Pending 
     let topo = cx.topo.clone();
     Pending::Merge(Box::pin(async move {
         let reply = resolve(first).await;
-        if !matches!(&reply, Ok(frame) if frame.as_ref() == merge::NIL) {
+        if !matches!(&reply, Ok(frame) if is_null_reply(frame)) {
             return reply;
         }
         let (Some(old_server), Some(new_server)) = (topo.server(old), topo.server(new)) else {

@@ -12,7 +12,8 @@ use super::shared::Shared;
 use crate::command::{self, CommandSpec, Local};
 use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::protocol::{
-    write_array_header, write_bulk, write_integer, write_nil, write_simple, Args,
+    write_array_header, write_bulk, write_integer, write_map_header, write_null, write_null_array,
+    write_set_header, write_simple, write_verbatim, Args, Proto,
 };
 use crate::topology::Topology;
 
@@ -51,6 +52,7 @@ pub(crate) fn answer(
     client: &mut ClientState,
     facts: &Facts<'_>,
 ) -> (Reply, After) {
+    let proto = client.proto;
     let reply = match local {
         Local::Ping => match args.get(1) {
             Some(msg) => ready(|o| write_bulk(o, msg)),
@@ -59,17 +61,17 @@ pub(crate) fn answer(
         Local::Echo => ready(|o| write_bulk(o, args.get(1).unwrap_or_default())),
         Local::Quit => return (ready(|o| write_simple(o, "OK")), After::Close),
         Local::Select => select(args),
-        Local::Hello => hello(args, client),
+        Local::Hello => hello(args, client, facts),
         Local::Reset => {
             client.reset();
             ready(|o| write_simple(o, "RESET"))
         }
-        Local::Info => ready(|o| write_bulk(o, info(facts).as_bytes())),
+        Local::Info => ready(|o| write_verbatim(o, info(facts).as_bytes(), proto)),
         Local::Command => ready(|o| {
             let specs: Vec<_> = listed().collect();
             write_array_header(o, specs.len());
             for s in specs {
-                command_info(o, s);
+                command_info(o, s, proto);
             }
         }),
         Local::CommandCount => ready(|o| write_integer(o, listed().count() as i64)),
@@ -77,13 +79,13 @@ pub(crate) fn answer(
             write_array_header(o, args.len().saturating_sub(2));
             for name in args.iter().skip(2) {
                 match std::str::from_utf8(name).ok().and_then(command::lookup) {
-                    Some(s) => command_info(o, s),
-                    None => o.extend_from_slice(b"*-1\r\n"),
+                    Some(s) => command_info(o, s, proto),
+                    None => write_null_array(o, proto),
                 }
             }
         }),
         // Documentation is for humans and redis-cli hints; an empty answer is valid.
-        Local::CommandDocs => ready(|o| write_array_header(o, 0)),
+        Local::CommandDocs => ready(|o| write_map_header(o, 0, proto)),
         Local::CommandList => ready(|o| {
             let specs: Vec<_> = listed().collect();
             write_array_header(o, specs.len());
@@ -93,7 +95,7 @@ pub(crate) fn answer(
         }),
         Local::ClientGetname => match client.name() {
             Some(n) => ready(|o| write_bulk(o, n)),
-            None => ready(write_nil),
+            None => ready(|o| write_null(o, proto)),
         },
         Local::ClientId => ready(|o| write_integer(o, client.id as i64)),
         Local::ClientSetname => {
@@ -179,13 +181,15 @@ fn setinfo(args: Args<'_>, client: &mut ClientState) -> Reply {
 
 /// The legacy six fields of a COMMAND INFO entry (name, arity, flags, first, last, step),
 /// followed by empty ACL categories, tips, key specs and subcommands.
-fn command_info(o: &mut BytesMut, s: &CommandSpec) {
+/// (Flags, categories, tips, key specs and subcommands are sets in RESP3, as redis-server sends
+/// them.)
+fn command_info(o: &mut BytesMut, s: &CommandSpec, proto: Proto) {
     let (first, last, step) = s.keys.legacy_range();
     write_array_header(o, 10);
     write_bulk(o, s.name.as_bytes());
     write_integer(o, i64::from(s.arity));
     let flags: Vec<&str> = s.flags.names().collect();
-    write_array_header(o, flags.len());
+    write_set_header(o, flags.len(), proto);
     for f in flags {
         write_simple(o, f);
     }
@@ -193,24 +197,23 @@ fn command_info(o: &mut BytesMut, s: &CommandSpec) {
     write_integer(o, i64::from(last));
     write_integer(o, i64::from(step));
     for _ in 0..4 {
-        write_array_header(o, 0);
+        write_set_header(o, 0, proto);
     }
 }
 
-/// HELLO [protover [AUTH ..] [SETNAME ..]]: RESP2 only, for now.
-fn hello(args: Args<'_>, client: &mut ClientState) -> Reply {
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`, with redis-server's checks and errors:
+/// switches the client to RESP2 or RESP3 and answers the server's facts as a map. Keyway has no
+/// users of its own yet, so it behaves as a redis-server whose `default` user has no password:
+/// `AUTH default <anything>` succeeds and any other user is refused with `WRONGPASS`.
+fn hello(args: Args<'_>, client: &mut ClientState, facts: &Facts<'_>) -> Reply {
+    let mut proto = None;
     if let Some(v) = args.get(1) {
         match std::str::from_utf8(v)
             .ok()
-            .and_then(|v| v.parse::<i64>().ok())
+            .and_then(|v| crate::protocol::parse_i64(v.as_bytes()))
         {
-            Some(2) => {}
-            Some(3) => {
-                return err(
-                    ErrorKind::NoProto,
-                    "sorry, this protocol version is not supported (keyway speaks RESP2)",
-                )
-            }
+            Some(2) => proto = Some(Proto::Resp2),
+            Some(3) => proto = Some(Proto::Resp3),
             Some(_) => return err(ErrorKind::NoProto, "unsupported protocol version"),
             None => {
                 return err(
@@ -221,23 +224,31 @@ fn hello(args: Args<'_>, client: &mut ClientState) -> Reply {
         }
     }
     let mut name = None;
+    let mut user = None;
     let mut i = 2;
     while let Some(opt) = args.get(i) {
-        if opt.eq_ignore_ascii_case(b"SETNAME") && args.get(i + 1).is_some() {
+        let more = args.len().saturating_sub(i + 1);
+        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+            user = args.get(i + 1);
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
             name = args.get(i + 1);
             i += 2;
-        } else if opt.eq_ignore_ascii_case(b"AUTH") {
-            return err(
-                ErrorKind::Refused,
-                "keyway does not authenticate clients yet (AUTH is not supported)",
-            );
         } else {
             return err(
                 ErrorKind::Syntax,
                 format!(
                     "Syntax error in HELLO option '{}'",
-                    String::from_utf8_lossy(opt)
+                    String::from_utf8_lossy(c_str(opt))
                 ),
+            );
+        }
+    }
+    if let Some(user) = user {
+        if user != b"default" {
+            return err(
+                ErrorKind::WrongPass,
+                "invalid username-password pair or user is disabled.",
             );
         }
     }
@@ -250,15 +261,20 @@ fn hello(args: Args<'_>, client: &mut ClientState) -> Reply {
         }
         client.about_mut().name = copy_unless_empty(name);
     }
+    if let Some(p) = proto {
+        client.proto = p;
+    }
+    let proto = client.proto;
     let id = client.id as i64;
+    let version = redis_version(facts.topo);
     ready(|o| {
-        write_array_header(o, 14);
-        for (k, v) in [("server", "keyway"), ("version", VERSION)] {
+        write_map_header(o, 7, proto);
+        for (k, v) in [("server", "redis"), ("version", version.as_ref())] {
             write_bulk(o, k.as_bytes());
             write_bulk(o, v.as_bytes());
         }
         write_bulk(o, b"proto");
-        write_integer(o, 2);
+        write_integer(o, proto.version());
         write_bulk(o, b"id");
         write_integer(o, id);
         for (k, v) in [("mode", "standalone"), ("role", "master")] {
@@ -268,6 +284,22 @@ fn hello(args: Args<'_>, client: &mut ClientState) -> Reply {
         write_bulk(o, b"modules");
         write_array_header(o, 0);
     })
+}
+
+/// The Redis version Keyway presents (HELLO, INFO's `redis_version`): the lowest that the
+/// pool's servers reported, so that a client's feature checks hold on every server; before any
+/// server answered, the version of the command table ([`command::TABLE_VERSION`]).
+pub(crate) fn redis_version(topo: &Topology) -> std::sync::Arc<str> {
+    topo.servers
+        .iter()
+        .filter_map(|s| s.pool.health().version())
+        .min_by_key(|v| version_key(v))
+        .unwrap_or_else(|| std::sync::Arc::from(command::TABLE_VERSION))
+}
+
+/// `7.0.15` as `[7, 0, 15]`, for ordering versions.
+fn version_key(v: &str) -> Vec<u64> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
 /// INFO: a `# Keyway` section about the proxy and its pool. Server statistics live on the

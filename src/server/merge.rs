@@ -13,9 +13,6 @@ use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::protocol::{write_array_header, write_bulk, write_integer, write_simple, Value};
 use crate::topology::Topology;
 
-/// The reply of a server that has nothing (`$-1`: RANDOMKEY on an empty server, a GET miss).
-pub(crate) const NIL: &[u8] = b"$-1\r\n";
-
 fn bad_reply(e: impl std::fmt::Display) -> ReplyError {
     ReplyError::new(
         ErrorKind::BadReply,

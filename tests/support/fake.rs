@@ -7,7 +7,9 @@
 //!
 //! - `PING` with `+PONG`, and `CLIENT ...` with `+OK`: Keyway's health prober (redis-rs) opens
 //!   a control connection of its own, sends `CLIENT SETINFO LIB-NAME redis-rs` and
-//!   `CLIENT SETINFO LIB-VER <version>` (pipelined, no `HELLO`), then `PING` every interval, and
+//!   `CLIENT SETINFO LIB-VER <version>` (pipelined, no `HELLO`), then `INFO server` (Keyway
+//!   reads the server's version from it, answered here with `redis_version` only) and `PING`
+//!   every interval, and
 //!   marks the server down unless it gets `+PONG`. So the server stays up, and a test isolates
 //!   a data-path fault;
 //! - any other request (a data request) with a bulk string of its last argument (`GET k` gets
@@ -347,6 +349,8 @@ fn control_answer(args: &[Vec<u8>]) -> Option<&'static [u8]> {
         Some(b"+PONG\r\n")
     } else if name.eq_ignore_ascii_case(b"CLIENT") {
         Some(b"+OK\r\n")
+    } else if name.eq_ignore_ascii_case(b"INFO") {
+        Some(b"$22\r\nredis_version:7.0.15\r\n\r\n")
     } else {
         None
     }
