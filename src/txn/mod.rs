@@ -635,7 +635,11 @@ fn reply(plan: &Plan, results: &[(&Part, Value)]) -> Bytes {
         };
         for (step, out) in part.steps.iter().zip(outs) {
             if step.counts {
-                counted.push(out.clone());
+                counted.push(if out.is_null() && answers_null_array(&step.command) {
+                    Value::NilArray
+                } else {
+                    out.clone()
+                });
             }
         }
     }
@@ -669,6 +673,18 @@ fn reply(plan: &Plan, results: &[(&Part, Value)]) -> Bytes {
         }
     }
     out.freeze()
+}
+
+/// Whether redis-server answers `command`'s null as a null array (`*-1`) rather than a null
+/// bulk string: the pops that take a count. A script sees both as `false`, so the engine puts
+/// back the one the command would have sent.
+fn answers_null_array(command: &[Bytes]) -> bool {
+    let Some(name) = command.first() else {
+        return false;
+    };
+    let counted_pop = (name.eq_ignore_ascii_case(b"LPOP") || name.eq_ignore_ascii_case(b"RPOP"))
+        && command.len() > 2;
+    counted_pop || name.eq_ignore_ascii_case(b"LMPOP") || name.eq_ignore_ascii_case(b"ZMPOP")
 }
 
 /// How a transaction was resolved by recovery.

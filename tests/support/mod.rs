@@ -331,21 +331,45 @@ impl RawClient {
                 .ok_or_else(|| std::io::Error::other(format!("bad reply line {line:?}")))
         };
         match line[0] {
-            b'$' => {
+            // Bulk string; RESP3's blob error and verbatim string.
+            b'$' | b'!' | b'=' => {
                 if let Ok(len) = usize::try_from(count()?) {
                     let mut body = vec![0u8; len + 2];
                     self.stream.read_exact(&mut body)?;
                     out.extend_from_slice(&body);
                 }
             }
-            b'*' => {
+            // Array; RESP3's set and push.
+            b'*' | b'~' | b'>' => {
                 for _ in 0..count()?.max(0) {
+                    self.read_frame_into(out)?;
+                }
+            }
+            // RESP3's map: keys and values.
+            b'%' => {
+                for _ in 0..count()?.max(0) * 2 {
+                    self.read_frame_into(out)?;
+                }
+            }
+            // RESP3's attribute: its pairs, then the reply it describes.
+            b'|' => {
+                for _ in 0..count()?.max(0) * 2 + 1 {
                     self.read_frame_into(out)?;
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Sends one command (arguments as RESP bulk strings) and reads its whole reply.
+    pub fn call(&mut self, args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        self.send(out.as_bytes());
+        self.read_reply().expect("a reply")
     }
 }
 
