@@ -8,6 +8,13 @@
 //! CLIENT GETNAME, errors), and RESP3's own types (maps, sets, doubles, nulls, verbatim text).
 //! Commands whose replies differ between two servers for reasons of their own (random members,
 //! times, hash-seeded orders) are left out.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 mod support;
 
