@@ -41,8 +41,6 @@ REASONS = {
     "SCRIPT_DEBUG": "the Lua debugger needs a dedicated connection to one server",
     "SCRIPT_KILL": "keyway cannot tell which backend server runs the script; run it against "
     "that server directly",
-    "TRANSACTIONS": "MULTI/EXEC transactions are not supported yet (the keys of one transaction "
-    "may live on different servers)",
     "WAIT": "replica acknowledgements are per server; choose keyway's write policy "
     "(write = all, quorum or two_phase) instead",
 }
@@ -101,6 +99,12 @@ KINDS = {
     "quit": "Local(L::Quit)",
     "reset": "Local(L::Reset)",
     "select": "Local(L::Select)",
+    # Transactions: the session queues them (see server::multi).
+    "multi": "Transaction(T::Multi)",
+    "exec": "Transaction(T::Exec)",
+    "discard": "Transaction(T::Discard)",
+    "watch": "Transaction(T::Watch)",
+    "unwatch": "Transaction(T::Unwatch)",
     # The servers know every command's keys: their answer is redis-server's, byte for byte.
     "command|getkeys": "AnyServer",
     "command|getkeysandflags": "AnyServer",
@@ -127,7 +131,6 @@ REFUSED = {
     "REPLICATION": "failover psync replconf replicaof role slaveof sync",
     "SCRIPT_DEBUG": "script|debug",
     "SCRIPT_KILL": "function|kill script|kill",
-    "TRANSACTIONS": "discard exec multi unwatch watch",
     "WAIT": "wait",
 }
 for _reason, _names in REFUSED.items():
@@ -283,9 +286,11 @@ HEADER = """\
 //! Sorted by name, containers before their subcommands ([`super::all_specs`] lists them so).
 
 use super::keys::{{dest_numkeys, numkeys, range, GeoStore, Sort, Streams, NOKEYS}};
-use super::Kind::{{AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan}};
+use super::Kind::{{
+    AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan, Transaction,
+}};
 use super::Merge::{{AllOk, Array, Concat, LogicalAnd, Ok, SameReply, SumInt}};
-use super::{{cmd, flag::*, split, trait_::*, CommandSpec, Local as L}};
+use super::{{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, Tx as T}};
 
 /// Why a command is refused: the text after "command 'x' is not supported by keyway: ".
 mod why {{

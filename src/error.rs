@@ -35,6 +35,10 @@ pub enum ErrorKind {
     NoProto,
     /// Authentication with an unknown user or a wrong password.
     WrongPass,
+    /// MULTI/EXEC used out of order (EXEC without MULTI, nested MULTI, WATCH inside MULTI).
+    Transaction,
+    /// EXEC of a transaction that had an error while queuing.
+    ExecAbort,
     /// The client broke the protocol; Keyway closes the connection after this reply.
     Protocol,
     /// A server could not be reached (refused, reset, in backoff).
@@ -54,7 +58,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order of [`ErrorKind::index`].
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::UnknownCommand,
         ErrorKind::Arity,
         ErrorKind::Syntax,
@@ -63,6 +67,8 @@ impl ErrorKind {
         ErrorKind::TryAgain,
         ErrorKind::NoProto,
         ErrorKind::WrongPass,
+        ErrorKind::Transaction,
+        ErrorKind::ExecAbort,
         ErrorKind::Protocol,
         ErrorKind::Unavailable,
         ErrorKind::Timeout,
@@ -79,7 +85,9 @@ impl ErrorKind {
             ErrorKind::TryAgain => "TRYAGAIN",
             ErrorKind::NoProto => "NOPROTO",
             ErrorKind::WrongPass => "WRONGPASS",
+            ErrorKind::ExecAbort => "EXECABORT",
             ErrorKind::UnknownCommand
+            | ErrorKind::Transaction
             | ErrorKind::Arity
             | ErrorKind::Syntax
             | ErrorKind::Refused
@@ -114,6 +122,8 @@ impl ErrorKind {
             ErrorKind::TryAgain => "tryagain",
             ErrorKind::NoProto => "noproto",
             ErrorKind::WrongPass => "wrongpass",
+            ErrorKind::Transaction => "transaction",
+            ErrorKind::ExecAbort => "execabort",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",

@@ -415,11 +415,12 @@ fn notable_commands_route_as_designed() {
     assert_eq!(kind("client|setname"), Kind::Local(Local::ClientSetname));
     assert_eq!(kind("client|setinfo"), Kind::Local(Local::ClientSetinfo));
     assert_eq!(kind("command|getkeys"), Kind::AnyServer);
+    assert_eq!(kind("multi"), Kind::Transaction(keyway::command::Tx::Multi));
+    assert_eq!(kind("exec"), Kind::Transaction(keyway::command::Tx::Exec));
     for refused in [
         "blpop",
         "subscribe",
         "publish",
-        "multi",
         "wait",
         "swapdb",
         "auth",

@@ -439,6 +439,22 @@ impl Pool {
         rx
     }
 
+    /// Sends a MULTI/EXEC transaction written out whole (`MULTI`, the commands, `EXEC`), which
+    /// gets `replies` replies: they are matched and dropped but the last, EXEC's, which is
+    /// returned. The bytes go into the queue at once, so no other request comes between.
+    pub fn send_transaction(
+        &self,
+        pick: Pick,
+        frame: Bytes,
+        replies: usize,
+    ) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue_many(pick, replies, ReplyTo::One(tx), |out| {
+            out.extend_from_slice(&frame)
+        });
+        rx
+    }
+
     /// Sends one part of a split command, which `write` appends, whole, to the connection's
     /// outgoing bytes (straight from the client's frame); its reply goes to `part`. The parts
     /// are plain data commands (MSET, MGET, DEL, ...), so an error reply may count against the
@@ -455,6 +471,28 @@ impl Pool {
         &self,
         pick: Pick,
         signals: bool,
+        reply: ReplyTo,
+        write: impl FnOnce(&mut BytesMut),
+    ) {
+        self.enqueue_jobs(pick, signals, 1, reply, write);
+    }
+
+    /// [`Pool::enqueue`] of bytes that get `replies` replies, all but the last dropped.
+    fn enqueue_many(
+        &self,
+        pick: Pick,
+        replies: usize,
+        reply: ReplyTo,
+        write: impl FnOnce(&mut BytesMut),
+    ) {
+        self.enqueue_jobs(pick, true, replies, reply, write);
+    }
+
+    fn enqueue_jobs(
+        &self,
+        pick: Pick,
+        signals: bool,
+        replies: usize,
         reply: ReplyTo,
         write: impl FnOnce(&mut BytesMut),
     ) {
@@ -477,8 +515,17 @@ impl Pool {
             };
             write(&mut *guard.bytes);
             std::mem::forget(guard);
+            let was_empty = q.jobs.is_empty();
+            for _ in 1..replies {
+                // A slot whose receiver is gone: its reply is matched, then dropped.
+                let (tx, _) = oneshot::channel();
+                q.jobs.push(Queued {
+                    reply: ReplyTo::One(tx),
+                    signals,
+                });
+            }
             q.jobs.push(Queued { reply, signals });
-            q.jobs.len() == 1
+            was_empty
         };
         if wake {
             queue.notify.notify_one();

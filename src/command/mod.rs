@@ -376,11 +376,28 @@ pub enum Kind {
     /// Answered by the proxy itself: PING, ECHO, QUIT, SELECT, HELLO, RESET, INFO, COMMAND (and
     /// its listings), CLIENT SETNAME/GETNAME/ID/SETINFO.
     Local(Local),
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the session's transaction state.
+    Transaction(Tx),
     /// Refused with this reason (the user-facing explanation); see [`CommandError::Refused`].
     Refused(&'static str),
     /// The entry of a container command itself (CLIENT, CONFIG, OBJECT, ...): only its
     /// subcommands run, so [`resolve`] never returns it.
     Container,
+}
+
+/// The transaction commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tx {
+    /// `MULTI`: start queuing.
+    Multi,
+    /// `EXEC`: run what was queued.
+    Exec,
+    /// `DISCARD`: drop what was queued.
+    Discard,
+    /// `WATCH key..`
+    Watch,
+    /// `UNWATCH`
+    Unwatch,
 }
 
 /// A command the table cannot serve as sent. The messages are Redis's own, without the `ERR `

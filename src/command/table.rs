@@ -7,9 +7,11 @@
 //! Sorted by name, containers before their subcommands ([`super::all_specs`] lists them so).
 
 use super::keys::{dest_numkeys, numkeys, range, GeoStore, Sort, Streams, NOKEYS};
-use super::Kind::{AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan};
+use super::Kind::{
+    AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan, Transaction,
+};
 use super::Merge::{AllOk, Array, Concat, LogicalAnd, Ok, SameReply, SumInt};
-use super::{cmd, flag::*, split, trait_::*, CommandSpec, Local as L};
+use super::{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, Tx as T};
 
 /// Why a command is refused: the text after "command 'x' is not supported by keyway: ".
 mod why {
@@ -31,7 +33,6 @@ mod why {
         "replication between the backend servers is managed outside keyway";
     pub const SCRIPT_DEBUG: &str = "the Lua debugger needs a dedicated connection to one server";
     pub const SCRIPT_KILL: &str = "keyway cannot tell which backend server runs the script; run it against that server directly";
-    pub const TRANSACTIONS: &str = "MULTI/EXEC transactions are not supported yet (the keys of one transaction may live on different servers)";
     pub const WAIT: &str = "replica acknowledgements are per server; choose keyway's write policy (write = all, quorum or two_phase) instead";
 }
 
@@ -141,14 +142,14 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("decr",                           2, range(1, 1, 1),        Keyed,                      &[WRITE, DENYOOM, FAST],                                                    &[READBACK_KEY]),
     cmd("decrby",                         3, range(1, 1, 1),        Keyed,                      &[WRITE, DENYOOM, FAST],                                                    &[READBACK_KEY]),
     cmd("del",                           -2, range(1, -1, 1),       split(SumInt, 1),           &[WRITE],                                                                   &[]),
-    cmd("discard",                        1, NOKEYS,                Refused(why::TRANSACTIONS), &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
+    cmd("discard",                        1, NOKEYS,                Transaction(T::Discard),    &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
     cmd("dump",                           2, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[]),
     cmd("echo",                           2, NOKEYS,                Local(L::Echo),             &[LOADING, STALE, FAST],                                                    &[]),
     cmd("eval",                          -3, numkeys(2, 3, 1),      Keyed,                      &[NOSCRIPT, STALE, SKIP_MONITOR, NO_MANDATORY_KEYS, MOVABLEKEYS],           &[SCRIPT, SCRIPT_WRITES]),
     cmd("eval_ro",                       -3, numkeys(2, 3, 1),      Keyed,                      &[READONLY, NOSCRIPT, STALE, SKIP_MONITOR, NO_MANDATORY_KEYS, MOVABLEKEYS], &[SCRIPT]),
     cmd("evalsha",                       -3, numkeys(2, 3, 1),      Keyed,                      &[NOSCRIPT, STALE, SKIP_MONITOR, NO_MANDATORY_KEYS, MOVABLEKEYS],           &[SCRIPT, SCRIPT_WRITES]),
     cmd("evalsha_ro",                    -3, numkeys(2, 3, 1),      Keyed,                      &[READONLY, NOSCRIPT, STALE, SKIP_MONITOR, NO_MANDATORY_KEYS, MOVABLEKEYS], &[SCRIPT]),
-    cmd("exec",                           1, NOKEYS,                Refused(why::TRANSACTIONS), &[NOSCRIPT, LOADING, STALE, SKIP_SLOWLOG],                                  &[]),
+    cmd("exec",                           1, NOKEYS,                Transaction(T::Exec),       &[NOSCRIPT, LOADING, STALE, SKIP_SLOWLOG],                                  &[]),
     cmd("exists",                        -2, range(1, -1, 1),       split(SumInt, 1),           &[READONLY, FAST],                                                          &[]),
     cmd("expire",                        -3, range(1, 1, 1),        Keyed,                      &[WRITE, FAST],                                                             &[]),
     cmd("expireat",                      -3, range(1, 1, 1),        Keyed,                      &[WRITE, FAST],                                                             &[]),
@@ -249,7 +250,7 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("move",                           3, range(1, 1, 1),        Refused(why::DATABASES),    &[WRITE, FAST],                                                             &[]),
     cmd("mset",                          -3, range(1, -1, 2),       split(Ok, 2),               &[WRITE, DENYOOM],                                                          &[]),
     cmd("msetnx",                        -3, range(1, -1, 2),       Keyed,                      &[WRITE, DENYOOM],                                                          &[]),
-    cmd("multi",                          1, NOKEYS,                Refused(why::TRANSACTIONS), &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
+    cmd("multi",                          1, NOKEYS,                Transaction(T::Multi),      &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
     cmd("object",                        -2, NOKEYS,                Container,                  &[],                                                                        &[SUBCOMMANDS]),
     cmd("object|encoding",                3, range(2, 2, 1),        Keyed,                      &[READONLY],                                                                &[]),
     cmd("object|freq",                    3, range(2, 2, 1),        Keyed,                      &[READONLY],                                                                &[]),
@@ -350,9 +351,9 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("type",                           2, range(1, 1, 1),        Keyed,                      &[READONLY, FAST],                                                          &[]),
     cmd("unlink",                        -2, range(1, -1, 1),       split(SumInt, 1),           &[WRITE, FAST],                                                             &[]),
     cmd("unsubscribe",                   -1, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
-    cmd("unwatch",                        1, NOKEYS,                Refused(why::TRANSACTIONS), &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
+    cmd("unwatch",                        1, NOKEYS,                Transaction(T::Unwatch),    &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
     cmd("wait",                           3, NOKEYS,                Refused(why::WAIT),         &[NOSCRIPT],                                                                &[]),
-    cmd("watch",                         -2, range(1, -1, 1),       Refused(why::TRANSACTIONS), &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
+    cmd("watch",                         -2, range(1, -1, 1),       Transaction(T::Watch),      &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
     cmd("xack",                          -4, range(1, 1, 1),        Keyed,                      &[WRITE, FAST],                                                             &[]),
     cmd("xadd",                          -5, range(1, 1, 1),        Keyed,                      &[WRITE, DENYOOM, FAST],                                                    &[]),
     cmd("xautoclaim",                    -6, range(1, 1, 1),        Keyed,                      &[WRITE, FAST],                                                             &[]),

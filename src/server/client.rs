@@ -17,6 +17,24 @@ pub(crate) struct ClientState {
     pub(crate) about: Option<Box<About>>,
     /// The protocol the client speaks (RESP2 until it says `HELLO 3`).
     pub(crate) proto: Proto,
+    /// The transaction being queued, from MULTI to EXEC or DISCARD (boxed: most clients never
+    /// send MULTI).
+    pub(crate) multi: Option<Box<Multi>>,
+}
+
+/// A transaction being queued (see `server::multi`).
+#[derive(Default)]
+pub(crate) struct Multi {
+    /// The commands, in order.
+    pub(crate) queued: Vec<crate::protocol::Request>,
+    /// Bytes they take.
+    pub(crate) bytes: usize,
+    /// A command was refused while queuing: EXEC answers EXECABORT.
+    pub(crate) dirty: bool,
+    /// The slot of the keys queued so far (all must share it, but under two-phase).
+    pub(crate) slot: Option<crate::routing::Slot>,
+    /// Some command queued so far writes.
+    pub(crate) writes: bool,
 }
 
 /// Names a client gave itself.
@@ -40,6 +58,7 @@ impl ClientState {
             rr: id as usize,
             about: None,
             proto: Proto::Resp2,
+            multi: None,
         }
     }
 
@@ -68,6 +87,7 @@ impl ClientState {
     /// the connection.
     pub(crate) fn reset(&mut self) {
         self.proto = Proto::Resp2;
+        self.multi = None;
         if let Some(about) = &mut self.about {
             about.name = None;
         }

@@ -12,9 +12,12 @@ use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 
+use super::client;
 use super::client::ClientState;
 use super::local::{self, After, Facts};
 use super::merge;
+use super::multi;
+use super::plan;
 use super::plan::{Plan, Route, Split};
 use super::reply::{forwarded, resolve, Pending};
 use super::shared::Shared;
@@ -68,6 +71,7 @@ pub(crate) fn dispatch(
         }
         Plan::Scan { server, cursor } => scan(cx, server, cursor, request.args()),
         Plan::TwoPhase(plan) => two_phase(cx, plan),
+        Plan::Multi(step) => transaction(cx, step, request),
         // The session closes the connection before dispatching (see `Active::request`).
         Plan::CrossProtocol => return (Pending::Ready(Ok(Bytes::new())), After::Close),
     };
@@ -265,6 +269,100 @@ fn two_phase(cx: &Context<'_>, plan: txn::Plan) -> Pending {
             Proto::Resp3 => reply.map(|frame| resp2_to_resp3(&frame)),
         }
     }))
+}
+
+/// A step of a MULTI/EXEC transaction: the client's queue changes, and EXEC sends it.
+fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pending {
+    let simple = |s: &'static str| Pending::Ready(Ok(Bytes::from(format!("+{s}\r\n"))));
+    match step {
+        multi::Step::Begin => {
+            cx.client.multi = Some(Box::default());
+            simple("OK")
+        }
+        multi::Step::Queue { slot, write } => {
+            if let Some(m) = cx.client.multi.as_deref_mut() {
+                m.bytes += request.frame().len();
+                m.queued.push(request.clone());
+                m.slot = m.slot.or(slot);
+                m.writes |= write;
+            }
+            simple("QUEUED")
+        }
+        multi::Step::Dirty(e) => {
+            if let Some(m) = cx.client.multi.as_deref_mut() {
+                m.dirty = true;
+            }
+            Pending::Ready(Err(e))
+        }
+        multi::Step::Discard => {
+            cx.client.multi = None;
+            simple("OK")
+        }
+        multi::Step::Unwatched => simple("OK"),
+        multi::Step::Exec => match cx.client.multi.take() {
+            Some(m) => exec(cx, *m),
+            None => Pending::Ready(Err(ReplyError::new(
+                ErrorKind::Transaction,
+                "EXEC without MULTI",
+            ))),
+        },
+    }
+}
+
+/// EXEC: the queued transaction, on its slot's server (each replica's, for a write under
+/// `all`/`quorum`), or as a two-phase transaction.
+fn exec(cx: &mut Context<'_>, m: client::Multi) -> Pending {
+    if m.dirty {
+        return Pending::Ready(Err(ReplyError::new(
+            ErrorKind::ExecAbort,
+            "Transaction discarded because of previous errors.",
+        )));
+    }
+    if m.queued.is_empty() {
+        return Pending::Ready(Ok(Bytes::from_static(b"*0\r\n")));
+    }
+    if cx.topo.write == crate::config::WriteMode::TwoPhase {
+        match multi::two_phase_plan(&m.queued, cx.topo) {
+            Some(Ok(plan)) => return two_phase(cx, plan),
+            Some(Err(e)) => return Pending::Ready(Err(e)),
+            // Reads only: a plain MULTI/EXEC on the slot's primary.
+            None => {}
+        }
+    }
+    let frame = multi::exec_frame(&m.queued);
+    let replies = m.queued.len() + 2;
+    let pick = cx.client.pick();
+    let topo = cx.topo;
+    let route = match m.slot {
+        // Nothing keyed: the server the client's keyless commands go to.
+        None => Route::One((cx.client.id as usize % topo.servers.len().max(1)) as u16),
+        Some(slot) => match topo.placement(slot) {
+            Ok(placement) => {
+                let write = m.writes && topo.write != crate::config::WriteMode::TwoPhase;
+                plan::route(topo, cx.client, placement, write)
+            }
+            Err(e) => return Pending::Ready(Err(e.into())),
+        },
+    };
+    let send = |server: u16| match topo.server(server) {
+        Some(s) => Pending::Forward(s.pool.send_transaction(pick, frame.clone(), replies)),
+        None => internal_routing_error(),
+    };
+    match route {
+        Route::One(server) | Route::Read { server, .. } => send(server),
+        Route::FanOut { targets, need } => {
+            let replies = targets
+                .iter()
+                .map(|&t| {
+                    (
+                        topo.server(t).map_or_else(String::new, |s| s.name.clone()),
+                        send(t),
+                    )
+                })
+                .collect();
+            Pending::Merge(Box::pin(fan_out(replies, need)))
+        }
+    }
 }
 
 /// RANDOMKEY: starting at `start`, the first server that has any key answers.

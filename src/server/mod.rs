@@ -15,6 +15,7 @@ mod client;
 mod dispatch;
 mod local;
 mod merge;
+mod multi;
 mod plan;
 mod reply;
 mod session;

@@ -25,6 +25,7 @@ use crate::topology::{Placement, PlacementError, Topology};
 use crate::txn;
 
 use super::client::ClientState;
+use super::multi;
 
 /// What to do with one request.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub(crate) enum Plan<'r, 't> {
     Scan { server: u16, cursor: u64 },
     /// A write under `write = "two_phase"`.
     TwoPhase(txn::Plan),
+    /// A step of a MULTI/EXEC transaction (see `multi`).
+    Multi(super::multi::Step),
     /// HTTP sent to the client port (a `POST` request line, a `Host:` header): the connection
     /// is closed without a reply, as redis-server does, so that a request forged by a browser or
     /// an SSRF cannot run the commands in its body.
@@ -98,11 +101,11 @@ pub(crate) struct SubCommand<'t> {
 /// Keys in one SCAN cursor are `server cursor << SCAN_SHIFT | server index`.
 pub(crate) const SCAN_SHIFT: u32 = 10;
 
-const CROSSSLOT: &str = "Keys in request don't hash to the same slot \
+pub(crate) const CROSSSLOT: &str = "Keys in request don't hash to the same slot \
      (keyway shards keys by slot; put a hash tag in the keys, e.g. {user1}.a and {user1}.b, \
      to keep them on one server)";
 
-const RESERVED: &str = "keys starting with '__keyway:' are keyway's own bookkeeping \
+pub(crate) const RESERVED: &str = "keys starting with '__keyway:' are keyway's own bookkeeping \
      (two-phase locks, intents and decisions); clients cannot read or write them";
 
 /// Whether a key is one of Keyway's own (`__keyway:*`), which no client command may name.
@@ -129,13 +132,28 @@ pub(crate) fn plan<'r, 't>(
 ) -> (Option<&'static CommandSpec>, Plan<'r, 't>) {
     let args = request.args();
     match command::resolve(args) {
-        Ok(spec) => (Some(spec), plan_command(spec, args, topo, client, keys)),
+        Ok(spec) => {
+            if let Kind::Transaction(tx) = spec.kind {
+                let step = multi::control(tx, client.multi.as_deref());
+                return (Some(spec), step.map_or_else(Plan::Refuse, Plan::Multi));
+            }
+            if let Some(m) = client.multi.as_deref() {
+                return (
+                    Some(spec),
+                    Plan::Multi(multi::queue(spec, request, topo, m, keys)),
+                );
+            }
+            (Some(spec), plan_command(spec, args, topo, client, keys))
+        }
         // Neither is a command, so only a name the table does not know is looked at.
         Err(_) if is_http(request.name()) => (None, Plan::CrossProtocol),
         Err(e) => {
             let known = std::str::from_utf8(request.name())
                 .ok()
                 .and_then(command::lookup);
+            if client.multi.is_some() {
+                return (known, Plan::Multi(multi::Step::Dirty(e.into())));
+            }
             (known, Plan::Refuse(e.into()))
         }
     }
@@ -174,6 +192,11 @@ fn plan_command<'r, 't>(
             .into(),
         ),
         Kind::Container => Plan::Refuse(command::CommandError::Arity { name: spec.name }.into()),
+        // `plan` handles these before.
+        Kind::Transaction(_) => Plan::Refuse(ReplyError::new(
+            ErrorKind::Internal,
+            "keyway: transaction command planned as a command",
+        )),
     }
 }
 
@@ -252,7 +275,7 @@ fn fans_out(topo: &Topology) -> bool {
 }
 
 /// Where a frame for a slot of `placement` goes, by the pool's read and write policies.
-fn route<'t>(
+pub(crate) fn route<'t>(
     topo: &'t Topology,
     client: &mut ClientState,
     placement: Placement<'t>,

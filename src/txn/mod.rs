@@ -50,7 +50,9 @@ pub use error::{CallError, ResolveError};
 
 use crate::backend::Reply;
 use crate::metrics::Metrics;
-use crate::protocol::{write_error, write_integer, write_simple, Request, Value};
+use crate::protocol::{
+    write_array_header, write_error, write_integer, write_simple, Request, Value,
+};
 use crate::topology::{Topology, TopologyHandle};
 
 /// The prefix of every key Keyway keeps on the servers (locks, intents, decisions, the index);
@@ -79,6 +81,8 @@ pub struct Step {
     /// Whether this step's result is part of the client's reply (it runs on the primary
     /// replica of its key's slot).
     pub counts: bool,
+    /// The command of a MULTI/EXEC transaction this step belongs to (0 outside one).
+    pub index: usize,
 }
 
 /// The commands of a transaction on one participant server.
@@ -91,7 +95,7 @@ pub struct Part {
 }
 
 /// How the counted step results make the client's reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplyShape {
     /// The single counted result, as the server gave it.
     Single,
@@ -101,6 +105,9 @@ pub enum ReplyShape {
     Ok,
     /// The sum of the counted integer results (DEL, UNLINK over several keys).
     Sum,
+    /// A MULTI/EXEC transaction: an array with one reply per queued command, each made from
+    /// the counted results of the steps with its [`Step::index`], by its own shape.
+    Exec(Vec<ReplyShape>),
 }
 
 /// A transaction: its parts by server index, its primary participant, its reply shape.
@@ -627,7 +634,8 @@ async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
 
 /// The client's reply from the participants' results (`{1, {r1, r2, ...}}` each).
 fn reply(plan: &Plan, results: &[(&Part, Value)]) -> Bytes {
-    let mut counted = Vec::new();
+    // Counted results, with the command each belongs to.
+    let mut counted: Vec<(usize, Value)> = Vec::new();
     for (part, v) in results {
         let Value::Array(items) = v else { continue };
         let Some(Value::Array(outs)) = items.get(1) else {
@@ -635,44 +643,69 @@ fn reply(plan: &Plan, results: &[(&Part, Value)]) -> Bytes {
         };
         for (step, out) in part.steps.iter().zip(outs) {
             if step.counts {
-                counted.push(if out.is_null() && answers_null_array(&step.command) {
+                let value = if out.is_null() && answers_null_array(&step.command) {
                     Value::NilArray
                 } else {
                     out.clone()
-                });
+                };
+                counted.push((step.index, value));
             }
         }
     }
     let mut out = BytesMut::new();
-    match plan.reply {
+    match &plan.reply {
+        ReplyShape::Exec(shapes) => {
+            write_array_header(&mut out, shapes.len());
+            for (index, shape) in shapes.iter().enumerate() {
+                let mine: Vec<Value> = counted
+                    .iter()
+                    .filter(|(i, _)| *i == index)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                shaped(shape, &mine, &mut out);
+            }
+        }
+        shape => {
+            let all: Vec<Value> = counted.into_iter().map(|(_, v)| v).collect();
+            shaped(shape, &all, &mut out);
+        }
+    }
+    out.freeze()
+}
+
+/// One command's reply from its counted results.
+fn shaped(shape: &ReplyShape, counted: &[Value], out: &mut BytesMut) {
+    const NONE: &str = "ERR keyway: no result from the primary replica";
+    match shape {
         ReplyShape::Single => match counted.first() {
-            Some(v) => v.encode(&mut out),
-            None => write_error(&mut out, "ERR keyway: no result from the primary replica"),
+            Some(v) => v.encode(out),
+            None => write_error(out, NONE),
         },
         ReplyShape::Integer => match counted.first() {
             Some(Value::Bulk(b)) => match std::str::from_utf8(b)
                 .ok()
                 .and_then(|s| s.parse::<i64>().ok())
             {
-                Some(n) => write_integer(&mut out, n),
-                None => Value::Bulk(b.clone()).encode(&mut out),
+                Some(n) => write_integer(out, n),
+                None => Value::Bulk(b.clone()).encode(out),
             },
-            Some(v) => v.encode(&mut out),
-            None => write_error(&mut out, "ERR keyway: no result from the primary replica"),
+            Some(v) => v.encode(out),
+            None => write_error(out, NONE),
         },
         ReplyShape::Ok => match counted.iter().find(|v| v.is_error()) {
-            Some(e) => e.encode(&mut out),
-            None => write_simple(&mut out, "OK"),
+            Some(e) => e.encode(out),
+            None => write_simple(out, "OK"),
         },
         ReplyShape::Sum => {
             let sum: i64 = counted
                 .iter()
                 .map(|v| if let Value::Integer(n) = v { *n } else { 0 })
                 .sum();
-            write_integer(&mut out, sum);
+            write_integer(out, sum);
         }
+        // Not nested: a transaction's commands have their own shapes.
+        ReplyShape::Exec(_) => write_error(out, NONE),
     }
-    out.freeze()
 }
 
 /// Whether redis-server answers `command`'s null as a null array (`*-1`) rather than a null

@@ -88,6 +88,7 @@ pub fn keyed(
                     command: args.to_vec(),
                     readback: readback.clone(),
                     counts: server == primary,
+                    index: 0,
                 }],
             };
             (server, part)
@@ -98,6 +99,50 @@ pub fn keyed(
         primary,
         reply,
     })
+}
+
+/// A MULTI/EXEC transaction under `write = "two_phase"`: the plans of its commands (each made
+/// by [`keyed`], [`split`] or [`read`]) as one transaction, whose reply is EXEC's array.
+pub fn transaction(commands: Vec<Plan>) -> Plan {
+    let mut parts: BTreeMap<u16, Part> = BTreeMap::new();
+    let mut primary = None;
+    let mut shapes = Vec::with_capacity(commands.len());
+    for (index, plan) in commands.into_iter().enumerate() {
+        primary.get_or_insert(plan.primary);
+        shapes.push(plan.reply);
+        for (server, part) in plan.parts {
+            let whole = parts.entry(server).or_default();
+            whole.keys.extend(part.keys);
+            whole
+                .steps
+                .extend(part.steps.into_iter().map(|s| Step { index, ..s }));
+        }
+    }
+    Plan {
+        parts,
+        primary: primary.unwrap_or(0),
+        reply: ReplyShape::Exec(shapes),
+    }
+}
+
+/// A read inside a two-phase MULTI: staged on its slot's primary only, where it runs at commit,
+/// after the transaction's earlier steps there, under the transaction's locks on its keys.
+pub fn read(args: Args<'_>, keys: &[usize], set: &[u16]) -> Plan {
+    let primary = set.first().copied().unwrap_or(0);
+    let part = Part {
+        keys: keys.iter().filter_map(|&i| args.bytes(i)).collect(),
+        steps: vec![Step {
+            command: args.to_vec(),
+            readback: Vec::new(),
+            counts: true,
+            index: 0,
+        }],
+    };
+    Plan {
+        parts: BTreeMap::from([(primary, part)]),
+        primary,
+        reply: ReplyShape::Single,
+    }
 }
 
 /// A split write (MSET, DEL, UNLINK): one transaction over the union of the keys' replica sets,
@@ -130,6 +175,7 @@ pub fn split<'t>(
                 command,
                 readback: Vec::new(),
                 counts: server == key_primary,
+                index: 0,
             });
         }
     }

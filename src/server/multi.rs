@@ -1,0 +1,266 @@
+//! MULTI/EXEC: how a transaction is queued and where it runs. Pure, as the planner is.
+//!
+//! Keyway queues a client's transaction itself, checking each command as redis-server does while
+//! queuing (unknown commands, arity, and Keyway's own refusals mark the transaction dirty, and
+//! EXEC then answers `EXECABORT`), plus the one rule of a sharding proxy: the keys of a
+//! transaction share one slot, or the command that breaks it gets `CROSSSLOT`, as Redis Cluster
+//! answers. At EXEC the whole transaction (`MULTI`, the commands, `EXEC`) is written to the
+//! slot's server at once, on the client's pipelined connection: nothing of another client comes
+//! between, and the server runs it atomically. With `replicas > 1` and `write = all|quorum` a
+//! transaction that writes runs on each replica of its slot and the reply follows the write
+//! policy. Under `write = "two_phase"`, a transaction's keys may span servers: its commands are
+//! staged as one two-phase transaction (`txn::plan::transaction`), atomic across servers and
+//! replicas.
+
+use bytes::{Bytes, BytesMut};
+
+use super::client::Multi;
+use crate::command::{self, CommandSpec, Kind, Local, Tx};
+use crate::config::WriteMode;
+use crate::error::{ErrorKind, ReplyError};
+use crate::protocol::{Args, Request};
+use crate::routing::{key_slot, Slot};
+use crate::topology::Topology;
+use crate::txn;
+
+/// Most bytes a transaction may queue. A client may not make Keyway hold more for it.
+pub(crate) const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+/// A step of a transaction, as the planner decides it.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// `MULTI`: start queuing.
+    Begin,
+    /// Queue the request; its keys are in `slot` (none for a keyless command).
+    Queue { slot: Option<Slot>, write: bool },
+    /// Refuse the request and mark the transaction dirty.
+    Dirty(ReplyError),
+    /// `EXEC`.
+    Exec,
+    /// `DISCARD`.
+    Discard,
+    /// `UNWATCH` outside a transaction: no key is watched.
+    Unwatched,
+}
+
+fn err(kind: ErrorKind, message: &'static str) -> ReplyError {
+    ReplyError::new(kind, message)
+}
+
+/// A transaction command (MULTI, EXEC, DISCARD, WATCH, UNWATCH), with redis-server's errors.
+pub(crate) fn control(tx: Tx, multi: Option<&Multi>) -> Result<Step, ReplyError> {
+    match (tx, multi.is_some()) {
+        (Tx::Multi, true) => Err(err(
+            ErrorKind::Transaction,
+            "MULTI calls can not be nested",
+        )),
+        (Tx::Multi, false) => Ok(Step::Begin),
+        (Tx::Exec, true) => Ok(Step::Exec),
+        (Tx::Exec, false) => Err(err(ErrorKind::Transaction, "EXEC without MULTI")),
+        (Tx::Discard, true) => Ok(Step::Discard),
+        (Tx::Discard, false) => Err(err(ErrorKind::Transaction, "DISCARD without MULTI")),
+        (Tx::Watch, true) => Err(err(
+            ErrorKind::Transaction,
+            "WATCH inside MULTI is not allowed",
+        )),
+        (Tx::Watch, false) => Err(err(
+            ErrorKind::Refused,
+            "keyway does not support WATCH yet (a watch lives on one server connection, which keyway shares between clients); use write = \"two_phase\" for atomic multi-key writes",
+        )),
+        // Queued as any keyless command: the server answers OK in EXEC's array.
+        (Tx::Unwatch, true) => Ok(Step::Queue {
+            slot: None,
+            write: false,
+        }),
+        (Tx::Unwatch, false) => Ok(Step::Unwatched),
+    }
+}
+
+/// A command sent while a transaction is being queued: queue it, or refuse it (marking the
+/// transaction dirty). `keys` is scratch space.
+pub(crate) fn queue(
+    spec: &'static CommandSpec,
+    request: &Request,
+    topo: &Topology,
+    multi: &Multi,
+    keys: &mut Vec<usize>,
+) -> Step {
+    if multi.bytes.saturating_add(request.frame().len()) > MAX_QUEUED_BYTES {
+        return Step::Dirty(ReplyError::new(
+            ErrorKind::Refused,
+            format!(
+                "keyway: a transaction may queue at most {} MiB of commands",
+                MAX_QUEUED_BYTES >> 20
+            ),
+        ));
+    }
+    match check(spec, request.args(), topo, multi, keys) {
+        Ok(step) => step,
+        Err(e) => Step::Dirty(e),
+    }
+}
+
+fn check(
+    spec: &'static CommandSpec,
+    args: Args<'_>,
+    topo: &Topology,
+    multi: &Multi,
+    keys: &mut Vec<usize>,
+) -> Result<Step, ReplyError> {
+    let two_phase = topo.write == WriteMode::TwoPhase;
+    let write = spec.is_write();
+    match spec.kind {
+        // The server answers these as Keyway would.
+        Kind::Local(Local::Ping | Local::Echo) | Kind::AnyServer if !two_phase => {
+            return Ok(Step::Queue { slot: None, write })
+        }
+        Kind::Local(_) | Kind::AnyServer => {
+            return Err(ReplyError::new(
+                ErrorKind::Refused,
+                format!(
+                    "keyway cannot queue '{}' in a transaction: it is not about keys{}",
+                    spec.name,
+                    if two_phase {
+                        " (write = two_phase)"
+                    } else {
+                        ""
+                    }
+                ),
+            ))
+        }
+        Kind::AllServers(_) | Kind::RandomKey | Kind::Scan => {
+            return Err(ReplyError::new(
+                ErrorKind::Refused,
+                format!(
+                    "keyway cannot queue '{}' in a transaction: it concerns every server",
+                    spec.name
+                ),
+            ))
+        }
+        Kind::Refused(reason) => {
+            return Err(command::CommandError::Refused {
+                name: spec.name,
+                reason,
+            }
+            .into())
+        }
+        Kind::Container => {
+            return Err(command::CommandError::Arity { name: spec.name }.into());
+        }
+        Kind::Transaction(_) => {
+            return Err(err(
+                ErrorKind::Internal,
+                "keyway: transaction command queued",
+            ));
+        }
+        Kind::Keyed | Kind::Split { .. } => {}
+    }
+    if two_phase && write {
+        if let Some(e) = txn::plan::not_stageable(spec) {
+            return Err(e);
+        }
+    }
+    keys.clear();
+    command::key_indexes(spec, args, keys).map_err(ReplyError::from)?;
+    if spec.traits.contains(command::Traits::BLOCK_OPTION)
+        && args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+    {
+        return Err(ReplyError::new(
+            ErrorKind::Refused,
+            format!(
+                "command '{}' with BLOCK is not supported by keyway",
+                spec.name
+            ),
+        ));
+    }
+    let mut slot = multi.slot;
+    for &i in keys.iter() {
+        let Some(key) = args.get(i) else { continue };
+        if key.starts_with(txn::RESERVED_PREFIX) {
+            return Err(err(ErrorKind::Refused, super::plan::RESERVED));
+        }
+        let s = key_slot(key, topo.hash_tag);
+        match slot {
+            // Under two-phase, keys may be anywhere; each command's own keys still share one
+            // slot unless the command is split (MSET, DEL, ...).
+            Some(first) if first != s && !two_phase => {
+                return Err(err(ErrorKind::CrossSlot, super::plan::CROSSSLOT))
+            }
+            _ => slot = Some(s),
+        }
+    }
+    if two_phase && (matches!(spec.kind, Kind::Keyed) || !write) {
+        let mut own = keys.iter().filter_map(|&i| args.get(i));
+        if let Some(first) = own.next() {
+            let s = key_slot(first, topo.hash_tag);
+            if own.any(|k| key_slot(k, topo.hash_tag) != s) {
+                return Err(err(ErrorKind::CrossSlot, super::plan::CROSSSLOT));
+            }
+        }
+    }
+    Ok(Step::Queue { slot, write })
+}
+
+/// The bytes that run a transaction on one server: `MULTI`, the queued frames, `EXEC`. Its
+/// replies are `+OK`, one `+QUEUED` per command, then EXEC's (the client's reply).
+pub(crate) fn exec_frame(queued: &[Request]) -> Bytes {
+    const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+    const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+    let len: usize = queued.iter().map(|r| r.frame().len()).sum();
+    let mut out = BytesMut::with_capacity(len + MULTI.len() + EXEC.len());
+    out.extend_from_slice(MULTI);
+    for r in queued {
+        out.extend_from_slice(r.frame());
+    }
+    out.extend_from_slice(EXEC);
+    out.freeze()
+}
+
+/// A transaction under `write = "two_phase"`: each queued command's plan, as one two-phase
+/// transaction. `None` when it writes nothing (it then runs as a plain MULTI/EXEC).
+pub(crate) fn two_phase_plan(
+    queued: &[Request],
+    topo: &Topology,
+) -> Option<Result<txn::Plan, ReplyError>> {
+    let mut plans = Vec::with_capacity(queued.len());
+    let mut writes = false;
+    let mut keys = Vec::new();
+    for request in queued {
+        let args = request.args();
+        let spec = match command::resolve(args) {
+            Ok(spec) => spec,
+            Err(e) => return Some(Err(e.into())),
+        };
+        keys.clear();
+        if let Err(e) = command::key_indexes(spec, args, &mut keys) {
+            return Some(Err(e.into()));
+        }
+        let slot_of = |key: &[u8]| key_slot(key, topo.hash_tag);
+        let plan = match spec.kind {
+            Kind::Split { merge, group } if spec.is_write() => {
+                writes = true;
+                txn::plan::split(merge, args, group, |k| topo.replica_set(slot_of(k)))
+            }
+            _ => {
+                let Some(first) = keys.first().and_then(|&i| args.get(i)) else {
+                    return Some(Err(err(
+                        ErrorKind::Refused,
+                        "keyway cannot run a keyless command in a two-phase transaction",
+                    )));
+                };
+                let set = topo.replica_set(slot_of(first));
+                if spec.is_write() {
+                    writes = true;
+                    match txn::plan::keyed(spec, args, &keys, set) {
+                        Ok(plan) => plan,
+                        Err(e) => return Some(Err(e)),
+                    }
+                } else {
+                    txn::plan::read(args, &keys, set)
+                }
+            }
+        };
+        plans.push(plan);
+    }
+    writes.then(|| Ok(txn::plan::transaction(plans)))
+}
