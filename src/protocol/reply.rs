@@ -110,7 +110,19 @@ impl ReplyDecoder {
                     // RESP2's simple string and error; RESP3's null, boolean, double and big
                     // number are lines too.
                     b'+' | b'-' | b'_' | b'#' | b',' | b'(' => match self.line(buf)? {
-                        Some(next) => self.pos = next,
+                        Some(next) => {
+                            // A null is empty, a boolean `t` or `f`.
+                            let text = buf.get(self.pos + 1..next - 2).unwrap_or_default();
+                            let valid = match kind {
+                                b'_' => text.is_empty(),
+                                b'#' => text == b"t" || text == b"f",
+                                _ => true,
+                            };
+                            if !valid {
+                                return Err(ProtocolError::UnknownReplyType(kind));
+                            }
+                            self.pos = next;
+                        }
                         None => return Ok(false),
                     },
                     b':' => match number(buf, self.pos, ProtocolError::InvalidInteger)? {
