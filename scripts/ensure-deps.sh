@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Keyway's scripts and tests run against, when missing (Debian/Ubuntu):
-# redis-server, redis-tools (redis-cli, redis-benchmark), and prometheus for promtool.
+# redis-server, redis-tools (redis-cli, redis-benchmark), prometheus for promtool, and redis-py.
 # `scripts/ensure-deps.sh redis` installs only the Redis packages.
 set -euo pipefail
 want=(redis-server redis-tools)
@@ -8,6 +8,11 @@ have() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null &
 if [ "${1:-all}" = all ]; then
   want+=(prometheus)
   have() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null && command -v promtool >/dev/null; }
+fi
+# redis-py, pinned: the client whose defaults (RESP3, MULTI/EXEC pipelines) the tests check.
+if [ "${1:-all}" = all ] && ! python3 -c 'import redis, sys; sys.exit(redis.__version__ != "8.2.0")' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "redis==8.2.0" >&2 ||
+    echo "warning: could not install redis-py 8.2.0; its tests will be skipped" >&2
 fi
 have && exit 0
 SUDO=""

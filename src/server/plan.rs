@@ -137,7 +137,9 @@ pub(crate) fn plan<'r, 't>(
                 let step = multi::control(tx, client.multi.as_deref());
                 return (Some(spec), step.map_or_else(Plan::Refuse, Plan::Multi));
             }
-            if let Some(m) = client.multi.as_deref() {
+            // RESET and QUIT act at once inside a transaction too, as in redis-server.
+            let immediate = matches!(spec.kind, Kind::Local(Local::Reset | Local::Quit));
+            if let Some(m) = client.multi.as_deref().filter(|_| !immediate) {
                 return (
                     Some(spec),
                     Plan::Multi(multi::queue(spec, request, topo, m, keys)),
