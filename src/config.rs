@@ -269,6 +269,14 @@ pub struct LimitsConfig {
     /// disables. Default `0s`.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Most server connections held for clients at once (a client's `WATCH` holds one until
+    /// EXEC, DISCARD, UNWATCH or its departure); past it WATCH answers an error. Default 1024.
+    #[serde(default = "default_max_transactions")]
+    pub max_transactions: usize,
+}
+
+fn default_max_transactions() -> usize {
+    1024
 }
 
 impl Default for LimitsConfig {
@@ -281,6 +289,7 @@ impl Default for LimitsConfig {
             max_clients: default_max_clients(),
             max_client_output: default_max_client_output(),
             idle_timeout: Duration::ZERO,
+            max_transactions: default_max_transactions(),
         }
     }
 }
@@ -457,6 +466,7 @@ impl Config {
             ("max_args", self.limits.max_args),
             ("max_inline_len", self.limits.max_inline_len),
             ("max_client_output", self.limits.max_client_output),
+            ("max_transactions", self.limits.max_transactions),
         ];
         if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(

@@ -44,6 +44,25 @@ const SEQUENCE: &[&[&str]] = &[
     &["WATCH", "{a}1"],
     &["SET", "{a}1", "z"],
     &["DISCARD"],
+    // WATCH: an untouched key lets EXEC run; UNWATCH, DISCARD and EXEC end the watch.
+    &["WATCH", "{a}1", "{a}2"],
+    &["WATCH", "{a}h"],
+    &["MULTI"],
+    &["INCR", "{a}2"],
+    &["EXEC"],
+    &["WATCH", "{a}2"],
+    &["UNWATCH"],
+    &["SET", "{a}2", "7"],
+    &["MULTI"],
+    &["INCR", "{a}2"],
+    &["EXEC"],
+    &["WATCH", "{a}2"],
+    &["MULTI"],
+    &["DISCARD"],
+    &["SET", "{a}2", "8"],
+    &["MULTI"],
+    &["GET", "{a}2"],
+    &["EXEC"],
     &["GET", "{a}1"],
     &["MULTI"],
     &["EXEC"],
@@ -89,6 +108,90 @@ fn transactions_answer_as_redis_server() {
         compare_sequence("replicas = 2\nwrite = \"all\"", proto);
         compare_sequence("replicas = 2\nwrite = \"quorum\"", proto);
     }
+}
+
+/// A key changed by another client between WATCH and EXEC makes EXEC answer a null, as in
+/// redis-server; the held connection is bounded by `limits.max_transactions` and freed when its
+/// client leaves.
+#[test]
+fn watch_aborts_on_a_change_and_its_connections_are_bounded() {
+    for pool in ["", "replicas = 2\nwrite = \"all\""] {
+        let direct = RedisServer::start();
+        let servers = servers(3);
+        let refs: Vec<&RedisServer> = servers.iter().collect();
+        let mut toml = config_toml(&refs, pool);
+        toml.push_str("\n[limits]\nmax_transactions = 1\n");
+        let proxy = Proxy::start_toml(&toml);
+        for (addr, name) in [(direct.addr(), "redis"), (proxy.addr, "keyway")] {
+            let mut a = RawClient::connect(addr);
+            let mut b = RawClient::connect(addr);
+            a.call(&["SET", "{w}k", "1"]);
+            assert_eq!(a.call(&["WATCH", "{w}k"]), b"+OK\r\n", "{name}");
+            assert_eq!(b.call(&["SET", "{w}k", "2"]), b"+OK\r\n");
+            a.call(&["MULTI"]);
+            a.call(&["SET", "{w}k", "3"]);
+            assert_eq!(a.call(&["EXEC"]), b"*-1\r\n", "{name} {pool}");
+            assert_eq!(a.call(&["GET", "{w}k"]), b"$1\r\n2\r\n", "{name}");
+            // In RESP3 the aborted EXEC is a null too.
+            a.call(&["HELLO", "3"]);
+            a.call(&["WATCH", "{w}k"]);
+            b.call(&["SET", "{w}k", "4"]);
+            a.call(&["MULTI"]);
+            a.call(&["SET", "{w}k", "5"]);
+            assert_eq!(a.call(&["EXEC"]), b"_\r\n", "{name} {pool}");
+            a.call(&["HELLO", "2"]);
+            if name == "redis" {
+                continue;
+            }
+            // One held connection at most: a second watcher is told to retry.
+            assert_eq!(a.call(&["WATCH", "{w}k"]), b"+OK\r\n");
+            let refused = show(&b.call(&["WATCH", "{w}k"]));
+            assert!(
+                refused.starts_with("-TRYAGAIN") && refused.contains("limits.max_transactions"),
+                "{refused}"
+            );
+            // A watcher that leaves frees its connection.
+            drop(a);
+            assert!(wait_until(std::time::Duration::from_secs(5), || {
+                b.call(&["WATCH", "{w}k"]) == b"+OK\r\n"
+            }));
+            // An applied watched write reaches every replica.
+            b.call(&["MULTI"]);
+            b.call(&["SET", "{w}k", "6"]);
+            assert_eq!(b.call(&["EXEC"]), b"*1\r\n+OK\r\n");
+            for i in replica_set(&proxy, "{w}k") {
+                let mut con = servers[i].client();
+                let v: String = redis::cmd("GET").arg("{w}k").query(&mut con).unwrap();
+                assert_eq!(v, "6", "server {i} {pool}");
+            }
+            // Keys of another slot cannot be watched with these.
+            let other = (0..100)
+                .map(|i| format!("k{i}"))
+                .find(|key| replica_set(&proxy, key) != replica_set(&proxy, "{w}k"))
+                .unwrap();
+            assert_eq!(b.call(&["WATCH", "{w}k"]), b"+OK\r\n");
+            assert!(b.call(&["WATCH", &other]).starts_with(b"-CROSSSLOT"));
+            assert!(b
+                .call(&["WATCH", "{w}k", &other])
+                .starts_with(b"-CROSSSLOT"));
+            assert_eq!(b.call(&["UNWATCH"]), b"+OK\r\n");
+            // EXEC unwatched: a key of another slot may be watched now.
+            assert_eq!(b.call(&["WATCH", &other]), b"+OK\r\n");
+        }
+    }
+}
+
+#[test]
+fn watch_is_refused_under_two_phase() {
+    let servers = servers(2);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(&refs, "replicas = 2\nwrite = \"two_phase\""));
+    let mut k = RawClient::connect(proxy.addr);
+    let refused = show(&k.call(&["WATCH", "a"]));
+    assert!(
+        refused.contains("not supported under write = two_phase"),
+        "{refused}"
+    );
 }
 
 #[test]

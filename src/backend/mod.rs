@@ -94,6 +94,9 @@ pub type Reply = Result<Bytes, BackendError>;
 
 mod gather;
 pub use gather::{Gather, GatherPart};
+pub use lease::Lease;
+
+mod lease;
 
 /// Where a server's reply goes.
 enum ReplyTo {

@@ -20,6 +20,25 @@ pub(crate) struct ClientState {
     /// The transaction being queued, from MULTI to EXEC or DISCARD (boxed: most clients never
     /// send MULTI).
     pub(crate) multi: Option<Box<Multi>>,
+    /// The keys watched (`WATCH`), and the server connection that watches them.
+    pub(crate) watch: Option<Box<Watch>>,
+}
+
+/// What `WATCH` keeps: the slot of the watched keys, and the connection that watches them
+/// (filled by the WATCH request once the connection is open; shared with that request's
+/// pending reply, which runs after the session planned it).
+pub(crate) struct Watch {
+    pub(crate) slot: crate::routing::Slot,
+    pub(crate) held: std::sync::Arc<tokio::sync::Mutex<Option<Held>>>,
+}
+
+/// A server connection held for one client.
+pub(crate) struct Held {
+    pub(crate) lease: crate::backend::Lease,
+    /// The server it goes to.
+    pub(crate) server: u16,
+    /// Its share of `limits.max_transactions`.
+    pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A transaction being queued (see `server::multi`).
@@ -59,6 +78,7 @@ impl ClientState {
             about: None,
             proto: Proto::Resp2,
             multi: None,
+            watch: None,
         }
     }
 
@@ -88,6 +108,7 @@ impl ClientState {
     pub(crate) fn reset(&mut self) {
         self.proto = Proto::Resp2;
         self.multi = None;
+        self.watch = None;
         if let Some(about) = &mut self.about {
             about.name = None;
         }

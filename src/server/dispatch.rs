@@ -276,7 +276,11 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
     let simple = |s: &'static str| Pending::Ready(Ok(Bytes::from(format!("+{s}\r\n"))));
     match step {
         multi::Step::Begin => {
-            cx.client.multi = Some(Box::default());
+            cx.client.multi = Some(Box::new(client::Multi {
+                // A watched transaction stays on the watched keys' slot.
+                slot: cx.client.watch.as_ref().map(|w| w.slot),
+                ..client::Multi::default()
+            }));
             simple("OK")
         }
         multi::Step::Queue { slot, write } => {
@@ -296,9 +300,15 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
         }
         multi::Step::Discard => {
             cx.client.multi = None;
+            // DISCARD unwatches: the held connection goes, and its watches with it.
+            cx.client.watch = None;
             simple("OK")
         }
-        multi::Step::Unwatched => simple("OK"),
+        multi::Step::Unwatch => {
+            cx.client.watch = None;
+            simple("OK")
+        }
+        multi::Step::Watch { slot } => watch(cx, slot, request),
         multi::Step::Exec => match cx.client.multi.take() {
             Some(m) => exec(cx, *m),
             None => Pending::Ready(Err(ReplyError::new(
@@ -312,6 +322,8 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
 /// EXEC: the queued transaction, on its slot's server (each replica's, for a write under
 /// `all`/`quorum`), or as a two-phase transaction.
 fn exec(cx: &mut Context<'_>, m: client::Multi) -> Pending {
+    // EXEC unwatches, whatever its outcome.
+    let watch = cx.client.watch.take();
     if m.dirty {
         return Pending::Ready(Err(ReplyError::new(
             ErrorKind::ExecAbort,
@@ -333,6 +345,9 @@ fn exec(cx: &mut Context<'_>, m: client::Multi) -> Pending {
     let replies = m.queued.len() + 2;
     let pick = cx.client.pick();
     let topo = cx.topo;
+    if let Some(watch) = watch {
+        return watched_exec(cx, *watch, frame, replies, m.writes);
+    }
     let route = match m.slot {
         // Nothing keyed: the server the client's keyless commands go to.
         None => Route::One((cx.client.id as usize % topo.servers.len().max(1)) as u16),
@@ -363,6 +378,125 @@ fn exec(cx: &mut Context<'_>, m: client::Multi) -> Pending {
             Pending::Merge(Box::pin(fan_out(replies, need)))
         }
     }
+}
+
+/// The server a slot's writes go to first (its primary, or the replica failover chose).
+fn first_for(topo: &Topology, slot: crate::routing::Slot) -> Result<u16, ReplyError> {
+    match topo.placement(slot)? {
+        crate::topology::Placement::One(server) => Ok(server),
+        crate::topology::Placement::Replicas(set) => set
+            .first()
+            .copied()
+            .ok_or_else(|| ReplyError::new(ErrorKind::Internal, "keyway: empty replica set")),
+    }
+}
+
+/// WATCH: on the connection held for the client (opened now if it holds none), to the server
+/// of the watched keys' slot.
+fn watch(cx: &mut Context<'_>, slot: crate::routing::Slot, request: &Request) -> Pending {
+    let server = match first_for(cx.topo, slot) {
+        Ok(server) => server,
+        Err(e) => return Pending::Ready(Err(e)),
+    };
+    let held = cx
+        .client
+        .watch
+        .get_or_insert_with(|| {
+            Box::new(client::Watch {
+                slot,
+                held: Arc::default(),
+            })
+        })
+        .held
+        .clone();
+    let topo = cx.topo.clone();
+    let leases = cx.shared.leases.clone();
+    let proto = cx.client.proto;
+    let frame = request.frame().clone();
+    Pending::Merge(Box::pin(async move {
+        let mut held = held.lock().await;
+        if held.is_none() {
+            let Some(s) = topo.server(server) else {
+                return Err(ReplyError::new(
+                    ErrorKind::Internal,
+                    "keyway: no such server",
+                ));
+            };
+            let Ok(permit) = leases.try_acquire_owned() else {
+                return Err(ReplyError::new(
+                    ErrorKind::TryAgain,
+                    "keyway: too many clients hold a server connection for WATCH (limits.max_transactions); retry later",
+                ));
+            };
+            let lease = s.pool.lease(proto).await.map_err(ReplyError::from)?;
+            *held = Some(client::Held {
+                lease,
+                server,
+                _permit: permit,
+            });
+        }
+        let Some(h) = held.as_mut() else {
+            return Err(ReplyError::new(
+                ErrorKind::Internal,
+                "keyway: no held connection",
+            ));
+        };
+        let reply = forwarded(Ok(h.lease.call(&frame, 1).await));
+        if reply.is_err() {
+            // A connection that failed watches nothing: the next WATCH opens another.
+            *held = None;
+        }
+        reply
+    }))
+}
+
+/// EXEC of a watched transaction: on the held connection, which watched its keys; then, for a
+/// write under `all`/`quorum` with replicas, on the slot's other replicas (without the watch:
+/// the primary's outcome decides).
+fn watched_exec(
+    cx: &mut Context<'_>,
+    watch: client::Watch,
+    frame: Bytes,
+    replies: usize,
+    writes: bool,
+) -> Pending {
+    let topo = cx.topo.clone();
+    let pick = cx.client.pick();
+    let fan = writes && topo.replicas > 1 && topo.write != crate::config::WriteMode::Primary;
+    Pending::Merge(Box::pin(async move {
+        let held = watch.held.lock().await.take();
+        let Some(mut held) = held else {
+            // The WATCH failed (its error was the answer): nothing is watched.
+            let server = first_for(&topo, watch.slot)?;
+            let Some(s) = topo.server(server) else {
+                return Err(ReplyError::new(
+                    ErrorKind::Internal,
+                    "keyway: no such server",
+                ));
+            };
+            return forwarded(s.pool.send_transaction(pick, frame, replies).await);
+        };
+        let first = forwarded(Ok(held.lease.call(&frame, replies).await));
+        let applied = matches!(&first, Ok(f) if !is_null_reply(f) && !is_error_reply(f));
+        if !fan || !applied {
+            return first;
+        }
+        let set = topo.replica_set(watch.slot);
+        let need = match topo.write {
+            crate::config::WriteMode::Quorum => set.len() / 2 + 1,
+            _ => set.len(),
+        };
+        let mut all = Vec::with_capacity(set.len());
+        let name = |i: u16| topo.server(i).map_or_else(String::new, |s| s.name.clone());
+        all.push((name(held.server), Pending::Ready(first)));
+        for &t in set.iter().filter(|&&t| t != held.server) {
+            if let Some(s) = topo.server(t) {
+                let rx = s.pool.send_transaction(pick, frame.clone(), replies);
+                all.push((name(t), Pending::Forward(rx)));
+            }
+        }
+        fan_out(all, need).await
+    }))
 }
 
 /// RANDOMKEY: starting at `start`, the first server that has any key answers.

@@ -39,8 +39,10 @@ pub(crate) enum Step {
     Exec,
     /// `DISCARD`.
     Discard,
-    /// `UNWATCH` outside a transaction: no key is watched.
-    Unwatched,
+    /// `WATCH` of keys of `slot`, on a connection held for the client.
+    Watch { slot: Slot },
+    /// `UNWATCH` outside a transaction (or DISCARD's and EXEC's end): the held connection goes.
+    Unwatch,
 }
 
 fn err(kind: ErrorKind, message: &'static str) -> ReplyError {
@@ -48,12 +50,17 @@ fn err(kind: ErrorKind, message: &'static str) -> ReplyError {
 }
 
 /// A transaction command (MULTI, EXEC, DISCARD, WATCH, UNWATCH), with redis-server's errors.
-pub(crate) fn control(tx: Tx, multi: Option<&Multi>) -> Result<Step, ReplyError> {
+/// `watching` is the slot of the keys the client watches, if it does; `keys` is scratch space.
+pub(crate) fn control(
+    tx: Tx,
+    args: Args<'_>,
+    topo: &Topology,
+    multi: Option<&Multi>,
+    watching: Option<Slot>,
+    keys: &mut Vec<usize>,
+) -> Result<Step, ReplyError> {
     match (tx, multi.is_some()) {
-        (Tx::Multi, true) => Err(err(
-            ErrorKind::Transaction,
-            "MULTI calls can not be nested",
-        )),
+        (Tx::Multi, true) => Err(err(ErrorKind::Transaction, "MULTI calls can not be nested")),
         (Tx::Multi, false) => Ok(Step::Begin),
         (Tx::Exec, true) => Ok(Step::Exec),
         (Tx::Exec, false) => Err(err(ErrorKind::Transaction, "EXEC without MULTI")),
@@ -63,17 +70,50 @@ pub(crate) fn control(tx: Tx, multi: Option<&Multi>) -> Result<Step, ReplyError>
             ErrorKind::Transaction,
             "WATCH inside MULTI is not allowed",
         )),
-        (Tx::Watch, false) => Err(err(
-            ErrorKind::Refused,
-            "keyway does not support WATCH yet (a watch lives on one server connection, which keyway shares between clients); use write = \"two_phase\" for atomic multi-key writes",
-        )),
+        (Tx::Watch, false) => watch(args, topo, watching, keys),
         // Queued as any keyless command: the server answers OK in EXEC's array.
         (Tx::Unwatch, true) => Ok(Step::Queue {
             slot: None,
             write: false,
         }),
-        (Tx::Unwatch, false) => Ok(Step::Unwatched),
+        (Tx::Unwatch, false) => Ok(Step::Unwatch),
     }
+}
+
+/// `WATCH key..`: keys of one slot (the slot of keys watched before, if any).
+fn watch(
+    args: Args<'_>,
+    topo: &Topology,
+    watching: Option<Slot>,
+    keys: &mut Vec<usize>,
+) -> Result<Step, ReplyError> {
+    if topo.write == WriteMode::TwoPhase {
+        return Err(err(
+            ErrorKind::Refused,
+            "WATCH is not supported under write = two_phase: a two-phase transaction already \
+             applies on every replica or none, under locks on its keys",
+        ));
+    }
+    let spec = command::lookup("watch")
+        .ok_or_else(|| err(ErrorKind::Internal, "keyway: no WATCH in the command table"))?;
+    keys.clear();
+    command::key_indexes(spec, args, keys).map_err(ReplyError::from)?;
+    let mut slot = watching;
+    for &i in keys.iter() {
+        let Some(key) = args.get(i) else { continue };
+        if key.starts_with(txn::RESERVED_PREFIX) {
+            return Err(err(ErrorKind::Refused, super::plan::RESERVED));
+        }
+        let s = key_slot(key, topo.hash_tag);
+        match slot {
+            Some(first) if first != s => {
+                return Err(err(ErrorKind::CrossSlot, super::plan::CROSSSLOT))
+            }
+            _ => slot = Some(s),
+        }
+    }
+    slot.map(|slot| Step::Watch { slot })
+        .ok_or_else(|| err(ErrorKind::Internal, "keyway: WATCH without keys"))
 }
 
 /// A command sent while a transaction is being queued: queue it, or refuse it (marking the

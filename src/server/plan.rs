@@ -134,7 +134,8 @@ pub(crate) fn plan<'r, 't>(
     match command::resolve(args) {
         Ok(spec) => {
             if let Kind::Transaction(tx) = spec.kind {
-                let step = multi::control(tx, client.multi.as_deref());
+                let watching = client.watch.as_ref().map(|w| w.slot);
+                let step = multi::control(tx, args, topo, client.multi.as_deref(), watching, keys);
                 return (Some(spec), step.map_or_else(Plan::Refuse, Plan::Multi));
             }
             // RESET and QUIT act at once inside a transaction too, as in redis-server.

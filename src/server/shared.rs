@@ -29,6 +29,8 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Clients currently connected.
     pub clients: AtomicU64,
+    /// Server connections clients may hold (`limits.max_transactions`).
+    pub(crate) leases: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             started: Instant::now(),
             next_client_id: AtomicU64::new(1),
             clients: AtomicU64::new(0),
+            leases: Arc::new(tokio::sync::Semaphore::new(config.limits.max_transactions)),
         }))
     }
 
