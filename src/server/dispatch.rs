@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::client;
 use super::client::ClientState;
+use super::info;
 use super::local::{self, After, Facts};
 use super::merge;
 use super::multi;
@@ -23,11 +24,11 @@ use super::reply::{forwarded, resolve, Pending};
 use super::shared::Shared;
 use crate::backend::Gather;
 use crate::backend::Pick;
-use crate::command::Merge;
+use crate::command::{Local, Merge};
 use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::protocol::{
-    is_error_reply, is_null_reply, resp2_to_resp3, write_bulk, Args, NumberLine, Proto, Request,
-    Value,
+    is_error_reply, is_null_reply, resp2_to_resp3, write_bulk, write_verbatim, Args, NumberLine,
+    Proto, Request, Value,
 };
 use crate::topology::Topology;
 use crate::txn;
@@ -50,6 +51,7 @@ pub(crate) fn dispatch(
     cx: &mut Context<'_>,
 ) -> (Pending, After) {
     let pending = match plan {
+        Plan::Local(Local::Info) => return (info(cx, request), After::Continue),
         Plan::Local(command) => {
             let facts = Facts {
                 topo: cx.topo,
@@ -496,6 +498,44 @@ fn watched_exec(
             }
         }
         fan_out(all, need).await
+    }))
+}
+
+/// INFO: each server's memory, stats and keyspace, then the text over the pool.
+fn info(cx: &mut Context<'_>, request: &Request) -> Pending {
+    let frame = Request::from_args(info::SERVER_INFO).frame().clone();
+    // Over RESP2 connections: the text comes as a bulk string.
+    let pick = Pick::from(cx.client.pick().conn);
+    let asks: Vec<_> = cx
+        .topo
+        .servers
+        .iter()
+        .map(|s| s.pool.send(pick, frame.clone()))
+        .collect();
+    let topo = cx.topo.clone();
+    let shared = cx.shared.clone();
+    let proto = cx.client.proto;
+    let request = request.clone();
+    Pending::Merge(Box::pin(async move {
+        let mut servers = Vec::with_capacity(asks.len());
+        for ask in asks {
+            let fields = match ask.await {
+                Ok(Ok(frame)) => match Value::parse(&frame) {
+                    Ok(Value::Bulk(text)) => Some(info::parse(&text)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            servers.push(fields);
+        }
+        let facts = Facts {
+            topo: &topo,
+            shared: &shared,
+        };
+        let text = info::text(request.args(), &facts, &servers);
+        let mut out = BytesMut::with_capacity(text.len() + 16);
+        write_verbatim(&mut out, text.as_bytes(), proto);
+        Ok(out.freeze())
     }))
 }
 

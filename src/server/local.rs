@@ -3,8 +3,6 @@
 //! marks local without a handler here does not compile). Pure: they read the client's state
 //! and Keyway's facts, and send nothing.
 
-use std::sync::atomic::Ordering;
-
 use bytes::{Bytes, BytesMut};
 
 use super::client::ClientState;
@@ -66,7 +64,10 @@ pub(crate) fn answer(
             client.reset();
             ready(|o| write_simple(o, "RESET"))
         }
-        Local::Info => ready(|o| write_verbatim(o, info(facts).as_bytes(), proto)),
+        // Keyway's own facts only; `dispatch` adds the servers' (see `info`).
+        Local::Info => {
+            ready(|o| write_verbatim(o, super::info::text(args, facts, &[]).as_bytes(), proto))
+        }
         Local::Command => ready(|o| {
             let specs: Vec<_> = listed().collect();
             write_array_header(o, specs.len());
@@ -300,39 +301,4 @@ pub(crate) fn redis_version(topo: &Topology) -> std::sync::Arc<str> {
 /// `7.0.15` as `[7, 0, 15]`, for ordering versions.
 fn version_key(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
-}
-
-/// INFO: a `# Keyway` section about the proxy and its pool. Server statistics live on the
-/// servers themselves; ask them directly.
-fn info(facts: &Facts<'_>) -> String {
-    let topo = facts.topo;
-    let shared = facts.shared;
-    let mut s = String::with_capacity(512);
-    s.push_str("# Server\r\n");
-    s.push_str(&format!("keyway_version:{VERSION}\r\n"));
-    s.push_str("redis_mode:proxy\r\n");
-    s.push_str(&format!("process_id:{}\r\n", std::process::id()));
-    s.push_str(&format!(
-        "uptime_in_seconds:{}\r\n",
-        shared.started.elapsed().as_secs()
-    ));
-    s.push_str("\r\n# Clients\r\n");
-    s.push_str(&format!(
-        "connected_clients:{}\r\n",
-        shared.clients.load(Ordering::Relaxed)
-    ));
-    s.push_str("\r\n# Keyway\r\n");
-    s.push_str(&format!("topology_version:{}\r\n", topo.version));
-    s.push_str(&format!("servers:{}\r\n", topo.servers.len()));
-    s.push_str(&format!("replicas:{}\r\n", topo.replicas));
-    for (i, server) in topo.servers.iter().enumerate() {
-        s.push_str(&format!(
-            "server{i}:name={},addr={},weight={},connections={}\r\n",
-            server.name,
-            server.addr,
-            server.weight,
-            server.pool.open_connections()
-        ));
-    }
-    s
 }

@@ -13,6 +13,7 @@
 
 mod client;
 mod dispatch;
+mod info;
 mod local;
 mod merge;
 mod multi;
@@ -38,6 +39,9 @@ pub use shared::Shared;
 /// words) and is closed at once.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let max_clients = shared.client_limits.max_clients as u64;
+    if let Ok(addr) = listener.local_addr() {
+        let _ = shared.port.set(addr.port());
+    }
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

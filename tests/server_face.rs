@@ -1,0 +1,146 @@
+//! Keyway's face as a server: INFO's sections and fields as client libraries and exporters read
+//! them, over the pool, compared with the servers themselves.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::*;
+
+fn fields(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn sections(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn info_has_redis_servers_fields_over_the_pool() {
+    let servers = servers(3);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(&refs, "replicas = 2\nwrite = \"all\""));
+    let mut con = proxy.client();
+    for i in 0..30 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+    }
+    for i in 0..10 {
+        let _: () = redis::cmd("EXPIRE")
+            .arg(format!("k{i}"))
+            .arg(1000)
+            .query(&mut con)
+            .unwrap();
+    }
+    let info: String = redis::cmd("INFO").query(&mut con).unwrap();
+    assert_eq!(
+        sections(&info),
+        [
+            "Server",
+            "Clients",
+            "Memory",
+            "Stats",
+            "Replication",
+            "Keyspace",
+            "Keyway"
+        ]
+    );
+    let f = fields(&info);
+    let mut direct = servers[0].client();
+    let server_info: String = redis::cmd("INFO").query(&mut direct).unwrap();
+    let sf = fields(&server_info);
+    assert_eq!(f["redis_version"], sf["redis_version"]);
+    assert_eq!(f["redis_mode"], "standalone");
+    assert_eq!(f["arch_bits"], "64");
+    assert_eq!(f["tcp_port"], proxy.addr.port().to_string());
+    assert_eq!(f["role"], "master");
+    // Each key once, though each is on two servers.
+    assert_eq!(
+        f["db0"].split(',').take(2).collect::<Vec<_>>(),
+        ["keys=30", "expires=10"]
+    );
+    // Memory is the servers' together.
+    let used: i64 = f["used_memory"].parse().unwrap();
+    let one: i64 = sf["used_memory"].parse().unwrap();
+    assert!(used > one && used < 10 * one, "{used} vs {one}");
+    assert!(f["used_memory_human"].ends_with('M') || f["used_memory_human"].ends_with('K'));
+    let processed: i64 = f["total_commands_processed"].parse().unwrap();
+    assert!(processed >= 40, "{processed}");
+    // Sections by name, in redis-server's order, any case.
+    let some: String = redis::cmd("INFO")
+        .arg("KEYSPACE")
+        .arg("server")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(sections(&some), ["Server", "Keyspace"]);
+    let none: String = redis::cmd("INFO")
+        .arg("nosuchsection")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(none, "");
+    // redis-server writes an empty keyspace section as its title alone.
+    let empty = Proxy::start(&[&servers[0]]);
+    let mut raw = RawClient::connect(empty.addr);
+    raw.call(&["FLUSHALL"]);
+    assert_eq!(
+        raw.call(&["INFO", "keyspace"]),
+        b"$12\r\n# Keyspace\r\n\r\n"
+    );
+    // In RESP3, verbatim text, as redis-server sends it.
+    raw.call(&["HELLO", "3"]);
+    assert_eq!(
+        raw.call(&["INFO", "keyspace"]),
+        b"=16\r\ntxt:# Keyspace\r\n\r\n"
+    );
+    let mut d = RawClient::connect(servers[0].addr());
+    d.call(&["HELLO", "3"]);
+    assert_eq!(
+        d.call(&["INFO", "keyspace"]),
+        b"=16\r\ntxt:# Keyspace\r\n\r\n"
+    );
+}
+
+#[test]
+fn redis_py_reads_info_and_the_server_version() {
+    let a = RedisServer::start();
+    let proxy = Proxy::start(&[&a]);
+    let script = r#"
+import redis, sys
+r = redis.Redis(port=int(sys.argv[1]))
+i = r.info()
+print(i['redis_version'], i['redis_mode'], r.info('keyspace'))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &proxy.addr.port().to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("No module named 'redis'") {
+        eprintln!("redis-py is not installed: skipped (scripts/test.sh installs it)");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let mut con = a.client();
+    let info: String = redis::cmd("INFO").arg("server").query(&mut con).unwrap();
+    let version = fields(&info)["redis_version"].clone();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{version} standalone {{}}")
+    );
+}
