@@ -87,6 +87,11 @@ KINDS = {
     "client|id": "Local(L::ClientId)",
     "client|setinfo": "Local(L::ClientSetinfo)",
     "client|setname": "Local(L::ClientSetname)",
+    "client|info": "Local(L::ClientInfo)",
+    "client|list": "Local(L::ClientList)",
+    "client|kill": "Local(L::ClientKill)",
+    "client|no-evict": "Local(L::ClientNoEvict)",
+    "client|reply": "Local(L::ClientReply)",
     "command": "Local(L::Command)",
     "command|count": "Local(L::CommandCount)",
     "command|docs": "Local(L::CommandDocs)",
@@ -122,9 +127,8 @@ REFUSED = {
     "ACL": """acl|deluser acl|dryrun acl|getuser acl|list acl|load acl|log acl|save acl|setuser
         acl|users""",
     "AUTH": "auth acl|whoami",
-    "CLIENT": """client|caching client|getredir client|info client|kill client|list client|no-evict
-        client|pause client|reply client|tracking client|trackinginfo client|unblock
-        client|unpause""",
+    "CLIENT": """client|caching client|getredir client|pause client|tracking client|trackinginfo
+        client|unblock client|unpause""",
     "CLUSTER": "asking readonly readwrite restore-asking",
     "DATABASES": "move swapdb",
     "MIGRATE": "migrate",

@@ -34,6 +34,11 @@ fn sample(local: Local) -> Vec<&'static str> {
         Local::ClientId => vec!["CLIENT", "ID"],
         Local::ClientSetname => vec!["CLIENT", "SETNAME", "worker-1"],
         Local::ClientSetinfo => vec!["CLIENT", "SETINFO", "LIB-NAME", "redis-py"],
+        Local::ClientInfo => vec!["CLIENT", "INFO"],
+        Local::ClientList => vec!["CLIENT", "LIST"],
+        Local::ClientKill => vec!["CLIENT", "KILL", "ID", "999999"],
+        Local::ClientNoEvict => vec!["CLIENT", "NO-EVICT", "on"],
+        Local::ClientReply => vec!["CLIENT", "REPLY", "ON"],
     }
 }
 
@@ -56,7 +61,7 @@ fn every_local_command_answers_through_keyway() {
         );
         checked += 1;
     }
-    assert!(checked >= 16, "only {checked} local commands walked");
+    assert!(checked >= 21, "only {checked} local commands walked");
 }
 
 #[test]

@@ -144,3 +144,123 @@ print(i['redis_version'], i['redis_mode'], r.info('keyspace'))
         format!("{version} standalone {{}}")
     );
 }
+
+/// The CLIENT subcommands' errors, and CLIENT REPLY's silences, byte for byte with redis-server.
+#[test]
+fn client_subcommands_answer_as_redis_server() {
+    let direct = RedisServer::start();
+    let a = RedisServer::start();
+    let proxy = Proxy::start(&[&a]);
+    let cases: &[&[&str]] = &[
+        &["CLIENT", "SETNAME", "me"],
+        &["CLIENT", "LIST", "TYPE", "pubsub"],
+        &["CLIENT", "LIST", "TYPE", "foo"],
+        &["CLIENT", "LIST", "ID", "1", "x"],
+        &["CLIENT", "LIST", "FOO"],
+        &["CLIENT", "NO-EVICT", "on"],
+        &["CLIENT", "NO-EVICT", "off"],
+        &["CLIENT", "NO-EVICT", "maybe"],
+        &["CLIENT", "KILL", "1.2.3.4:5"],
+        &["CLIENT", "KILL", "ID", "999999"],
+        &["CLIENT", "KILL", "ID", "0"],
+        &["CLIENT", "KILL", "USER", "nobody"],
+        &["CLIENT", "KILL", "TYPE", "pubsub"],
+        &["CLIENT", "KILL", "TYPE", "foo"],
+        &["CLIENT", "KILL", "FOO", "bar"],
+        &["CLIENT", "KILL", "SKIPME", "maybe"],
+        &["CLIENT", "REPLY", "maybe"],
+        &["CLIENT", "NO-TOUCH", "on"],
+    ];
+    let mut d = RawClient::connect(direct.addr());
+    let mut k = RawClient::connect(proxy.addr);
+    for cmd in cases {
+        assert_eq!(
+            String::from_utf8_lossy(&k.call(cmd)),
+            String::from_utf8_lossy(&d.call(cmd)),
+            "{cmd:?}"
+        );
+    }
+    // CLIENT REPLY: SKIP and OFF answer nothing, nor do the commands they silence.
+    let script =
+        b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n*2\r\n$4\r\nPING\r\n$1\r\na\r\n\
+*2\r\n$4\r\nPING\r\n$1\r\nb\r\n*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n\
+*2\r\n$4\r\nPING\r\n$1\r\nc\r\n*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$1\r\n1\r\n\
+*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n*2\r\n$3\r\nGET\r\n$1\r\nx\r\n";
+    for c in [&mut d, &mut k] {
+        c.send(script);
+    }
+    let want = [
+        d.read_reply().unwrap(),
+        d.read_reply().unwrap(),
+        d.read_reply().unwrap(),
+    ];
+    let got = [
+        k.read_reply().unwrap(),
+        k.read_reply().unwrap(),
+        k.read_reply().unwrap(),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(got[2], b"$1\r\n1\r\n", "the silenced SET ran");
+}
+
+#[test]
+fn client_list_info_and_kill_act_on_keyways_clients() {
+    let a = RedisServer::start();
+    let proxy = Proxy::start(&[&a]);
+    let mut me = RawClient::connect(proxy.addr);
+    let mut other = RawClient::connect(proxy.addr);
+    other.call(&["CLIENT", "SETNAME", "worker"]);
+    other.call(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]);
+    other.call(&["HELLO", "3"]);
+    other.call(&["MULTI"]);
+    other.call(&["SET", "a", "1"]);
+    let other_id = String::from_utf8_lossy(&me.call(&["CLIENT", "LIST"])).into_owned();
+    let line = other_id
+        .lines()
+        .find(|l| l.contains("name=worker"))
+        .unwrap_or_else(|| panic!("{other_id}"))
+        .to_owned();
+    for want in [
+        "resp=3",
+        "lib-name=redis-py",
+        "multi=1",
+        "user=default",
+        "flags=N",
+    ] {
+        assert!(line.contains(want), "{want}: {line}");
+    }
+    let id = fields(&line.replace(' ', "\n").replace('=', ":"))["id"].clone();
+    // CLIENT INFO is the caller's own line.
+    let info = String::from_utf8_lossy(&me.call(&["CLIENT", "INFO"])).into_owned();
+    let my_id = String::from_utf8_lossy(&me.call(&["CLIENT", "ID"])).into_owned();
+    assert!(
+        info.contains(&format!("id={} ", my_id.trim_start_matches(':').trim())),
+        "{info}"
+    );
+    let listed = String::from_utf8_lossy(&me.call(&["CLIENT", "LIST", "ID", &id])).into_owned();
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("id=")).count(),
+        1,
+        "{listed}"
+    );
+    // KILL by id closes that client, and only it.
+    assert_eq!(me.call(&["CLIENT", "KILL", "ID", &id]), b":1\r\n");
+    assert!(other.read_to_close().is_empty());
+    assert_eq!(me.call(&["PING"]), b"+PONG\r\n");
+    // SKIPME yes (the default) spares the caller.
+    assert_eq!(me.call(&["CLIENT", "KILL", "TYPE", "normal"]), b":0\r\n");
+    // The old form, by address.
+    let third = RawClient::connect(proxy.addr);
+    let addr = third.stream.local_addr().unwrap().to_string();
+    assert_eq!(me.call(&["CLIENT", "KILL", &addr]), b"+OK\r\n");
+    let mut third = third;
+    assert!(third.read_to_close().is_empty());
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "keyway_client_disconnects_total{reason=\"killed\"}"
+        ),
+        Some(2.0)
+    );
+}

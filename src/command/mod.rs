@@ -175,6 +175,16 @@ pub enum Local {
     ClientSetname,
     /// `CLIENT SETINFO LIB-NAME|LIB-VER value`.
     ClientSetinfo,
+    /// `CLIENT INFO`: this client's line of CLIENT LIST.
+    ClientInfo,
+    /// `CLIENT LIST [TYPE ..] [ID ..]`: Keyway's clients.
+    ClientList,
+    /// `CLIENT KILL ..`: closes Keyway's clients.
+    ClientKill,
+    /// `CLIENT NO-EVICT ON|OFF`.
+    ClientNoEvict,
+    /// `CLIENT REPLY ON|OFF|SKIP`.
+    ClientReply,
 }
 
 /// The command flags of `COMMAND INFO`, as a `Copy` bitset.

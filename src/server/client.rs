@@ -22,6 +22,22 @@ pub(crate) struct ClientState {
     pub(crate) multi: Option<Box<Multi>>,
     /// The keys watched (`WATCH`), and the server connection that watches them.
     pub(crate) watch: Option<Box<Watch>>,
+    /// This client's line of CLIENT LIST (none in unit tests).
+    pub(crate) entry: Option<std::sync::Arc<super::registry::Entry>>,
+    /// `CLIENT REPLY`: whether replies are sent.
+    pub(crate) replies: Replies,
+}
+
+/// `CLIENT REPLY ON|OFF|SKIP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Replies {
+    /// Every reply is sent.
+    #[default]
+    On,
+    /// No reply is sent.
+    Off,
+    /// The next command's reply is not sent.
+    Skip,
 }
 
 /// What `WATCH` keeps: the slot of the watched keys, and the connection that watches them
@@ -79,6 +95,8 @@ impl ClientState {
             proto: Proto::Resp2,
             multi: None,
             watch: None,
+            entry: None,
+            replies: Replies::On,
         }
     }
 
@@ -102,6 +120,20 @@ impl ClientState {
         self.about.get_or_insert_with(Box::default)
     }
 
+    /// Copies what the client set into its CLIENT LIST entry.
+    pub(crate) fn publish(&self) {
+        let Some(entry) = &self.entry else { return };
+        let about = self.about.as_deref();
+        let no_evict = entry.about().no_evict;
+        entry.set_about(super::registry::About {
+            name: about.and_then(|a| a.name.clone()),
+            lib_name: about.and_then(|a| a.lib_name.clone()),
+            lib_ver: about.and_then(|a| a.lib_ver.clone()),
+            resp: self.proto.version(),
+            no_evict,
+        });
+    }
+
     /// Back to a new connection's settings (`RESET`: RESP2, no name), keeping the id. As
     /// redis-server, the library name and version stay: they still describe the client behind
     /// the connection.
@@ -109,6 +141,7 @@ impl ClientState {
         self.proto = Proto::Resp2;
         self.multi = None;
         self.watch = None;
+        self.replies = Replies::On;
         if let Some(about) = &mut self.about {
             about.name = None;
         }

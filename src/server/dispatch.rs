@@ -278,6 +278,7 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
     let simple = |s: &'static str| Pending::Ready(Ok(Bytes::from(format!("+{s}\r\n"))));
     match step {
         multi::Step::Begin => {
+            set_multi(cx.client, 0);
             cx.client.multi = Some(Box::new(client::Multi {
                 // A watched transaction stays on the watched keys' slot.
                 slot: cx.client.watch.as_ref().map(|w| w.slot),
@@ -289,6 +290,10 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
             if let Some(m) = cx.client.multi.as_deref_mut() {
                 m.bytes += request.frame().len();
                 m.queued.push(request.clone());
+                let n = m.queued.len() as i64;
+                if let Some(entry) = &cx.client.entry {
+                    entry.multi.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
                 m.slot = m.slot.or(slot);
                 m.writes |= write;
             }
@@ -301,6 +306,7 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
             Pending::Ready(Err(e))
         }
         multi::Step::Discard => {
+            set_multi(cx.client, -1);
             cx.client.multi = None;
             // DISCARD unwatches: the held connection goes, and its watches with it.
             cx.client.watch = None;
@@ -311,13 +317,20 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
             simple("OK")
         }
         multi::Step::Watch { slot } => watch(cx, slot, request),
-        multi::Step::Exec => match cx.client.multi.take() {
+        multi::Step::Exec => match cx.client.multi.take().inspect(|_| set_multi(cx.client, -1)) {
             Some(m) => exec(cx, *m),
             None => Pending::Ready(Err(ReplyError::new(
                 ErrorKind::Transaction,
                 "EXEC without MULTI",
             ))),
         },
+    }
+}
+
+/// CLIENT LIST's `multi` field: commands queued, or -1 outside a transaction.
+fn set_multi(client: &client::ClientState, n: i64) {
+    if let Some(entry) = &client.entry {
+        entry.multi.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::client::ClientState;
+use super::client::{ClientState, Replies};
 use super::shared::Shared;
 use crate::command::{self, CommandSpec, Local};
 use crate::error::{ErrorKind, Reply, ReplyError};
@@ -114,8 +114,196 @@ pub(crate) fn answer(
             ready(|o| write_simple(o, "OK"))
         }
         Local::ClientSetinfo => setinfo(args, client),
+        Local::ClientInfo => match &client.entry {
+            Some(entry) => {
+                ready(|o| write_verbatim(o, format!("{}\n", entry.line()).as_bytes(), proto))
+            }
+            None => err(ErrorKind::Internal, "keyway: client not registered"),
+        },
+        Local::ClientList => client_list(args, facts, proto),
+        Local::ClientKill => client_kill(args, client, facts),
+        Local::ClientNoEvict => match on_off(args.get(2)) {
+            Some(on) => {
+                if let Some(entry) = &client.entry {
+                    let mut about = entry.about();
+                    about.no_evict = on;
+                    entry.set_about(about);
+                }
+                ready(|o| write_simple(o, "OK"))
+            }
+            None => err(ErrorKind::Syntax, "syntax error"),
+        },
+        Local::ClientReply => {
+            let mode = args.get(2).unwrap_or_default();
+            if mode.eq_ignore_ascii_case(b"on") {
+                client.replies = Replies::On;
+            } else if mode.eq_ignore_ascii_case(b"off") {
+                client.replies = Replies::Off;
+            } else if mode.eq_ignore_ascii_case(b"skip") {
+                // Unless replies are off already: SKIP does not turn them back on.
+                if client.replies == Replies::On {
+                    client.replies = Replies::Skip;
+                }
+            } else {
+                return (err(ErrorKind::Syntax, "syntax error"), After::Continue);
+            }
+            // The session sends this reply only for ON.
+            ready(|o| write_simple(o, "OK"))
+        }
     };
+    if matches!(
+        local,
+        Local::Hello | Local::ClientSetname | Local::ClientSetinfo | Local::Reset
+    ) {
+        client.publish();
+    }
     (reply, After::Continue)
+}
+
+/// `on` / `off`, in any case.
+fn on_off(arg: Option<&[u8]>) -> Option<bool> {
+    match arg {
+        Some(a) if a.eq_ignore_ascii_case(b"on") => Some(true),
+        Some(a) if a.eq_ignore_ascii_case(b"off") => Some(false),
+        _ => None,
+    }
+}
+
+/// `CLIENT LIST [TYPE normal|master|replica|slave|pubsub] [ID id ..]`: Keyway's clients, which
+/// are all of type normal.
+fn client_list(args: Args<'_>, facts: &Facts<'_>, proto: Proto) -> Reply {
+    let mut ids: Option<Vec<u64>> = None;
+    let mut normal = true;
+    let mut i = 2;
+    while let Some(opt) = args.get(i) {
+        if opt.eq_ignore_ascii_case(b"type") && args.get(i + 1).is_some() {
+            let t = args.get(i + 1).unwrap_or_default();
+            let known = [&b"normal"[..], b"master", b"replica", b"slave", b"pubsub"];
+            if !known.iter().any(|k| t.eq_ignore_ascii_case(k)) {
+                return err(
+                    ErrorKind::Syntax,
+                    format!("Unknown client type '{}'", String::from_utf8_lossy(t)),
+                );
+            }
+            normal = t.eq_ignore_ascii_case(b"normal");
+            i += 2;
+        } else if opt.eq_ignore_ascii_case(b"id") && args.get(i + 1).is_some() {
+            let mut list = Vec::new();
+            i += 1;
+            while let Some(id) = args.get(i) {
+                match crate::protocol::parse_i64(id).filter(|&n| n > 0) {
+                    Some(n) => list.push(n as u64),
+                    None => return err(ErrorKind::Syntax, "Invalid client ID"),
+                }
+                i += 1;
+            }
+            ids = Some(list);
+        } else {
+            return err(ErrorKind::Syntax, "syntax error");
+        }
+    }
+    let mut text = String::new();
+    if normal {
+        for entry in facts.shared.registry.all() {
+            if ids.as_ref().is_none_or(|ids| ids.contains(&entry.id)) {
+                text.push_str(&entry.line());
+                text.push('\n');
+            }
+        }
+    }
+    ready(|o| write_verbatim(o, text.as_bytes(), proto))
+}
+
+/// `CLIENT KILL ip:port`, or `CLIENT KILL [ID id] [ADDR ip:port] [LADDR ip:port] [USER name]
+/// [TYPE type] [SKIPME yes|no]`: closes Keyway's clients that match, as redis-server does
+/// (the old form answers OK or an error, the new one the number closed).
+fn client_kill(args: Args<'_>, client: &ClientState, facts: &Facts<'_>) -> Reply {
+    let text = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
+    let entries = facts.shared.registry.all();
+    if args.len() == 3 {
+        let addr = text(args.get(2).unwrap_or_default());
+        let found = entries
+            .iter()
+            .find(|e| e.addr.is_some_and(|a| a.to_string() == addr));
+        return match found {
+            Some(e) => {
+                e.kill.cancel();
+                ready(|o| write_simple(o, "OK"))
+            }
+            None => err(ErrorKind::Syntax, "No such client"),
+        };
+    }
+    let (mut id, mut addr, mut laddr, mut user, mut normal, mut skipme) =
+        (None, None, None, None, true, true);
+    let mut i = 2;
+    while let (Some(opt), Some(value)) = (args.get(i), args.get(i + 1)) {
+        if opt.eq_ignore_ascii_case(b"id") {
+            match crate::protocol::parse_i64(value).filter(|&n| n > 0) {
+                Some(n) => id = Some(n as u64),
+                None => return err(ErrorKind::Syntax, "client-id should be greater than 0"),
+            }
+        } else if opt.eq_ignore_ascii_case(b"addr") {
+            addr = Some(text(value));
+        } else if opt.eq_ignore_ascii_case(b"laddr") {
+            laddr = Some(text(value));
+        } else if opt.eq_ignore_ascii_case(b"user") {
+            // Keyway's clients are all the default user's.
+            if value != b"default" {
+                return err(ErrorKind::Syntax, format!("No such user '{}'", text(value)));
+            }
+            user = Some(text(value));
+        } else if opt.eq_ignore_ascii_case(b"type") {
+            let known = [&b"normal"[..], b"master", b"replica", b"slave", b"pubsub"];
+            if !known.iter().any(|k| value.eq_ignore_ascii_case(k)) {
+                return err(
+                    ErrorKind::Syntax,
+                    format!("Unknown client type '{}'", text(value)),
+                );
+            }
+            normal = value.eq_ignore_ascii_case(b"normal");
+        } else if opt.eq_ignore_ascii_case(b"skipme") {
+            match on_off_yes_no(value) {
+                Some(v) => skipme = v,
+                None => return err(ErrorKind::Syntax, "syntax error"),
+            }
+        } else {
+            return err(ErrorKind::Syntax, "syntax error");
+        }
+        i += 2;
+    }
+    if i != args.len() {
+        return err(ErrorKind::Syntax, "syntax error");
+    }
+    // Keyway's clients are all of type normal (and the default user's, checked above).
+    let _ = user;
+    let mut killed = 0;
+    for e in entries.iter().filter(|_| normal) {
+        let show = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+        let matches = id.is_none_or(|id| id == e.id)
+            && addr
+                .as_ref()
+                .is_none_or(|a| show(e.addr).as_ref() == Some(a))
+            && laddr
+                .as_ref()
+                .is_none_or(|a| show(e.laddr).as_ref() == Some(a))
+            && !(skipme && e.id == client.id);
+        if matches {
+            e.kill.cancel();
+            killed += 1;
+        }
+    }
+    ready(|o| write_integer(o, killed))
+}
+
+/// `yes` / `no`, in any case.
+fn on_off_yes_no(arg: &[u8]) -> Option<bool> {
+    if arg.eq_ignore_ascii_case(b"yes") {
+        Some(true)
+    } else if arg.eq_ignore_ascii_case(b"no") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Commands `COMMAND`, `COMMAND COUNT` and `COMMAND LIST` list: every command, not subcommands.

@@ -18,6 +18,7 @@ mod local;
 mod merge;
 mod multi;
 mod plan;
+mod registry;
 mod reply;
 mod session;
 mod shared;

@@ -26,14 +26,14 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFuture;
 
-use super::client::ClientState;
+use super::client::{ClientState, Replies};
 use super::dispatch::{self, Context as DispatchContext};
 use super::local::After;
 use super::merge;
 use super::plan;
 use super::reply::Pending;
 use super::shared::Shared;
-use crate::command::Traits;
+use crate::command::{Local, Traits};
 use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::metrics::Metrics;
 use crate::protocol::{Request, RequestDecoder};
@@ -150,6 +150,8 @@ enum Disconnect {
     IdleTimeout,
     Drain,
     CrossProtocol,
+    /// `CLIENT KILL`.
+    Killed,
 }
 
 impl Disconnect {
@@ -160,6 +162,7 @@ impl Disconnect {
             Disconnect::IdleTimeout => "idle_timeout",
             Disconnect::Drain => "drain",
             Disconnect::CrossProtocol => "cross_protocol",
+            Disconnect::Killed => "killed",
         }
     }
 }
@@ -191,7 +194,18 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     id: u64,
 ) -> std::io::Result<()> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let listed = shared.registry.add(
+        id,
+        stream.peer_addr().ok(),
+        stream.local_addr().ok(),
+        i64::from(fd),
+    );
     let mut client = ClientState::new(id);
+    client.entry = Some(listed.entry.clone());
+    // `CLIENT KILL`: waited on as the drain is.
+    let killed = listed.entry.kill.cancelled();
+    let mut killed = std::pin::pin!(killed);
     let idle = shared.client_limits.idle_timeout;
     // The drain waiter, created before the flag is first checked so that a drain starting in
     // between still wakes it. Its first poll registers this task's waker, which stays the same
@@ -215,6 +229,9 @@ pub(crate) async fn run(
                     }
                     registered = true;
                 }
+                if killed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Killed);
+                }
                 if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
                     return Poll::Ready(Woke::Readable(ready));
                 }
@@ -229,6 +246,11 @@ pub(crate) async fn run(
                 let _ = stream.shutdown().await;
                 return Ok(());
             }
+            Woke::Killed => {
+                count_disconnect(&shared.metrics, Disconnect::Killed);
+                let _ = stream.shutdown().await;
+                return Ok(());
+            }
             Woke::Idle => {
                 tracing::debug!(client = id, "idle timeout; closing");
                 count_disconnect(&shared.metrics, Disconnect::IdleTimeout);
@@ -238,7 +260,14 @@ pub(crate) async fn run(
         }
         // Boxed, so that the active state takes no room in a parked session's task; the kit is
         // taken inside it.
-        let stretch = Box::pin(active(&mut stream, &shared, client, drain.as_mut()));
+        listed.entry.touch();
+        let stretch = Box::pin(active(
+            &mut stream,
+            &shared,
+            client,
+            drain.as_mut(),
+            killed.as_mut(),
+        ));
         match stretch.await? {
             Stretch::Parked(kept, kit) => {
                 client = kept;
@@ -256,9 +285,10 @@ async fn active(
     shared: &Arc<Shared>,
     client: ClientState,
     drain: Pin<&mut WaitForCancellationFuture<'_>>,
+    killed: Pin<&mut WaitForCancellationFuture<'_>>,
 ) -> std::io::Result<Stretch> {
     let mut active = Active::new(stream, shared, client, Kit::take());
-    let end = active.run(drain).await?;
+    let end = active.run(drain, killed).await?;
     // Parking takes the client's state and the kit out field by field: moving the whole state
     // (or emptying it in place and dropping it) would cost a copy or a drop per stretch.
     let Active {
@@ -292,6 +322,7 @@ enum End {
 enum Woke {
     Readable(std::io::Result<()>),
     Drain,
+    Killed,
     Idle,
 }
 
@@ -312,6 +343,8 @@ enum Event {
     Read(std::io::Result<usize>),
     /// Keyway started draining.
     Drain,
+    /// `CLIENT KILL` named this client.
+    Killed,
     /// The client stayed silent halfway through a frame for `idle_timeout`.
     Idle,
 }
@@ -399,6 +432,7 @@ impl<'s> Active<'s> {
     async fn run(
         &mut self,
         mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
+        mut killed: Pin<&mut WaitForCancellationFuture<'_>>,
     ) -> std::io::Result<End> {
         // The client spoke (the socket turned readable): take what it sent. One poll: readiness
         // may be stale (nothing to read after all), and then the session parks again rather
@@ -428,7 +462,7 @@ impl<'s> Active<'s> {
                     return Ok(End::Closed);
                 }
             }
-            let ended = match self.wait(drain.as_mut()).await {
+            let ended = match self.wait(drain.as_mut(), killed.as_mut()).await {
                 Event::Written(n) => self.on_written(n?),
                 Event::Reply(done) => self.on_reply(done),
                 Event::Read(n) => {
@@ -439,13 +473,24 @@ impl<'s> Active<'s> {
                     self.draining = true;
                     false
                 }
+                Event::Killed => true,
                 Event::Idle => {
                     tracing::debug!(client = self.client.id, "idle timeout; closing");
                     self.closing = Some(Some(Disconnect::IdleTimeout));
                     false
                 }
             };
-            if ended {
+            // `CLIENT KILL` closes at once, as redis-server does: an atomic load per event.
+            let killed_now = self
+                .client
+                .entry
+                .as_ref()
+                .is_some_and(|e| e.kill.is_cancelled());
+            if ended || killed_now {
+                if killed_now {
+                    count_disconnect(&self.shared.metrics, Disconnect::Killed);
+                    let _ = self.wr.shutdown().await;
+                }
                 return Ok(End::Closed);
             }
             // Time passed: the next batch takes the topology current then.
@@ -517,13 +562,30 @@ impl<'s> Active<'s> {
             self.cross_protocol();
             return;
         }
+        // `CLIENT REPLY OFF|SKIP` (rare: one comparison otherwise).
+        let replies = self.client.replies;
+        let reply_command = matches!(plan, plan::Plan::Local(Local::ClientReply));
         let mut cx = DispatchContext {
             script: spec.is_some_and(|s| s.traits.contains(Traits::SCRIPT)),
             topo: &self.topo,
             client: &mut self.client,
             shared: self.shared,
         };
-        let (reply, after) = dispatch::dispatch(plan, request, &mut cx);
+        let (mut reply, after) = dispatch::dispatch(plan, request, &mut cx);
+        if replies != Replies::On || reply_command {
+            let silent = if reply_command {
+                // CLIENT REPLY ON answers; OFF and SKIP do not.
+                self.client.replies != Replies::On
+            } else {
+                if replies == Replies::Skip {
+                    self.client.replies = Replies::On;
+                }
+                true
+            };
+            if silent {
+                reply = silenced(reply);
+            }
+        }
         self.push(reply, spec, started);
         if after == After::Close {
             self.closing = Some(None);
@@ -591,7 +653,11 @@ impl<'s> Active<'s> {
     }
 
     /// Waits for the next event, preferring writes to collecting replies to reading.
-    async fn wait(&mut self, drain: Pin<&mut WaitForCancellationFuture<'_>>) -> Event {
+    async fn wait(
+        &mut self,
+        drain: Pin<&mut WaitForCancellationFuture<'_>>,
+        killed: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> Event {
         let limits = &self.shared.client_limits;
         let can_read = self.closing.is_none() && self.kit.pending.len() < limits.max_pipeline;
         let quiet = self.kit.pending.is_empty() && self.kit.out.is_empty();
@@ -614,6 +680,7 @@ impl<'s> Active<'s> {
             done = poll_fn(|cx| front(&mut self.kit.pending, cx)), if has_pending => Event::Reply(done),
             n = poll_fn(|cx| poll_read_some(&mut self.rd, &mut self.kit.inbuf, &mut self.grew, cx)), if can_read => Event::Read(n),
             () = drain, if wait_drain => Event::Drain,
+            () = killed, if quiet => Event::Killed,
             () = poll_fn(|cx| poll_timer(&mut self.idle_timer, cx)), if idle_armed => Event::Idle,
         }
     }
@@ -708,6 +775,15 @@ impl<'s> Active<'s> {
         }
         (true, batch)
     }
+}
+
+/// A reply that is awaited in its turn (the command runs, and the replies after it keep their
+/// order) but writes nothing: `CLIENT REPLY OFF|SKIP`.
+fn silenced(reply: Pending) -> Pending {
+    Pending::Merge(Box::pin(async move {
+        let _ = super::reply::resolve(reply).await;
+        Ok(bytes::Bytes::new())
+    }))
 }
 
 /// Polls an optional timer; without one, never ready.

@@ -29,6 +29,8 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Clients currently connected.
     pub clients: AtomicU64,
+    /// The clients connected (CLIENT LIST, CLIENT KILL).
+    pub(crate) registry: Arc<super::registry::Registry>,
     /// The client port, once listening (INFO's `tcp_port`).
     pub(crate) port: std::sync::OnceLock<u16>,
     /// Server connections clients may hold (`limits.max_transactions`).
@@ -59,6 +61,7 @@ impl Shared {
             started: Instant::now(),
             next_client_id: AtomicU64::new(1),
             clients: AtomicU64::new(0),
+            registry: Arc::default(),
             port: std::sync::OnceLock::new(),
             leases: Arc::new(tokio::sync::Semaphore::new(config.limits.max_transactions)),
         }))
