@@ -13,6 +13,11 @@
 //! The connection task is a small state machine:
 //!
 //! - **Connecting** (`dial`): dial with the request timeout as connect timeout.
+//! - **Handshake** (`handshake`): the commands a connection sends before it serves, pipelined,
+//!   each reply checked: `AUTH [username] password` when the server has credentials (the
+//!   password file is read again here, so a rotated password applies at the next connection).
+//!   A refused `AUTH` is an authentication failure naming the server: counted, logged, one
+//!   health failure, and Backoff like any failed connect.
 //! - **Connected** (`Connection`, a method per event: replies readable, jobs queued, the oldest
 //!   job's deadline): forward jobs, match replies. If the oldest job waits longer than the
 //!   timeout (a hung or SIGSTOPped server) or the socket fails, every job in flight fails with
@@ -43,9 +48,10 @@ use tokio::sync::futures::Notified;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use crate::credentials::Credentials;
 use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
-use crate::protocol::{Limits, ReplyDecoder};
+use crate::protocol::{write_command, Limits, ReplyDecoder};
 
 /// Requests written and not yet answered on one connection past which it takes no more from its
 /// queue until replies come. A soft limit: a take moves everything queued, which is bounded
@@ -232,6 +238,11 @@ struct Shared {
     open: AtomicU64,
     metrics: ServerMetrics,
     health: Arc<Health>,
+    /// What the handshake authenticates with (shared with the prober).
+    credentials: Arc<Credentials>,
+    /// Why the last connection attempt or connection failed, until one is established again
+    /// (for `/readyz` and `/topology`). Never holds a secret.
+    last_failure: std::sync::Mutex<Option<Arc<str>>>,
     /// When each dial began (tests check the backoff between them).
     #[cfg(test)]
     dials: std::sync::Mutex<Vec<Instant>>,
@@ -263,6 +274,14 @@ impl Shared {
             addr: self.addr.clone(),
             timeout: self.timeout,
         }
+    }
+
+    /// Notes why the server cannot be used now (`None`: a connection is established).
+    fn set_last_failure(&self, reason: Option<&str>) {
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason.map(Arc::from);
     }
 
     /// The server broke the protocol.
@@ -305,13 +324,15 @@ impl Drop for Pool {
 impl Pool {
     /// Opens `options.connections` connection tasks to `addr` on the current tokio runtime.
     ///
-    /// Also starts the server's health prober (see [`crate::health`]).
+    /// Also starts the server's health prober (see [`crate::health`]). Every connection, the
+    /// prober's too, authenticates with `credentials`.
     pub fn spawn(
         name: &str,
         addr: &str,
         options: &PoolOptions,
         health: HealthOptions,
         metrics: ServerMetrics,
+        credentials: Arc<Credentials>,
     ) -> Pool {
         let name: Arc<str> = Arc::from(name);
         let addr: Arc<str> = Arc::from(addr);
@@ -320,6 +341,7 @@ impl Pool {
         tokio::spawn(crate::health::probe(
             health.clone(),
             addr.clone(),
+            credentials.clone(),
             stop.clone(),
         ));
         let shared = Arc::new(Shared {
@@ -329,6 +351,8 @@ impl Pool {
             open: AtomicU64::new(0),
             metrics,
             health,
+            credentials,
+            last_failure: std::sync::Mutex::new(None),
             #[cfg(test)]
             dials: std::sync::Mutex::default(),
         });
@@ -369,6 +393,16 @@ impl Pool {
     /// Connections currently established.
     pub fn open_connections(&self) -> u64 {
         self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// Why the last connection to the server failed (a refused connect, an authentication
+    /// failure, a timeout), until one is established again. Holds no secret.
+    pub fn last_failure(&self) -> Option<Arc<str>> {
+        self.shared
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Sends `frame` on connection `pick % connections` and returns where its reply will come.
@@ -472,8 +506,13 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
     };
     let mut backoff = Backoff::default();
     loop {
-        // Connecting -> Connected, or Connecting -> Backoff when the dial fails.
-        let reason = match dial(&shared).await {
+        // Connecting -> Handshake -> Connected, or -> Backoff when the dial or the handshake
+        // fails.
+        let connected = match dial(&shared).await {
+            Ok(stream) => handshake(stream, &shared).await,
+            Err(reason) => Err(reason),
+        };
+        let reason = match connected {
             Ok(stream) => {
                 let connection = Connection::new(&shared, &queue, &mut backoff, stream);
                 match connection.serve().await {
@@ -485,8 +524,10 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>) {
             }
             Err(reason) => reason,
         };
-        // Passive health: a failed connect, a reset or a timed-out request is one failure.
+        // Passive health: a failed connect or handshake, a reset or a timed-out request is one
+        // failure.
         shared.health.failure(&reason);
+        shared.set_last_failure(Some(&reason));
         let wait = backoff.next_wait();
         tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?wait, "server connection failed");
         // Backoff -> Connecting once the wait is over; Backoff -> end if the pool goes first.
@@ -511,6 +552,86 @@ async fn dial(shared: &Shared) -> Result<TcpStream, String> {
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("connect timed out after {:?}", shared.timeout)),
+    }
+}
+
+/// A handshake step: a command the connection sent before serving, whose reply is checked.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// `AUTH [username] password`: `+OK`, or the server refused the credentials.
+    Auth,
+}
+
+/// The Handshake state: sends the commands a connection needs before it serves (today `AUTH`,
+/// when the server has credentials), pipelined in one write, and checks each reply in order,
+/// all within the request timeout. Adding a step (`HELLO 3`, `CLIENT SETNAME`) is one more
+/// command written and one more [`Step`] checked.
+///
+/// On failure, why (for the health failure, the log line and the errors clients get): names
+/// no secret. A refused `AUTH` is counted in `keyway_server_auth_failures_total`.
+async fn handshake(mut stream: TcpStream, shared: &Shared) -> Result<TcpStream, String> {
+    let mut out = BytesMut::new();
+    let mut steps = Vec::new();
+    if let Some(auth) = shared.credentials.current(&shared.name)? {
+        let password = auth.password.expose().as_bytes();
+        match auth.username.as_deref() {
+            Some(user) => write_command(&mut out, &[b"AUTH", user.as_bytes(), password]),
+            None => write_command(&mut out, &[&b"AUTH"[..], password]),
+        }
+        steps.push(Step::Auth);
+    }
+    if steps.is_empty() {
+        return Ok(stream);
+    }
+    let exchange = async {
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut decoder = ReplyDecoder::new(Limits::for_replies());
+        let mut inbuf = BytesMut::with_capacity(512);
+        for step in steps {
+            let reply = loop {
+                match decoder.decode(&mut inbuf) {
+                    Ok(Some(frame)) => break frame,
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("malformed reply to the handshake: {e}")),
+                }
+                match stream.read_buf(&mut inbuf).await {
+                    Ok(0) => return Err("connection closed by server during the handshake".into()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
+            check_step(step, &reply, shared)?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(shared.timeout, exchange).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(reason)) => Err(reason),
+        Err(_) => Err(format!(
+            "no answer to the handshake within {:?}",
+            shared.timeout
+        )),
+    }
+}
+
+/// Checks the reply to one handshake step.
+fn check_step(step: Step, reply: &[u8], shared: &Shared) -> Result<(), String> {
+    match step {
+        Step::Auth if reply == b"+OK\r\n" => Ok(()),
+        Step::Auth => {
+            // Any error is a refusal: -WRONGPASS (Redis 6+), -ERR invalid password (Redis < 6),
+            // -ERR AUTH ... called without any password configured (no password on the server:
+            // a configuration that does not match), -NOAUTH. The server's words are kept,
+            // with the password taken out should a server quote its arguments.
+            let said = String::from_utf8_lossy(reply);
+            let said = said.trim_end().trim_start_matches(['-', '+']);
+            let said: String = shared.credentials.redact(said).chars().take(200).collect();
+            shared.metrics.auth_failures.inc();
+            tracing::warn!(server = %shared.name, addr = %shared.addr, user = shared.credentials.username().unwrap_or("default"), answer = %said, "authentication failed: the server refused Keyway's credentials");
+            Err(format!(
+                "authentication failed: the server answered AUTH with \"{said}\""
+            ))
+        }
     }
 }
 
@@ -625,6 +746,7 @@ impl<'a> Connection<'a> {
     ) -> Connection<'a> {
         shared.open.fetch_add(1, Ordering::Relaxed);
         shared.metrics.connections.inc();
+        shared.set_last_failure(None);
         tracing::debug!(server = %shared.name, addr = %shared.addr, "connected");
         let (rd, wr) = stream.into_split();
         Connection {

@@ -229,7 +229,7 @@ fn hello(args: Args<'_>, client: &mut ClientState) -> Reply {
         } else if opt.eq_ignore_ascii_case(b"AUTH") {
             return err(
                 ErrorKind::Refused,
-                "keyway does not authenticate clients yet (AUTH is not supported)",
+                "keyway does not authenticate clients yet (HELLO AUTH is not supported); the servers see keyway's own user, never a client's",
             );
         } else {
             return err(
