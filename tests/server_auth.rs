@@ -545,3 +545,49 @@ fn keyway_check_verifies_the_password_settings_without_showing_the_password() {
         assert!(success, "{odd}: {text}");
     }
 }
+
+#[test]
+fn put_topology_takes_password_files_and_refuses_a_password_in_the_document() {
+    const PW: &str = "Pw-put-topology-b61d";
+    let dir = tempfile::tempdir().unwrap();
+    let first = password_file(dir.path(), "first", PW);
+    let second = password_file(dir.path(), "second", PW);
+    let server = RedisServer::start_with_password(PW);
+    let proxy = Proxy::start_toml(&config(
+        &[(&server, String::new())],
+        &format!("password_file = \"{}\"", first.display()),
+    ));
+    let bearer = support::bearer();
+    let auth = [("Authorization", bearer.as_str())];
+    let servers = format!(
+        "[[servers]]\nname = \"s0\"\naddr = \"{}\"\n",
+        server.addr_string()
+    );
+    // A password in the document is refused, without being quoted.
+    let inline = format!("password = \"{PW}\"\n{servers}");
+    let (status, answer) = support::http_with(proxy.admin, "PUT", "/topology", &inline, &auth);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("pool.password"), "{answer}");
+    assert_hidden("the refusal", &answer, &[PW]);
+    // Another password file: the change names it, and the new connections authenticate.
+    let moved = format!("password_file = \"{}\"\n{servers}", second.display());
+    let (status, answer) = support::http_with(proxy.admin, "PUT", "/topology", &moved, &auth);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains(&format!("password from {}", second.display())),
+        "{answer}"
+    );
+    assert_hidden("the change", &answer, &[PW]);
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy
+            .client()
+            .set::<_, _, ()>("k", "v")
+            .is_ok()),
+        "no request succeeds after the swap"
+    );
+    let topology = http_get(proxy.admin, "/topology").1;
+    assert!(
+        topology.contains(&format!("file {}", second.display())),
+        "{topology}"
+    );
+}
