@@ -29,7 +29,8 @@ import sys
 REASONS = {
     "ADMIN": "it administers a single server; run it against each backend server directly",
     "ACL": "users and ACLs are managed on each backend server directly",
-    "AUTH": "keyway does not authenticate clients yet",
+    "AUTH": "keyway does not authenticate clients yet; the servers see keyway's own user "
+    "(pool.username and pool.password_file), never a client's",
     "BLOCKING": "blocking commands are not supported yet",
     "CLIENT": "it would act on keyway's backend connections, which many clients share",
     "CLUSTER": "keyway is not a Redis Cluster node; it routes keys to servers itself",

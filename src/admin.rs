@@ -24,6 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::credentials::PasswordSource;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::topology::TopologyHandle;
@@ -289,10 +290,18 @@ fn not_ready(state: &AdminState) -> Option<String> {
     }
     let topo = state.topology.load();
     if topo.servers.iter().all(|s| s.pool.open_connections() == 0) {
-        return Some(format!(
+        // Each server's last failure (a refused connect, a refused AUTH, ...): what an
+        // operator needs to act on. The reasons hold no secret.
+        let mut why = format!(
             "no server of the pool is reachable ({} configured)\n",
             topo.servers.len()
-        ));
+        );
+        for s in &topo.servers {
+            if let Some(reason) = s.pool.last_failure() {
+                why.push_str(&format!("server '{}' ({}): {reason}\n", s.name, s.addr));
+            }
+        }
+        return Some(why);
     }
     None
 }
@@ -303,12 +312,24 @@ fn topology_json(state: &AdminState) -> serde_json::Value {
         .servers
         .iter()
         .map(|s| {
+            // Who its connections authenticate as, and where the password comes from (never
+            // the password).
+            let spec = topo.config.servers.iter().find(|c| c.name == s.name);
+            let user = spec.and_then(|c| topo.config.username(c));
+            let password = match spec.map(|c| topo.config.password_source(c)) {
+                Some(PasswordSource::File(path)) => format!("file {}", path.display()),
+                Some(PasswordSource::Value(_)) => crate::config::PASSWORD_ENV.to_string(),
+                Some(PasswordSource::None) | None => "none".to_string(),
+            };
             serde_json::json!({
                 "name": s.name,
                 "addr": s.addr,
                 "weight": s.weight,
                 "connections": s.pool.open_connections(),
                 "up": s.pool.health().is_up(),
+                "last_error": s.pool.last_failure().as_deref(),
+                "user": user,
+                "password": password,
             })
         })
         .collect();

@@ -15,7 +15,12 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::{PasswordSource, Secret};
 use crate::routing::HashTag;
+
+/// The environment variable a password may come from (`pool.password`); a password file wins
+/// over it.
+pub const PASSWORD_ENV: &str = "KEYWAY_POOL__PASSWORD";
 
 /// Everything wrong with a configuration, as a message that names the key and where it is.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +115,23 @@ pub struct PoolConfig {
     /// Two-phase commit settings.
     #[serde(default)]
     pub two_phase: TwoPhaseConfig,
+    /// The ACL user Keyway authenticates to the servers as (`AUTH username password`).
+    /// Default none: Redis's `default` user (`AUTH password`, as Redis < 6 understands it).
+    /// Needs a password. Overridable per server.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the password Keyway authenticates to the servers with (trailing line
+    /// ends stripped, as a mounted Kubernetes Secret has them). Read at every new connection,
+    /// so that a rotated Secret applies at the next reconnect; while it cannot be read the last
+    /// password read stays in use. Wins over `KEYWAY_POOL__PASSWORD`. Overridable per server.
+    /// Default none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The password from the environment variable `KEYWAY_POOL__PASSWORD`, never from a file
+    /// or a `PUT /topology` document (refused there: a config file is not a secret). Never
+    /// shown: its `Debug` prints `"<redacted>"`, and it is not serialized.
+    #[serde(default, skip_serializing)]
+    pub password: Option<Secret>,
     /// The servers. Order does not matter: keys follow names, not positions.
     #[serde(default)]
     pub servers: Vec<ServerConfig>,
@@ -238,6 +260,13 @@ pub struct ServerConfig {
     /// Relative share of the slots (rendezvous weight), > 0. Default 1.
     #[serde(default = "default_weight")]
     pub weight: f64,
+    /// This server's ACL user, instead of `pool.username`. Default: the pool's.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// This server's password file, instead of `pool.password_file` or
+    /// `KEYWAY_POOL__PASSWORD`. Default: the pool's.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[limits]`: protocol limits applied to client input.
@@ -375,19 +404,26 @@ impl Config {
         }
         // The toml crate reports line and column for syntax errors, unknown keys and type
         // errors, which figment's merged view no longer knows: check the file alone first.
-        toml::from_str::<Config>(text).map_err(|e| ConfigError::Syntax {
+        let file = toml::from_str::<Config>(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let config: Config = Figment::new()
+        file.pool.refuse_inline_password(Some(text))?;
+        // The password is not read through figment: it would parse the value (a password
+        // `123` would become a number, `[a]` an array) and its errors may quote it.
+        let mut config: Config = Figment::new()
             .merge(Toml::string(text))
             .merge(
                 Env::prefixed("KEYWAY_")
-                    .filter(|key| !is_service_link(&key.as_str().to_ascii_lowercase()))
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        !is_service_link(&key) && key != "pool__password"
+                    })
                     .split("__"),
             )
             .extract()
             .map_err(|e| ConfigError::Env(e.to_string()))?;
+        config.pool.password = env_password()?;
         config.validate(Some(text))?;
         Ok(config)
     }
@@ -442,6 +478,7 @@ impl Config {
             ));
         }
         self.pool.validate(text)?;
+        self.pool.check_password_files(text)?;
         if let Some(path) = &self.admin_token_file {
             // Only whether a token is there: the token itself is never shown.
             let usable = std::fs::read_to_string(path).is_ok_and(|t| !t.trim().is_empty());
@@ -479,7 +516,96 @@ impl Config {
     }
 }
 
+/// `KEYWAY_POOL__PASSWORD`, taken as it is (not parsed), or `None` when unset.
+///
+/// # Errors
+///
+/// [`ConfigError::Env`] when it is set but empty or not UTF-8 (the message never quotes it).
+pub fn env_password() -> Result<Option<Secret>, ConfigError> {
+    match std::env::var(PASSWORD_ENV) {
+        Ok(v) if v.is_empty() => Err(ConfigError::Env(format!(
+            "{PASSWORD_ENV} is set but empty: unset it, or give the password"
+        ))),
+        Ok(v) => Ok(Some(Secret::new(&v))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Env(format!(
+            "{PASSWORD_ENV} is not valid UTF-8"
+        ))),
+    }
+}
+
 impl PoolConfig {
+    /// Where server `s`'s password comes from: its own `password_file`, else the pool's, else
+    /// `KEYWAY_POOL__PASSWORD` (a file wins over the environment), else none.
+    pub fn password_source(&self, s: &ServerConfig) -> PasswordSource {
+        match (&s.password_file, &self.password_file, &self.password) {
+            (Some(path), _, _) | (None, Some(path), _) => PasswordSource::File(path.clone()),
+            (None, None, Some(secret)) => PasswordSource::Value(secret.clone()),
+            (None, None, None) => PasswordSource::None,
+        }
+    }
+
+    /// Server `s`'s ACL user: its own `username`, else the pool's, else none (`default`).
+    pub fn username<'a>(&'a self, s: &'a ServerConfig) -> Option<&'a str> {
+        s.username.as_deref().or(self.username.as_deref())
+    }
+
+    /// Refuses a `password` written in a config file or a `PUT /topology` document (`text`,
+    /// when known, to name its line), without quoting it: a config file is not a secret.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for `pool.password`.
+    pub fn refuse_inline_password(&self, text: Option<&str>) -> Result<(), ConfigError> {
+        if self.password.is_none() {
+            return Ok(());
+        }
+        let line = text.and_then(|t| {
+            t.lines()
+                .position(|l| {
+                    let l = l.trim_start();
+                    l.starts_with("password") && !l.starts_with("password_file")
+                })
+                .map(|i| i + 1)
+        });
+        Err(ConfigError::Invalid {
+            key: "pool.password".into(),
+            location: line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+            message: format!(
+                "a password is not taken from the configuration (whoever reads it would see it): put it in a file named by pool.password_file, or in the environment variable {PASSWORD_ENV}"
+            ),
+        })
+    }
+
+    /// Checks that every password file named (the pool's and each server's) can be read now
+    /// and holds a password, without showing it.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the key and the file.
+    pub fn check_password_files(&self, text: Option<&str>) -> Result<(), ConfigError> {
+        let pool = self
+            .password_file
+            .as_ref()
+            .map(|p| ("pool.password_file".to_string(), p));
+        let servers = self.servers.iter().enumerate().filter_map(|(i, s)| {
+            let p = s.password_file.as_ref()?;
+            Some((format!("pool.servers[{i}].password_file"), p))
+        });
+        for (key, path) in pool.into_iter().chain(servers) {
+            if let Err(e) = crate::credentials::read_password_file(path) {
+                let needle = path.to_string_lossy();
+                let line = text.and_then(|t| line_of(t, &needle));
+                return Err(ConfigError::Invalid {
+                    key,
+                    location: line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// See [`Config::validate`].
     ///
     /// # Errors
@@ -605,6 +731,24 @@ impl PoolConfig {
                         s.name, s.addr
                     ),
                 ));
+            }
+            if let Some(user) = self.username(s) {
+                if user.is_empty() || user.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        key("username"),
+                        Some("username".into()),
+                        format!("\"{user}\" is not a Redis user name (empty or with spaces)"),
+                    ));
+                }
+                if self.password_source(s) == PasswordSource::None {
+                    return Err(invalid(
+                        key("username"),
+                        Some("username".into()),
+                        format!(
+                            "user \"{user}\" has no password: set pool.password_file (or this server's password_file), or {PASSWORD_ENV}"
+                        ),
+                    ));
+                }
             }
             if !(s.weight.is_finite() && s.weight > 0.0) {
                 return Err(invalid(
@@ -880,6 +1024,80 @@ weight = 2
             "service",
         ] {
             assert!(!is_service_link(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn credentials_take_the_servers_own_settings_first_and_a_file_over_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool_pw = dir.path().join("pool-pw");
+        let b_pw = dir.path().join("b-pw");
+        std::fs::write(&pool_pw, "p\n").unwrap();
+        std::fs::write(&b_pw, "b\n").unwrap();
+        let text = GOOD
+            .replace(
+                "replicas = 1",
+                &format!(
+                    "replicas = 1\nusername = \"keyway\"\npassword_file = \"{}\"",
+                    pool_pw.display()
+                ),
+            )
+            .replace(
+                "weight = 2",
+                &format!(
+                    "weight = 2\nusername = \"other\"\npassword_file = \"{}\"",
+                    b_pw.display()
+                ),
+            );
+        let mut c = parse(&text).unwrap();
+        c.pool.password = Some(Secret::new("from-env"));
+        let (a, b) = (&c.pool.servers[0], &c.pool.servers[1]);
+        assert_eq!(c.pool.username(a), Some("keyway"));
+        assert_eq!(c.pool.username(b), Some("other"));
+        assert_eq!(c.pool.password_source(a), PasswordSource::File(pool_pw));
+        assert_eq!(c.pool.password_source(b), PasswordSource::File(b_pw));
+        c.pool.password_file = None;
+        let a = &c.pool.servers[0];
+        assert_eq!(
+            c.pool.password_source(a),
+            PasswordSource::Value(Secret::new("from-env"))
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("from-env"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn a_user_needs_a_password_and_a_password_file_must_hold_one() {
+        let e = parse(&GOOD.replace("replicas = 1", "replicas = 1\nusername = \"keyway\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("username") && e.contains("no password"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        for path in [empty, dir.path().join("missing")] {
+            let text = GOOD.replace(
+                "replicas = 1",
+                &format!("replicas = 1\npassword_file = \"{}\"", path.display()),
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("pool.password_file") && e.contains("line 5"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_file_is_refused_without_showing_it() {
+        for value in ["\"s3cret-pw\"", "918273645", "true"] {
+            let text = GOOD.replace("replicas = 1", &format!("replicas = 1\npassword = {value}"));
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("pool.password") && e.contains("line 5"), "{e}");
+            assert!(e.contains("KEYWAY_POOL__PASSWORD"), "{e}");
+            let bare = value.trim_matches('"');
+            assert!(!e.contains(bare), "the error shows the password: {e}");
         }
     }
 

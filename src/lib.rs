@@ -12,6 +12,8 @@
 //! - [`command`]: the one command table: flags, key positions, how a command is routed and merged.
 //! - [`routing`]: pure functions: key -> slot, rendezvous ranking, the slot table.
 //! - [`config`]: the configuration file, its layering (defaults < file < `KEYWAY_*`) and checks.
+//! - [`credentials`]: what Keyway authenticates to a server with; the `Secret` type that shows
+//!   nowhere.
 //! - [`topology`]: the immutable snapshot the request path reads, behind one `ArcSwap`.
 //! - [`health`]: the up/down state machine of each server, active probes.
 //! - [`backend`]: pipelined, multiplexed connections to each server, FIFO reply matching.
@@ -27,6 +29,7 @@ pub(crate) mod admin;
 pub mod backend;
 pub mod command;
 pub mod config;
+pub mod credentials;
 pub(crate) mod drain;
 pub(crate) mod error;
 pub mod health;

@@ -54,6 +54,8 @@ pub struct ServerMetrics {
     /// Transitions of the server's health state, by direction.
     pub went_down: IntCounter,
     pub went_up: IntCounter,
+    /// Connections (data or probe) whose authentication the server refused.
+    pub auth_failures: IntCounter,
 }
 
 /// Keyway's registry and every metric in it.
@@ -80,6 +82,7 @@ pub struct Metrics {
     server_in_flight: IntGaugeVec,
     server_up: IntGaugeVec,
     server_transitions: IntCounterVec,
+    server_auth_failures: IntCounterVec,
     /// `keyway_topology_version`.
     pub topology_version: IntGauge,
     /// `keyway_config_reloads_total{outcome}`.
@@ -260,6 +263,12 @@ impl Metrics {
                 "Health state changes of a server, by server and new state (up, down).",
                 &["server", "state"],
             ),
+            server_auth_failures: counter_vec(
+                &r,
+                "keyway_server_auth_failures_total",
+                "Connections to a server (data or health probe) whose AUTH the server refused, by server.",
+                &["server"],
+            ),
             topology_version: gauge(
                 &r,
                 "keyway_topology_version",
@@ -374,6 +383,7 @@ impl Metrics {
             up: self.server_up.with_label_values(&[name]),
             went_down: self.server_transitions.with_label_values(&[name, "down"]),
             went_up: self.server_transitions.with_label_values(&[name, "up"]),
+            auth_failures: self.server_auth_failures.with_label_values(&[name]),
         }
     }
 
@@ -418,6 +428,7 @@ impl Metrics {
         for state in ["up", "down"] {
             let _ = self.server_transitions.remove_label_values(&[name, state]);
         }
+        let _ = self.server_auth_failures.remove_label_values(&[name]);
     }
 
     /// Everything in Prometheus's text format.

@@ -13,6 +13,11 @@
 //! The connection task is a small state machine:
 //!
 //! - **Connecting** (`dial`): dial with the request timeout as connect timeout.
+//! - **Handshake** (`handshake`): the commands a connection sends before it serves, pipelined,
+//!   each reply checked: `AUTH [username] password` when the server has credentials (the
+//!   password file is read again here, so a rotated password applies at the next connection).
+//!   A refused `AUTH` is an authentication failure naming the server: counted, logged, one
+//!   health failure, and Backoff like any failed connect.
 //! - **Connected** (`Connection`, a method per event: replies readable, jobs queued, the oldest
 //!   job's deadline): forward jobs, match replies. If the oldest job waits longer than the
 //!   timeout (a hung or SIGSTOPped server) or the socket fails, every job in flight fails with
@@ -43,9 +48,10 @@ use tokio::sync::futures::Notified;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use crate::credentials::Credentials;
 use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
-use crate::protocol::{is_error_reply, Limits, Proto, ReplyDecoder};
+use crate::protocol::{write_command, Limits, Proto, ReplyDecoder};
 
 /// Requests written and not yet answered on one connection past which it takes no more from its
 /// queue until replies come. A soft limit: a take moves everything queued, which is bounded
@@ -235,6 +241,11 @@ struct Shared {
     open: AtomicU64,
     metrics: ServerMetrics,
     health: Arc<Health>,
+    /// What the handshake authenticates with (shared with the prober).
+    credentials: Arc<Credentials>,
+    /// Why the last connection attempt or connection failed, until one is established again
+    /// (for `/readyz` and `/topology`). Never holds a secret.
+    last_failure: std::sync::Mutex<Option<Arc<str>>>,
     /// When each dial began (tests check the backoff between them).
     #[cfg(test)]
     dials: std::sync::Mutex<Vec<Instant>>,
@@ -266,6 +277,14 @@ impl Shared {
             addr: self.addr.clone(),
             timeout: self.timeout,
         }
+    }
+
+    /// Notes why the server cannot be used now (`None`: a connection is established).
+    fn set_last_failure(&self, reason: Option<&str>) {
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason.map(Arc::from);
     }
 
     /// The server broke the protocol.
@@ -339,13 +358,15 @@ impl Drop for Pool {
 impl Pool {
     /// Opens `options.connections` connection tasks to `addr` on the current tokio runtime.
     ///
-    /// Also starts the server's health prober (see [`crate::health`]).
+    /// Also starts the server's health prober (see [`crate::health`]). Every connection, the
+    /// prober's too, authenticates with `credentials`.
     pub fn spawn(
         name: &str,
         addr: &str,
         options: &PoolOptions,
         health: HealthOptions,
         metrics: ServerMetrics,
+        credentials: Arc<Credentials>,
     ) -> Pool {
         let name: Arc<str> = Arc::from(name);
         let addr: Arc<str> = Arc::from(addr);
@@ -354,6 +375,7 @@ impl Pool {
         tokio::spawn(crate::health::probe(
             health.clone(),
             addr.clone(),
+            credentials.clone(),
             stop.clone(),
         ));
         let shared = Arc::new(Shared {
@@ -363,6 +385,8 @@ impl Pool {
             open: AtomicU64::new(0),
             metrics,
             health,
+            credentials,
+            last_failure: std::sync::Mutex::new(None),
             #[cfg(test)]
             dials: std::sync::Mutex::default(),
         });
@@ -408,6 +432,16 @@ impl Pool {
     /// Connections currently established.
     pub fn open_connections(&self) -> u64 {
         self.shared.open.load(Ordering::Relaxed)
+    }
+
+    /// Why the last connection to the server failed (a refused connect, an authentication
+    /// failure, a timeout), until one is established again. Holds no secret.
+    pub fn last_failure(&self) -> Option<Arc<str>> {
+        self.shared
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Sends `frame` on connection `pick % connections` and returns where its reply will come.
@@ -570,7 +604,8 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>, proto: Proto) {
     };
     let mut backoff = Backoff::default();
     loop {
-        // Connecting -> Connected, or Connecting -> Backoff when the dial fails.
+        // Connecting -> Handshake -> Connected, or -> Backoff when the dial or the handshake
+        // fails.
         let reason = match connect(&shared, proto).await {
             Ok(stream) => {
                 let connection = Connection::new(&shared, &queue, &mut backoff, stream);
@@ -583,8 +618,10 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>, proto: Proto) {
             }
             Err(reason) => reason,
         };
-        // Passive health: a failed connect, a reset or a timed-out request is one failure.
+        // Passive health: a failed connect or handshake, a reset or a timed-out request is one
+        // failure.
         shared.health.failure(&reason);
+        shared.set_last_failure(Some(&reason));
         let wait = backoff.next_wait();
         tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?wait, "server connection failed");
         // Backoff -> Connecting once the wait is over; Backoff -> end if the pool goes first.
@@ -612,41 +649,106 @@ async fn dial(shared: &Shared) -> Result<TcpStream, String> {
     }
 }
 
-/// Dials the server and readies the connection for `proto`: a RESP3 connection says `HELLO 3`
-/// first, and serves only once the server agreed.
+/// Dials the server and readies the connection for `proto` (see [`handshake`]).
 async fn connect(shared: &Shared, proto: Proto) -> Result<TcpStream, String> {
-    let mut stream = dial(shared).await?;
-    if proto == Proto::Resp3 {
-        let hello = tokio::time::timeout(shared.timeout, handshake(&mut stream, HELLO_3)).await;
-        match hello {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(format!("HELLO 3 failed: {reason}")),
-            Err(_) => return Err(format!("HELLO 3 got no reply within {:?}", shared.timeout)),
-        }
-    }
-    Ok(stream)
+    let stream = dial(shared).await?;
+    handshake(stream, shared, proto).await
 }
 
-/// `HELLO 3`, which switches a connection to RESP3.
-const HELLO_3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+/// A handshake step: a command the connection sent before serving, whose reply is checked.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// `AUTH [username] password`: `+OK`, or the server refused the credentials.
+    Auth,
+    /// `HELLO 3` (a connection for RESP3 clients): a map, or the server does not speak RESP3.
+    Hello3,
+}
 
-/// Sends `request` on a fresh connection and reads its one reply: `Err` with the server's
-/// words if it is an error, or with what went wrong. Nothing else is in flight yet, so the
-/// reply is the only thing the server sends.
-async fn handshake(stream: &mut TcpStream, request: &[u8]) -> Result<(), String> {
-    stream.write_all(request).await.map_err(|e| e.to_string())?;
-    let mut decoder = ReplyDecoder::new(Limits::for_replies());
-    let mut buf = BytesMut::with_capacity(512);
-    loop {
-        if let Some(frame) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-            if is_error_reply(&frame) {
-                let text = String::from_utf8_lossy(frame.get(1..).unwrap_or_default());
-                return Err(text.trim_end().to_owned());
-            }
-            return Ok(());
+/// The Handshake state: sends the commands a connection needs before it serves (`AUTH`, when
+/// the server has credentials; `HELLO 3` for a RESP3 connection), pipelined in one write, and checks each reply in order,
+/// all within the request timeout. Adding a step (`HELLO 3`, `CLIENT SETNAME`) is one more
+/// command written and one more [`Step`] checked.
+///
+/// On failure, why (for the health failure, the log line and the errors clients get): names
+/// no secret. A refused `AUTH` is counted in `keyway_server_auth_failures_total`.
+async fn handshake(
+    mut stream: TcpStream,
+    shared: &Shared,
+    proto: Proto,
+) -> Result<TcpStream, String> {
+    let mut out = BytesMut::new();
+    let mut steps = Vec::new();
+    if let Some(auth) = shared.credentials.current(&shared.name)? {
+        let password = auth.password.expose().as_bytes();
+        match auth.username.as_deref() {
+            Some(user) => write_command(&mut out, &[b"AUTH", user.as_bytes(), password]),
+            None => write_command(&mut out, &[&b"AUTH"[..], password]),
         }
-        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("the server closed the connection".to_owned());
+        steps.push(Step::Auth);
+    }
+    if proto == Proto::Resp3 {
+        write_command(&mut out, &[&b"HELLO"[..], b"3"]);
+        steps.push(Step::Hello3);
+    }
+    if steps.is_empty() {
+        return Ok(stream);
+    }
+    let exchange = async {
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut decoder = ReplyDecoder::new(Limits::for_replies());
+        let mut inbuf = BytesMut::with_capacity(512);
+        for step in steps {
+            let reply = loop {
+                match decoder.decode(&mut inbuf) {
+                    Ok(Some(frame)) => break frame,
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("malformed reply to the handshake: {e}")),
+                }
+                match stream.read_buf(&mut inbuf).await {
+                    Ok(0) => return Err("connection closed by server during the handshake".into()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
+            check_step(step, &reply, shared)?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(shared.timeout, exchange).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(reason)) => Err(reason),
+        Err(_) => Err(format!(
+            "no answer to the handshake within {:?}",
+            shared.timeout
+        )),
+    }
+}
+
+/// Checks the reply to one handshake step.
+fn check_step(step: Step, reply: &[u8], shared: &Shared) -> Result<(), String> {
+    match step {
+        Step::Auth if reply == b"+OK\r\n" => Ok(()),
+        Step::Auth => {
+            // Any error is a refusal: -WRONGPASS (Redis 6+), -ERR invalid password (Redis < 6),
+            // -ERR AUTH ... called without any password configured (no password on the server:
+            // a configuration that does not match), -NOAUTH. The server's words are kept,
+            // with the password taken out should a server quote its arguments.
+            let said = String::from_utf8_lossy(reply);
+            let said = said.trim_end().trim_start_matches(['-', '+']);
+            let said: String = shared.credentials.redact(said).chars().take(200).collect();
+            shared.metrics.auth_failures.inc();
+            tracing::warn!(server = %shared.name, addr = %shared.addr, user = shared.credentials.username().unwrap_or("default"), answer = %said, "authentication failed: the server refused Keyway's credentials");
+            Err(format!(
+                "authentication failed: the server answered AUTH with \"{said}\""
+            ))
+        }
+        Step::Hello3 if reply.first() == Some(&b'%') => Ok(()),
+        Step::Hello3 => {
+            let said = String::from_utf8_lossy(reply);
+            let said: String = said.trim_end().chars().take(200).collect();
+            Err(format!(
+                "the server does not speak RESP3 for RESP3 clients: HELLO 3 answered {said}"
+            ))
         }
     }
 }
@@ -762,6 +864,7 @@ impl<'a> Connection<'a> {
     ) -> Connection<'a> {
         shared.open.fetch_add(1, Ordering::Relaxed);
         shared.metrics.connections.inc();
+        shared.set_last_failure(None);
         tracing::debug!(server = %shared.name, addr = %shared.addr, "connected");
         let (rd, wr) = stream.into_split();
         Connection {

@@ -26,7 +26,14 @@ fn requests_fail_at_once_once_the_connection_task_is_gone() {
         timeout: Duration::from_secs(60),
     };
     let (pool, mut queued) = runtime.block_on(async {
-        let pool = Pool::spawn("s", &addr, &options, health, metrics.server("s"));
+        let pool = Pool::spawn(
+            "s",
+            &addr,
+            &options,
+            health,
+            metrics.server("s"),
+            Arc::new(Credentials::none()),
+        );
         // Let the task connect and take one request; the next stays queued.
         let written = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -68,7 +75,14 @@ fn pool(addr: &str, timeout: Duration, metrics: &Metrics) -> Pool {
         connections: 1,
         timeout,
     };
-    Pool::spawn("s", addr, &options, health, metrics.server("s"))
+    Pool::spawn(
+        "s",
+        addr,
+        &options,
+        health,
+        metrics.server("s"),
+        Arc::new(Credentials::none()),
+    )
 }
 
 /// An address nothing listens on: a listener's port, the listener dropped.

@@ -18,7 +18,7 @@ mod why {
     pub const ACL: &str = "users and ACLs are managed on each backend server directly";
     pub const ADMIN: &str =
         "it administers a single server; run it against each backend server directly";
-    pub const AUTH: &str = "keyway does not authenticate clients yet";
+    pub const AUTH: &str = "keyway does not authenticate clients yet; the servers see keyway's own user (pool.username and pool.password_file), never a client's";
     pub const BLOCKING: &str = "blocking commands are not supported yet";
     pub const CLIENT: &str =
         "it would act on keyway's backend connections, which many clients share";

@@ -16,7 +16,8 @@
 //!
 //! - **Active**: every `interval`, a PING over a control connection of its own (redis-rs), with
 //!   `timeout`. PONG is a success; anything else (an error such as `-LOADING`, a timeout, a
-//!   refused connection) is a failure.
+//!   refused connection, a refused `AUTH`) is a failure. The control connection authenticates
+//!   with the server's credentials, the password file read again at each new connection.
 //! - **Passive**: the data connections report a failure when a socket fails, a request times
 //!   out, a connect fails, or a server answers `-LOADING`, `-MASTERDOWN` or `-READONLY` (it
 //!   cannot serve as a primary). One broken connection is one failure, however many requests
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::credentials::{Auth, Credentials};
 use crate::metrics::ServerMetrics;
 
 /// Settings of the state machine and of the prober.
@@ -174,6 +176,12 @@ pub(crate) enum ProbeError {
     /// No control connection: a bad address, a refused or unreachable server.
     #[error("health probe failed: {0}")]
     Connect(redis::RedisError),
+    /// The server refused the credentials (its words are redis-rs's, which never quote them).
+    #[error("health probe failed: authentication failed: {0}")]
+    Auth(redis::RedisError),
+    /// No password to authenticate with (the password file was never readable).
+    #[error("health probe failed: {0}")]
+    Credentials(String),
     /// Connected, but PING failed: an error reply (`-LOADING`), a reset connection.
     #[error("health probe failed: {0}")]
     Ping(redis::RedisError),
@@ -185,8 +193,14 @@ pub(crate) enum ProbeError {
     Timeout(Duration),
 }
 
-/// Probes `addr` every interval until `stop` is cancelled, feeding `health`.
-pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::CancellationToken) {
+/// Probes `addr` every interval until `stop` is cancelled, feeding `health`; every control
+/// connection authenticates with `credentials`.
+pub async fn probe(
+    health: Arc<Health>,
+    addr: Arc<str>,
+    credentials: Arc<Credentials>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let options = health.options().clone();
     let mut con: Option<redis::aio::MultiplexedConnection> = None;
     let mut tick = tokio::time::interval(options.interval);
@@ -196,7 +210,7 @@ pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match probe_once(&mut con, &addr, &options).await {
+        match probe_once(&mut con, &addr, &credentials, &health).await {
             Ok(version) => {
                 if let Some(v) = version {
                     health.set_version(v);
@@ -206,7 +220,11 @@ pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::
             Err(e) => {
                 // A failed probe's connection is not trusted again: the next one dials anew.
                 con = None;
-                health.failure(&e.to_string());
+                if let ProbeError::Auth(_) = e {
+                    health.metrics.auth_failures.inc();
+                    tracing::warn!(server = %health.name, %addr, error = %e, "authentication failed: the server refused the health probe's credentials");
+                }
+                health.failure(&credentials.redact(&e.to_string()));
             }
         }
     }
@@ -216,9 +234,12 @@ pub async fn probe(health: Arc<Health>, addr: Arc<str>, stop: tokio_util::sync::
 async fn probe_once(
     con: &mut Option<redis::aio::MultiplexedConnection>,
     addr: &str,
-    options: &HealthOptions,
+    credentials: &Credentials,
+    health: &Health,
 ) -> Result<Option<Arc<str>>, ProbeError> {
-    match tokio::time::timeout(options.timeout, ping(con, addr, options)).await {
+    let options = &health.options;
+    let ping = ping(con, addr, credentials, health);
+    match tokio::time::timeout(options.timeout, ping).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::Timeout(options.timeout)),
     }
@@ -228,26 +249,40 @@ async fn probe_once(
 async fn ping(
     con: &mut Option<redis::aio::MultiplexedConnection>,
     addr: &str,
-    options: &HealthOptions,
+    credentials: &Credentials,
+    health: &Health,
 ) -> Result<Option<Arc<str>>, ProbeError> {
     let mut version = None;
     let c = match con {
         Some(c) => c,
         None => {
-            let c = con.insert(connect(addr, options).await?);
+            let auth = credentials
+                .current(&health.name)
+                .map_err(ProbeError::Credentials)?;
+            let c = con.insert(connect(addr, auth, &health.options).await?);
             let info: String = redis::cmd("INFO")
                 .arg("server")
                 .query_async(c)
                 .await
-                .map_err(ProbeError::Ping)?;
+                .map_err(|e| {
+                    if e.code() == Some("NOAUTH") {
+                        ProbeError::Auth(e)
+                    } else {
+                        ProbeError::Ping(e)
+                    }
+                })?;
             version = redis_version(&info);
             c
         }
     };
-    let pong: String = redis::cmd("PING")
-        .query_async(c)
-        .await
-        .map_err(ProbeError::Ping)?;
+    let pong: String = redis::cmd("PING").query_async(c).await.map_err(|e| {
+        // The server wants credentials Keyway does not have (or no longer accepts).
+        if e.code() == Some("NOAUTH") {
+            ProbeError::Auth(e)
+        } else {
+            ProbeError::Ping(e)
+        }
+    })?;
     if pong == "PONG" {
         Ok(version)
     } else {
@@ -262,19 +297,49 @@ fn redis_version(info: &str) -> Option<Arc<str>> {
         .map(|v| Arc::from(v.trim()))
 }
 
-/// Opens the prober's control connection to `addr`.
+/// Opens the prober's control connection to `addr` (`host:port`), authenticated with `auth`.
+/// The credentials go into redis-rs's `RedisConnectionInfo`, never into a URL string (which
+/// its errors and `Debug` could show).
 async fn connect(
     addr: &str,
+    auth: Option<Auth>,
     options: &HealthOptions,
 ) -> Result<redis::aio::MultiplexedConnection, ProbeError> {
-    let client = redis::Client::open(format!("redis://{addr}/")).map_err(ProbeError::Connect)?;
+    use redis::IntoConnectionInfo;
+    let bad_addr = || {
+        ProbeError::Connect(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "not a host:port address",
+        )))
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad_addr)?;
+    let port: u16 = port.parse().map_err(|_| bad_addr())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut settings = redis::RedisConnectionInfo::default();
+    if let Some(auth) = auth {
+        if let Some(user) = auth.username {
+            settings = settings.set_username(user);
+        }
+        settings = settings.set_password(auth.password.expose());
+    }
+    let info = redis::ConnectionAddr::Tcp(host.to_string(), port)
+        .into_connection_info()
+        .map_err(ProbeError::Connect)?
+        .set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(ProbeError::Connect)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(options.timeout))
         .set_response_timeout(Some(options.timeout));
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(ProbeError::Connect)
+        .map_err(|e| {
+            if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                ProbeError::Auth(e)
+            } else {
+                ProbeError::Connect(e)
+            }
+        })
 }
 
 #[cfg(test)]

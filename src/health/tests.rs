@@ -169,7 +169,12 @@ async fn the_prober_probes_every_interval_and_fall_timeouts_take_a_silent_server
     let h = Arc::new(Health::new(Arc::from("x"), options, m.clone()));
     let stop = tokio_util::sync::CancellationToken::new();
     let start = tokio::time::Instant::now();
-    let prober = tokio::spawn(probe(h.clone(), addr, stop.clone()));
+    let prober = tokio::spawn(probe(
+        h.clone(),
+        addr,
+        Arc::new(Credentials::none()),
+        stop.clone(),
+    ));
     // Probes at 0, 1000, 2000, 3000 ms, each failing 200 ms later.
     for (at, probes, up) in [
         (100, 1, true),

@@ -18,6 +18,7 @@ pub mod reload;
 
 use crate::backend::{Pool, PoolOptions};
 use crate::config::{Failover, PoolConfig, ReadPolicy, WriteMode};
+use crate::credentials::Credentials;
 use crate::health::HealthOptions;
 use crate::metrics::Metrics;
 use crate::routing::{HashTag, Slot, SlotTable};
@@ -180,7 +181,8 @@ pub enum TopologyError {
 }
 
 /// Pools are shared across snapshots when their server keeps its name, its address and the
-/// settings its connections were opened with.
+/// settings its connections were opened with (credentials included: a new user or password
+/// file opens new connections; the password itself shows in no key).
 type PoolKey = (String, String, String);
 
 /// The current topology and the pools that outlive any one snapshot.
@@ -302,7 +304,16 @@ fn build(
     let servers: Vec<Server> = specs
         .iter()
         .map(|s| {
-            let key = (s.name.clone(), s.addr.clone(), settings.clone());
+            let credentials = Credentials::new(
+                config.username(s).map(str::to_string),
+                config.password_source(s),
+            );
+            // `Credentials`' Debug shows the user and the file, and a password as <redacted>.
+            let key = (
+                s.name.clone(),
+                s.addr.clone(),
+                format!("{settings}/{credentials:?}"),
+            );
             let pool = match pools.get(&key) {
                 Some(pool) => pool.clone(),
                 None => {
@@ -312,6 +323,7 @@ fn build(
                         &options,
                         health.clone(),
                         metrics.server(&s.name),
+                        Arc::new(credentials),
                     ));
                     opened.push(pool.clone());
                     pool

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{TopologyError, TopologyHandle};
-use crate::config::{Config, ConfigError, PoolConfig};
+use crate::config::{Config, ConfigError, PoolConfig, PASSWORD_ENV};
+use crate::credentials::PasswordSource;
 use crate::routing::{primary_moves, SlotTable};
 
 /// Why a change was refused.
@@ -114,6 +115,22 @@ pub fn diff(old: &PoolConfig, new: &PoolConfig) -> Result<Changes, TopologyError
                 if o.weight != s.weight {
                     c.reweighted
                         .push(format!("{name}: {} -> {}", o.weight, s.weight));
+                }
+                // Who a server's connections authenticate as (never the password itself).
+                let auth = |pool: &PoolConfig, s| {
+                    format!(
+                        "user {}, password {}",
+                        pool.username(s).unwrap_or("default"),
+                        match pool.password_source(s) {
+                            PasswordSource::None => "none".to_string(),
+                            PasswordSource::File(p) => format!("from {}", p.display()),
+                            PasswordSource::Value(_) => format!("from {PASSWORD_ENV}"),
+                        }
+                    )
+                };
+                let (before, after) = (auth(old, o), auth(new, s));
+                if before != after {
+                    c.settings.push(format!("{name}: {before} -> {after}"));
                 }
             }
         }
@@ -258,12 +275,17 @@ pub fn parse_pool(body: &[u8], json: bool) -> Result<PoolConfig, ConfigError> {
         message,
     };
     let text = std::str::from_utf8(body).map_err(|e| syntax(format!("not UTF-8: {e}")))?;
-    let pool: PoolConfig = if json {
+    let mut pool: PoolConfig = if json {
         serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?
     } else {
         toml::from_str(text).map_err(|e| syntax(e.to_string().trim_end().to_string()))?
     };
-    pool.validate(if json { None } else { Some(text) })?;
+    let text = if json { None } else { Some(text) };
+    // As for the config file: no password in the document; the environment's applies.
+    pool.refuse_inline_password(text)?;
+    pool.password = crate::config::env_password()?;
+    pool.validate(text)?;
+    pool.check_password_files(text)?;
     Ok(pool)
 }
 

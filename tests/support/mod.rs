@@ -41,6 +41,14 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The `default` user's password (`--requirepass`), which [`RedisServer::client`] sends;
+    /// change it with [`RedisServer::set_password`].
+    pub password: Option<String>,
+}
+
+/// Whether a reply to PING says the server is up: PONG, or NOAUTH from a server with a password.
+fn answers_ping(reply: std::io::Result<Vec<u8>>) -> bool {
+    reply.is_ok_and(|r| r == b"+PONG\r\n" || r.starts_with(b"-NOAUTH"))
 }
 
 impl RedisServer {
@@ -96,6 +104,11 @@ impl RedisServer {
             port,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            password: extra
+                .iter()
+                .position(|a| *a == "--requirepass")
+                .and_then(|i| extra.get(i + 1))
+                .map(|p| p.to_string()),
         };
         let up = wait_until(Duration::from_secs(5), || {
             if let Some(c) = server.child.as_mut() {
@@ -103,7 +116,7 @@ impl RedisServer {
                     return true; // exited: stop waiting, reported below
                 }
             }
-            raw_command(server.addr(), &["PING"]).is_ok_and(|r| r == b"+PONG\r\n")
+            answers_ping(raw_command(server.addr(), &["PING"]))
         });
         let alive = server
             .child
@@ -128,11 +141,53 @@ impl RedisServer {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// A synchronous redis-rs connection straight to this server (bypassing Keyway).
+    /// Starts a server whose `default` user needs `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_with(&["--requirepass", password])
+    }
+
+    /// A synchronous redis-rs connection straight to this server (bypassing Keyway), as the
+    /// `default` user with [`RedisServer::password`].
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://{}/", self.addr_string()))
+        use redis::IntoConnectionInfo;
+        let mut settings = redis::RedisConnectionInfo::default();
+        if let Some(pw) = &self.password {
+            settings = settings.set_password(pw);
+        }
+        let info = redis::ConnectionAddr::Tcp("127.0.0.1".into(), self.port)
+            .into_connection_info()
+            .expect("connection info")
+            .set_redis_settings(settings);
+        redis::Client::open(info)
             .and_then(|c| c.get_connection())
             .expect("connect to redis-server")
+    }
+
+    /// Changes the `default` user's password on the running server (`CONFIG SET requirepass`);
+    /// connections already authenticated stay so, as in Redis.
+    pub fn set_password(&mut self, password: &str) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg(password)
+            .query(&mut self.client())
+            .expect("CONFIG SET requirepass");
+        self.password = Some(password.to_string());
+    }
+
+    /// Creates the ACL user `name` with `password` and every right
+    /// (`ACL SETUSER name on >password ~* &* +@all`).
+    pub fn add_acl_user(&self, name: &str, password: &str) {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query(&mut self.client())
+            .expect("ACL SETUSER");
     }
 
     /// `DBSIZE` straight from the server.
@@ -191,7 +246,7 @@ impl RedisServer {
             self.child = Some(child);
             let addr = self.addr();
             if wait_until(Duration::from_secs(5), || {
-                raw_command(addr, &["PING"]).is_ok_and(|r| r == b"+PONG\r\n")
+                answers_ping(raw_command(addr, &["PING"]))
             }) {
                 return;
             }
@@ -424,8 +479,9 @@ impl Proxy {
         Self::start_toml(&config_toml(servers, ""))
     }
 
-    /// Keyway on a full TOML config (its `listen` should be `127.0.0.1:0`).
-    pub fn start_toml(toml: &str) -> Proxy {
+    /// Keyway on a full TOML config, without waiting for its server connections (for servers
+    /// that cannot be reached, or refuse it).
+    pub fn start_toml_no_wait(toml: &str) -> Proxy {
         let config =
             keyway::config::Config::from_toml_with_env(toml, std::path::Path::new("test.toml"))
                 .expect("test config is valid");
@@ -437,12 +493,17 @@ impl Proxy {
         let running = runtime
             .block_on(keyway::server::start(&config))
             .expect("keyway starts");
-        let proxy = Proxy {
+        Proxy {
             addr: running.addr,
             admin: running.admin_addr,
             shared: running.shared,
             runtime: Some(runtime),
-        };
+        }
+    }
+
+    /// Keyway on a full TOML config (its `listen` should be `127.0.0.1:0`).
+    pub fn start_toml(toml: &str) -> Proxy {
+        let proxy = Self::start_toml_no_wait(toml);
         // Ready when every server connection is up (the pool connects eagerly).
         let topo = proxy.shared.topology.load();
         let want: u64 = topo
