@@ -18,7 +18,7 @@ use std::time::Duration;
 use redis::Commands;
 use support::{
     admin_token_file, http_get, key_on, metric, raw_command, wait_until, Proxy, ProxyProcess,
-    RedisServer,
+    RawClient, RedisServer,
 };
 
 /// Writes a password file as a mounted Kubernetes Secret has it: with a trailing newline.
@@ -590,4 +590,37 @@ fn put_topology_takes_password_files_and_refuses_a_password_in_the_document() {
         topology.contains(&format!("file {}", second.display())),
         "{topology}"
     );
+}
+
+/// RESP3 clients, WATCH and INFO through a pool with a password: every kind of server
+/// connection (RESP3 ones, held ones, the prober's version read) authenticates first.
+#[test]
+fn resp3_watch_and_info_work_on_a_pool_with_a_password() {
+    const PW: &str = "Pw-resp3-9a1d";
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path(), "pw", PW);
+    let a = RedisServer::start_with_password(PW);
+    let proxy = Proxy::start_toml(&config(
+        &[(&a, String::new())],
+        &format!("password_file = \"{}\"", file.display()),
+    ));
+    let mut k = RawClient::connect(proxy.addr);
+    let hello = k.call(&["HELLO", "3"]);
+    assert!(
+        hello.starts_with(b"%7"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
+    assert_eq!(k.call(&["HSET", "h", "f", "v"]), b":1\r\n");
+    assert_eq!(k.call(&["HGETALL", "h"]), b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n");
+    assert_eq!(k.call(&["WATCH", "h"]), b"+OK\r\n");
+    k.call(&["MULTI"]);
+    k.call(&["HGET", "h", "f"]);
+    assert_eq!(k.call(&["EXEC"]), b"*1\r\n$1\r\nv\r\n");
+    let info = String::from_utf8_lossy(&k.call(&["INFO", "server", "keyspace"])).into_owned();
+    assert!(
+        info.contains("redis_version:") && info.contains("db0:keys=1"),
+        "{info}"
+    );
+    assert!(!info.contains(PW));
 }
