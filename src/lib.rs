@@ -23,6 +23,7 @@
 //! - [`admin`]: the admin HTTP server: metrics, health, readiness, topology.
 //! - [`error`]: the errors Keyway answers clients with, typed to the wire.
 //! - [`drain`]: the drain switch SIGTERM turns.
+//! - `fuzzing` (hidden): the `pub(crate)` parsers the fuzz targets and property tests reach.
 #![forbid(unsafe_code)]
 
 pub(crate) mod admin;
@@ -32,6 +33,8 @@ pub mod config;
 pub mod credentials;
 pub(crate) mod drain;
 pub(crate) mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod protocol;

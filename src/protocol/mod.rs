@@ -39,6 +39,7 @@ mod encode;
 mod inline;
 mod number;
 
+pub(crate) use inline::split_args;
 pub(crate) use number::parse_i64;
 mod reply;
 mod value;
