@@ -4,7 +4,8 @@
 //! Invariants: no panic; whole and chunked give the same frames and the same error; an error is
 //! repeated; every frame parses; a parsed value re-encoded parses back to itself (with the `\n`
 //! that `Value::encode` writes as a space in a status or error line, which it documents) and,
-//! when it has no such `\n`, re-encodes to the very bytes of the frame.
+//! when it has no such `\n` (nor a RESP3 attribute, which the parser drops), re-encodes to the
+//! very bytes of the frame. RESP3's types are split and parsed as RESP2's are.
 #![no_main]
 
 mod common;
@@ -33,20 +34,46 @@ fn as_encoded(v: &Value) -> (Value, bool) {
             let (s, changed) = line(s);
             (Value::Error(s), changed)
         }
+        Value::Double(s) => {
+            let (s, changed) = line(s);
+            (Value::Double(s), changed)
+        }
+        Value::BigNumber(s) => {
+            let (s, changed) = line(s);
+            (Value::BigNumber(s), changed)
+        }
         Value::Array(items) => {
-            let mut changed = false;
-            let items = items
-                .iter()
-                .map(|i| {
-                    let (i, c) = as_encoded(i);
-                    changed |= c;
-                    i
-                })
-                .collect();
+            let (items, changed) = all_encoded(items);
             (Value::Array(items), changed)
+        }
+        Value::Map(items) => {
+            let (items, changed) = all_encoded(items);
+            (Value::Map(items), changed)
+        }
+        Value::Set(items) => {
+            let (items, changed) = all_encoded(items);
+            (Value::Set(items), changed)
+        }
+        Value::Push(items) => {
+            let (items, changed) = all_encoded(items);
+            (Value::Push(items), changed)
         }
         other => (other.clone(), false),
     }
+}
+
+/// [`as_encoded`] of each item, and whether any changed.
+fn all_encoded(items: &[Value]) -> (Vec<Value>, bool) {
+    let mut changed = false;
+    let items = items
+        .iter()
+        .map(|i| {
+            let (i, c) = as_encoded(i);
+            changed |= c;
+            i
+        })
+        .collect();
+    (items, changed)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -79,7 +106,9 @@ fuzz_target!(|data: &[u8]| {
         let encoded = encoded.freeze();
         let (expected, changed) = as_encoded(&v);
         assert_eq!(Value::parse_with(&encoded, &limits), Ok(expected));
-        if !changed {
+        // RESP3 attributes (`|`) are dropped by the parser (documented): such a frame does not
+        // re-encode to its bytes. A `|` byte anywhere skips the check, conservatively.
+        if !changed && !frame.contains(&b'|') {
             assert_eq!(&encoded, frame, "re-encoding changed the frame");
         }
     }

@@ -137,6 +137,10 @@ impl ReplyDecoder {
                             return Ok(false);
                         };
                         self.pos = next;
+                        // Only a bulk string has a null form (`$-1`).
+                        if len == -1 && kind != b'$' {
+                            return Err(ProtocolError::InvalidBulkLength);
+                        }
                         if len != -1 {
                             let len = usize::try_from(len)
                                 .ok()
