@@ -190,7 +190,11 @@ async fn authorize(
             "PUT /topology is off: set admin_token_file (a file holding a bearer token) to enable it",
         ));
     };
-    let token = match tokio::fs::read_to_string(path).await {
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::credentials::read_secret_file(&path))
+    };
+    let token = match read.await.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
         Ok(t) if !t.trim().is_empty() => {
             let t = t.trim().to_string();
             if let Ok(mut last) = state.last_token.lock() {

@@ -481,7 +481,8 @@ impl Config {
         self.pool.check_password_files(text)?;
         if let Some(path) = &self.admin_token_file {
             // Only whether a token is there: the token itself is never shown.
-            let usable = std::fs::read_to_string(path).is_ok_and(|t| !t.trim().is_empty());
+            let usable =
+                crate::credentials::read_secret_file(path).is_ok_and(|t| !t.trim().is_empty());
             if !usable {
                 return Err(invalid(
                     "admin_token_file".into(),

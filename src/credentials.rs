@@ -85,6 +85,31 @@ pub enum PasswordFileError {
     Empty { path: PathBuf },
 }
 
+/// The most a secret file (password, admin token) may hold.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret file: a regular file (not a device or a pipe, which could be read forever or
+/// block) of at most [`MAX_SECRET_FILE`] bytes.
+///
+/// # Errors
+///
+/// An I/O error, also for a file that is not regular or is larger than the cap.
+pub fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_SECRET_FILE} bytes"
+        )));
+    }
+    Ok(text)
+}
+
 /// Reads a password file: its whole content, without the trailing line ends a mounted
 /// Kubernetes Secret or an editor leaves (`\n`, `\r\n`); other whitespace is part of the
 /// password, as Redis sees it.
@@ -93,7 +118,7 @@ pub enum PasswordFileError {
 ///
 /// [`PasswordFileError`] when the file cannot be read or holds nothing.
 pub fn read_password_file(path: &Path) -> Result<Secret, PasswordFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PasswordFileError::Read {
+    let text = read_secret_file(path).map_err(|source| PasswordFileError::Read {
         path: path.to_path_buf(),
         source,
     })?;

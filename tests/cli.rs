@@ -157,3 +157,29 @@ fn route_prints_each_keys_slot_and_ranked_servers() {
         assert_eq!(all, ["a", "b", "c"], "{l}");
     }
 }
+
+/// A secret file that is a device (`/dev/zero` reads forever) or larger than 64 KiB is refused
+/// at once by `keyway check`, for the admin token and for the servers' password.
+#[test]
+fn check_refuses_secret_files_that_are_devices_or_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, "x".repeat(70 * 1024)).unwrap();
+    for path in ["/dev/zero", big.to_str().unwrap()] {
+        for (key, at_top) in [("admin_token_file", true), ("password_file", false)] {
+            let body = if at_top {
+                format!("{key} = \"{path}\"\n{GOOD}")
+            } else {
+                GOOD.replace(
+                    "replicas = 1\n",
+                    &format!("replicas = 1\n{key} = \"{path}\"\n"),
+                )
+            };
+            let config = write(&dir, "secret.toml", &body);
+            let started = std::time::Instant::now();
+            let out = keyway(&["check", "--config", &config], &[]);
+            assert!(!out.status.success(), "{key} = {path}: {}", text(&out));
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        }
+    }
+}
