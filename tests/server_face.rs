@@ -250,10 +250,10 @@ fn client_list_info_and_kill_act_on_keyways_clients() {
     // SKIPME yes (the default) spares the caller.
     assert_eq!(me.call(&["CLIENT", "KILL", "TYPE", "normal"]), b":0\r\n");
     // The old form, by address.
-    let third = RawClient::connect(proxy.addr);
+    let mut third = RawClient::connect(proxy.addr);
+    assert_eq!(third.call(&["PING"]), b"+PONG\r\n");
     let addr = third.stream.local_addr().unwrap().to_string();
     assert_eq!(me.call(&["CLIENT", "KILL", &addr]), b"+OK\r\n");
-    let mut third = third;
     assert!(third.read_to_close().is_empty());
     let metrics = proxy.metrics();
     assert_eq!(

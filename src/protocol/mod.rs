@@ -51,7 +51,7 @@ pub use encode::{
     write_nil, write_null, write_null_array, write_set_header, write_simple, write_verbatim, Proto,
 };
 pub use reply::ReplyDecoder;
-pub use value::{is_error_reply, is_null_reply, resp2_to_resp3, Value};
+pub use value::{is_error_reply, is_null_reply, Value};
 
 use std::fmt;
 

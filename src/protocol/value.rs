@@ -141,26 +141,6 @@ pub fn is_error_reply(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(b'-' | b'!'))
 }
 
-/// A RESP2 reply that Keyway built, as a RESP3 client must get it: its nulls (`$-1`, `*-1`)
-/// become `_`; every other RESP2 type is the same in RESP3. A frame that does not parse is
-/// returned as it is.
-pub fn resp2_to_resp3(frame: &Bytes) -> Bytes {
-    fn convert(v: &mut Value) {
-        match v {
-            Value::Nil | Value::NilArray => *v = Value::Null,
-            Value::Array(items) => items.iter_mut().for_each(convert),
-            _ => {}
-        }
-    }
-    let Ok(mut value) = Value::parse(frame) else {
-        return frame.clone();
-    };
-    convert(&mut value);
-    let mut out = BytesMut::with_capacity(frame.len());
-    value.encode(&mut out);
-    out.freeze()
-}
-
 /// Whether a reply frame is a null (`$-1`, `*-1`, RESP3's `_`).
 pub fn is_null_reply(frame: &[u8]) -> bool {
     matches!(frame, b"$-1\r\n" | b"*-1\r\n" | b"_\r\n")
@@ -289,13 +269,6 @@ mod tests {
 
     fn parse(s: &'static [u8]) -> Result<Value, ProtocolError> {
         Value::parse(&b(s))
-    }
-
-    #[test]
-    fn resp2_nulls_become_resp3_nulls() {
-        let f = resp2_to_resp3(&b(b"*3\r\n$-1\r\n*-1\r\n*1\r\n$1\r\nx\r\n"));
-        assert_eq!(f.as_ref(), b"*3\r\n_\r\n_\r\n*1\r\n$1\r\nx\r\n");
-        assert_eq!(resp2_to_resp3(&b(b"+OK\r\n")).as_ref(), b"+OK\r\n");
     }
 
     #[test]

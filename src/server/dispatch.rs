@@ -27,8 +27,7 @@ use crate::backend::Pick;
 use crate::command::{Local, Merge};
 use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::protocol::{
-    is_error_reply, is_null_reply, resp2_to_resp3, write_bulk, write_verbatim, Args, NumberLine,
-    Proto, Request, Value,
+    is_error_reply, is_null_reply, write_bulk, write_verbatim, Args, NumberLine, Request, Value,
 };
 use crate::topology::Topology;
 use crate::txn;
@@ -264,12 +263,8 @@ fn two_phase(cx: &Context<'_>, plan: txn::Plan) -> Pending {
         retries: topo.config.two_phase.retries,
     };
     Pending::Task(tokio::spawn(async move {
-        let reply = txn::execute(topo, pick.conn, plan, &options, &shared.metrics).await;
-        // The engine speaks RESP2 to the servers and builds its reply in RESP2.
-        match pick.proto {
-            Proto::Resp2 => reply,
-            Proto::Resp3 => reply.map(|frame| resp2_to_resp3(&frame)),
-        }
+        // The engine runs over connections of the client's protocol and answers in it.
+        txn::execute(topo, pick, plan, &options, &shared.metrics).await
     }))
 }
 

@@ -82,9 +82,13 @@ impl Registry {
         }
     }
 
-    /// Every client, by id.
+    /// Every client, by id (but those being closed by `CLIENT KILL`).
     pub(crate) fn all(&self) -> Vec<Arc<Entry>> {
-        let mut all: Vec<_> = lock(&self.clients).values().cloned().collect();
+        let mut all: Vec<_> = lock(&self.clients)
+            .values()
+            .filter(|e| !e.kill.is_cancelled())
+            .cloned()
+            .collect();
         all.sort_by_key(|e| e.id);
         all
     }

@@ -48,10 +48,10 @@ use crate::error::ReplyError;
 use error::TxnError;
 pub use error::{CallError, ResolveError};
 
-use crate::backend::Reply;
+use crate::backend::{Pick, Reply};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    write_array_header, write_error, write_integer, write_simple, Request, Value,
+    write_array_header, write_error, write_integer, write_simple, Proto, Request, Value,
 };
 use crate::topology::{Topology, TopologyHandle};
 
@@ -201,7 +201,7 @@ fn eval(script: &'static str, keys: Vec<Bytes>, args: Vec<Bytes>) -> Bytes {
 }
 
 /// Sends one of Keyway's scripts to participant `server` and parses its reply.
-async fn call(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Result<Value, CallError> {
+async fn call(topo: &Topology, server: u16, pick: Pick, frame: Bytes) -> Result<Value, CallError> {
     let Some(s) = topo.server(server) else {
         return Err(CallError::NoSuchServer);
     };
@@ -212,7 +212,7 @@ async fn call(topo: &Topology, server: u16, pick: usize, frame: Bytes) -> Result
 async fn call_command(
     topo: &Topology,
     server: u16,
-    pick: usize,
+    pick: Pick,
     frame: Bytes,
 ) -> Result<Value, CallError> {
     let Some(s) = topo.server(server) else {
@@ -338,12 +338,12 @@ enum Attempt {
 /// an error saying what happened (`-TRYAGAIN` when nothing was written and retrying is safe).
 pub async fn execute(
     topo: Arc<Topology>,
-    pick: usize,
+    pick: impl Into<Pick>,
     plan: Plan,
     options: &TxOptions,
     metrics: &Metrics,
 ) -> crate::error::Reply {
-    let result = run(&topo, pick, &plan, options, metrics).await;
+    let result = run(&topo, pick.into(), &plan, options, metrics).await;
     metrics.txn_outcome(match &result {
         Ok(_) => "committed",
         Err(e) => e.outcome(),
@@ -355,7 +355,7 @@ pub async fn execute(
 /// (one participant, one replica) or two.
 async fn run(
     topo: &Topology,
-    pick: usize,
+    pick: Pick,
     plan: &Plan,
     options: &TxOptions,
     metrics: &Metrics,
@@ -425,17 +425,17 @@ fn retry_delay(attempt: u32, jitter: u64) -> Duration {
     Duration::from_millis(base + jitter % (base + 1))
 }
 
-async fn one_phase(topo: &Topology, pick: usize, plan: &Plan) -> Attempt {
+async fn one_phase(topo: &Topology, pick: Pick, plan: &Plan) -> Attempt {
     let Some((&server, part)) = plan.parts.iter().next() else {
         return Attempt::Failed(TxnError::Empty);
     };
     let frame = eval(
         scripts::ONE_PHASE,
         part.keys.iter().map(|k| lock_key(k)).collect(),
-        vec![pack_steps(&part.steps)],
+        vec![pack_steps(&part.steps), proto_arg(pick.proto)],
     );
     match call(topo, server, pick, frame).await {
-        Ok(v) if int_at(&v, 0) == Some(1) => Attempt::Done(reply(plan, &[(part, v)])),
+        Ok(v) if int_at(&v, 0) == Some(1) => Attempt::Done(reply(plan, &[(part, v)], pick.proto)),
         Ok(v) if int_at(&v, 0) == Some(0) => Attempt::Conflict(Lock::from_vote(&v, server)),
         Ok(reply) => Attempt::Failed(TxnError::OnePhase(CallError::Unexpected {
             server: topo
@@ -450,7 +450,7 @@ async fn one_phase(topo: &Topology, pick: usize, plan: &Plan) -> Attempt {
 }
 
 /// Phase 1: sends the prepare script to every participant at once, and collects their votes.
-async fn prepare(topo: &Topology, pick: usize, plan: &Plan, txid: &str) -> Votes {
+async fn prepare(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) -> Votes {
     let primary_name = topo
         .server(plan.primary)
         .map_or(String::new(), |s| s.name.clone());
@@ -498,7 +498,7 @@ async fn prepare(topo: &Topology, pick: usize, plan: &Plan, txid: &str) -> Votes
     votes
 }
 
-async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics) -> Attempt {
+async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) -> Attempt {
     let txid = format!(
         "{:016x}{:016x}",
         rand::random::<u64>(),
@@ -535,6 +535,7 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
             vec![
                 Bytes::from(txid.clone()),
                 Bytes::from_static(if is_primary { b"1" } else { b"0" }),
+                proto_arg(pick.proto),
             ],
         )
     };
@@ -600,13 +601,13 @@ async fn two_phase(topo: &Topology, pick: usize, plan: &Plan, metrics: &Metrics)
             drop(s.pool.send(pick, del.frame().clone()));
         }
     }
-    Attempt::Done(reply(plan, &results))
+    Attempt::Done(reply(plan, &results, pick.proto))
 }
 
 /// Releases a transaction everywhere. The coordinator records no decision for its own abort:
 /// only it could have committed, so nobody else can; a participant that stays locked (its
 /// prepare arrived late, or its abort was lost) is resolved by recovery, which records `abort`.
-async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
+async fn abort_all(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) {
     let frame = |is_primary: bool| {
         eval(
             scripts::ABORT,
@@ -618,6 +619,7 @@ async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
             vec![
                 Bytes::from(txid.to_string()),
                 Bytes::from_static(if is_primary { b"1" } else { b"0" }),
+                proto_arg(pick.proto),
             ],
         )
     };
@@ -633,7 +635,18 @@ async fn abort_all(topo: &Topology, pick: usize, plan: &Plan, txid: &str) {
 }
 
 /// The client's reply from the participants' results (`{1, {r1, r2, ...}}` each).
-fn reply(plan: &Plan, results: &[(&Part, Value)]) -> Bytes {
+/// The protocol the steps' results must come in, for the scripts (`2` or `3`).
+fn proto_arg(proto: Proto) -> Bytes {
+    match proto {
+        Proto::Resp2 => Bytes::from_static(b"2"),
+        Proto::Resp3 => Bytes::from_static(b"3"),
+    }
+}
+
+/// The client's reply in `proto`. The results come over a connection of the client's protocol
+/// and the scripts apply the steps in it (`redis.setresp(3)`), so maps, sets and doubles are the
+/// commands' own; a null reached the script as `nil`, which it returns as `false`.
+fn reply(plan: &Plan, results: &[(&Part, Value)], proto: Proto) -> Bytes {
     // Counted results, with the command each belongs to.
     let mut counted: Vec<(usize, Value)> = Vec::new();
     for (part, v) in results {
@@ -643,10 +656,11 @@ fn reply(plan: &Plan, results: &[(&Part, Value)]) -> Bytes {
         };
         for (step, out) in part.steps.iter().zip(outs) {
             if step.counts {
-                let value = if out.is_null() && answers_null_array(&step.command) {
-                    Value::NilArray
-                } else {
-                    out.clone()
+                let null = out.is_null() || *out == Value::Boolean(false);
+                let value = match (null, proto) {
+                    (true, Proto::Resp3) => Value::Null,
+                    (true, Proto::Resp2) if answers_null_array(&step.command) => Value::NilArray,
+                    _ => out.clone(),
                 };
                 counted.push((step.index, value));
             }
@@ -737,12 +751,13 @@ pub enum Decision {
 /// time, an error reply); the intent then stays for a later attempt.
 pub async fn resolve(
     topo: &Topology,
-    pick: usize,
+    pick: impl Into<Pick>,
     at: u16,
     txid: &str,
     primary: &str,
     metrics: &Metrics,
 ) -> Result<Decision, ResolveError> {
+    let pick = pick.into();
     let unknown = || ResolveError::UnknownPrimary {
         primary: primary.to_owned(),
     };
@@ -783,7 +798,7 @@ pub async fn resolve(
 /// Resolves the holder of a lock met by a prepare: its primary is read from its intent.
 async fn resolve_holder(
     topo: &Topology,
-    pick: usize,
+    pick: Pick,
     at: u16,
     holder: &str,
     metrics: &Metrics,
@@ -828,7 +843,7 @@ pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::Cancella
                 vec![Bytes::from_static(INDEX_KEY)],
                 vec![timeout_ms.clone()],
             );
-            let Ok(Value::Array(found)) = call(&topo, at, 0, frame).await else {
+            let Ok(Value::Array(found)) = call(&topo, at, Pick::from(0), frame).await else {
                 continue;
             };
             for pair in found.chunks(2) {
@@ -839,7 +854,9 @@ pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::Cancella
                 };
                 let txid = String::from_utf8_lossy(txid).into_owned();
                 let primary = String::from_utf8_lossy(primary).into_owned();
-                if let Err(e) = resolve(&topo, 0, at, &txid, &primary, handle.metrics()).await {
+                if let Err(e) =
+                    resolve(&topo, Pick::from(0), at, &txid, &primary, handle.metrics()).await
+                {
                     tracing::warn!(txid, error = %e, "cannot resolve a stale two-phase transaction yet");
                 }
             }

@@ -25,13 +25,15 @@ macro_rules! now_ms {
 /// stored value read back as a string is exact).
 macro_rules! apply_steps {
     () => {
-        "local out = {}\n\
+        "if resp == '3' then redis.setresp(3) end\n\
+         local out = {}\n\
          for i, s in ipairs(steps) do\n\
            local r = redis.pcall(unpack(s[1]))\n\
            if #s[2] > 0 and not (type(r) == 'table' and r.err) then r = redis.pcall(unpack(s[2])) end\n\
            if r == nil then r = false end\n\
            out[i] = r\n\
-         end\n"
+         end\n\
+         redis.setresp(2)\n"
     };
 }
 
@@ -69,7 +71,8 @@ pub const COMMIT: &str = concat!(
      local packed = redis.call('HGET', KEYS[1], 'steps')\n\
      if not packed then return {0} end\n\
      local steps = cmsgpack.unpack(packed)\n\
-     local locks = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'locks'))\n",
+     local locks = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'locks'))\n\
+     local resp = ARGV[3]\n",
     apply_steps!(),
     "for _, l in ipairs(locks) do\n\
        if redis.call('GET', l) == ARGV[1] then redis.call('DEL', l) end\n\
@@ -136,7 +139,8 @@ pub const ONE_PHASE: &str = concat!(
          return {0, h, age}\n\
        end\n\
      end\n\
-     local steps = cmsgpack.unpack(ARGV[1])\n",
+     local steps = cmsgpack.unpack(ARGV[1])\n\
+     local resp = ARGV[2]\n",
     apply_steps!(),
     "return {1, out}\n"
 );
