@@ -7,7 +7,8 @@
 #     pipelined (scripts/bench/txn_load.py); Keyway's CPU per command.
 #  3. Two-phase MULTI across servers against a pipeline under write = "primary": transactions of
 #     3 SETs on three different servers under write = "two_phase" against the same 3 SETs
-#     pipelined under write = "primary"; transactions (or groups of 3 SETs) per second.
+#     pipelined under write = "primary", 50 connections each with its own keys and one unit in
+#     flight; transactions (or groups of 3 SETs) per second.
 #
 # Prints a markdown table (also written to $BENCH_OUT, default docs/bench-client-modes.md).
 #   scripts/bench/client_modes.sh              # BENCH_KEYWAY_BIN=path to measure a given binary
@@ -51,28 +52,37 @@ for p in 1 16; do
     done
   done
 done
-# Keys on three different servers: set through Keyway, found on each server directly.
-declare -A on
-for i in $(seq 1 200); do
-  redis-cli -p "$kport" set "x:$i" 1 >/dev/null
-  for p in "$p1" "$p2" "$p3"; do
-    if [[ -z ${on[$p]:-} && $(redis-cli -p "$p" exists "x:$i") == 1 ]]; then on[$p]="x:$i"; fi
-  done
-  [[ ${#on[@]} == 3 ]] && break
-done
-spread="${on[$p1]},${on[$p2]},${on[$p3]}"
+# Each connection its own keys, so that transactions do not contend for locks: one slot per
+# connection ({cN}:a,b,c) for the MULTI-against-pipeline CPU case, and three keys on three
+# different servers per connection (found with `keyway route`) for the two-phase case.
+conns=50
+slot_groups=$(for i in $(seq 1 $conns); do printf '{c%s}:a,{c%s}:b,{c%s}:c;' "$i" "$i" "$i"; done)
+slot_groups=${slot_groups%;}
+spread_groups=$("$bin" route --config "$dir/keyway.toml" $(seq -f 'k:%g' 1 1000) 2>/dev/null | python3 -c "
+import sys
+by = {}
+for line in sys.stdin:
+    f = line.split()
+    by.setdefault(f[4], []).append(f[0])
+n = min(len(v) for v in by.values())
+assert len(by) == 3 and n >= $conns, by.keys()
+print(';'.join(','.join(by[s][i] for s in sorted(by)) for i in range($conns)))
+")
 load() { python3 scripts/bench/txn_load.py --port "$kport" --pid "$keyway_pid" "$@"; }
-pipe=$(load --mode pipeline)
-multi=$(load --mode multi)
-rows+=("| 3 SETs of one slot, pipelined (primary) | $pipe |")
-rows+=("| MULTI + 3 SETs of one slot + EXEC (primary) | $multi |")
-pipe_spread=$(load --mode pipeline --keys "$spread")
-rows+=("| 3 SETs on 3 servers, pipelined (primary) | $pipe_spread |")
+# Pipelined batches (50 units per write) for CPU per command: Keyway's cost, not the client's.
+pipe=$(load --mode pipeline --keys "$slot_groups" --conns 8)
+multi=$(load --mode multi --keys "$slot_groups" --conns 8)
+rows+=("| 3 SETs of one slot, 50 units per batch, pipelined (primary) | $pipe |")
+rows+=("| MULTI + 3 SETs of one slot + EXEC, 50 units per batch (primary) | $multi |")
+# One unit in flight per connection, 50 connections: what an application's pipeline or
+# transaction waits for.
+pipe_spread=$(load --mode pipeline --keys "$spread_groups" --conns $conns --batches 200 --per-batch 1)
+rows+=("| 3 SETs on 3 servers, pipelined, 1 unit in flight x $conns connections (primary) | $pipe_spread |")
 start_keyway two_phase
-tp=$(load --mode multi --keys "$spread" --conns 8 --batches 40 --per-batch 20)
-rows+=("| MULTI + 3 SETs on 3 servers + EXEC (two_phase) | $tp |")
+tp=$(load --mode multi --keys "$spread_groups" --conns $conns --batches 200 --per-batch 1)
+rows+=("| MULTI + 3 SETs on 3 servers + EXEC, 1 unit in flight x $conns connections (two_phase) | $tp |")
 
-field() { sed -E "s/.*$1=([0-9.]+).*/\\1/" <<<"$2"; }
+field() { grep -oE "(^| )$1=[0-9.]+" <<<"$2" | cut -d= -f2; }
 ratio_cpu=$(python3 -c "print(f'{$(field cpu_s_per_1M_commands "$multi") / $(field cpu_s_per_1M_commands "$pipe"):.2f}')")
 ratio_tp=$(python3 -c "print(f'{$(field units/s "$tp") / $(field units/s "$pipe_spread"):.2f}')")
 {

@@ -5,8 +5,9 @@ process (Keyway's), for scripts/bench/client_modes.sh.
 Each of --conns connections sends --batches batches of --per-batch units, one batch at a time:
 a unit is either `MULTI, SET x3, EXEC` (--mode multi) or the three SETs alone (--mode pipeline).
 The replies of a batch have a known length, so the client reads bytes without parsing them and
-costs little CPU. The keys of a unit are `{tag}:a`, `{tag}:b`, `{tag}:c` (one slot) or, with
---spread, three keys that the caller chose on different servers.
+costs little CPU. The keys of a unit are `{t}:a`, `{t}:b`, `{t}:c` (one slot) or those of --keys:
+comma-separated keys, or several such groups separated by `;`, connection i using group i mod n
+(so that connections need not contend for the same keys).
 
 Prints one line: units/s, commands/s, and the CPU seconds the process --pid used per 1,000,000
 commands (utime + stime from /proc/PID/stat).
@@ -14,6 +15,7 @@ commands (utime + stime from /proc/PID/stat).
 
 import argparse
 import os
+import sys
 import socket
 import threading
 import time
@@ -44,6 +46,14 @@ def unit(mode, keys, value):
 
 
 def worker(args, keys, results, i):
+    try:
+        run(args, keys)
+        results[i] = True
+    except BaseException as e:  # a thread's SystemExit would otherwise vanish silently
+        print(f"worker {i}: {e}", file=sys.stderr)
+
+
+def run(args, keys):
     s = socket.create_connection((args.host, args.port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if args.resp3:
@@ -66,7 +76,6 @@ def worker(args, keys, results, i):
         if head != first:
             raise SystemExit(f"unexpected reply: {head!r}")
     s.close()
-    results[i] = True
 
 
 def main():
@@ -82,11 +91,11 @@ def main():
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--resp3", action="store_true")
     args = ap.parse_args()
-    keys = args.keys.split(",")
+    groups = [g.split(",") for g in args.keys.split(";")]
     results = [False] * args.conns
     cpu0, t0 = cpu_seconds(args.pid), time.monotonic()
     threads = [
-        threading.Thread(target=worker, args=(args, keys, results, i))
+        threading.Thread(target=worker, args=(args, groups[i % len(groups)], results, i))
         for i in range(args.conns)
     ]
     for t in threads:
@@ -97,7 +106,7 @@ def main():
     if not all(results):
         raise SystemExit("a worker failed")
     units = args.conns * args.batches * args.per_batch
-    commands = units * len(keys)
+    commands = units * len(groups[0])
     print(
         f"units/s={units / elapsed:.0f} commands/s={commands / elapsed:.0f} "
         f"cpu_s_per_1M_commands={cpu / commands * 1e6:.2f}"
