@@ -167,12 +167,21 @@ def kind_of(name, flags, has_keys, is_container):
 # command-specific decision in the planner reads one of these; none matches a name.
 TRAITS = {
     # Scripts and functions: an error reply is the script's words, not the server's health.
+    # EVALSHA and FCALL also name a script or function that Keyway loads again on a server
+    # missing it (CALLS_SCRIPT, CALLS_FUNCTION), from what it saw SCRIPT LOAD and FUNCTION LOAD
+    # load (LOADS_*) and not flushed or deleted since (FORGETS_*).
     "eval": ["SCRIPT", "SCRIPT_WRITES"],
-    "evalsha": ["SCRIPT", "SCRIPT_WRITES"],
-    "fcall": ["SCRIPT", "SCRIPT_WRITES"],
+    "evalsha": ["SCRIPT", "SCRIPT_WRITES", "CALLS_SCRIPT"],
+    "fcall": ["SCRIPT", "SCRIPT_WRITES", "CALLS_FUNCTION"],
     "eval_ro": ["SCRIPT"],
-    "evalsha_ro": ["SCRIPT"],
-    "fcall_ro": ["SCRIPT"],
+    "evalsha_ro": ["SCRIPT", "CALLS_SCRIPT"],
+    "fcall_ro": ["SCRIPT", "CALLS_FUNCTION"],
+    "script|load": ["LOADS_SCRIPT"],
+    "script|flush": ["FORGETS_SCRIPTS"],
+    "function|load": ["LOADS_FUNCTION"],
+    "function|delete": ["FORGETS_FUNCTION"],
+    "function|flush": ["FORGETS_FUNCTIONS"],
+    "function|restore": ["FORGETS_FUNCTIONS"],
     # Picks members at random: replicas would differ.
     "spop": ["RANDOM"],
     "srandmember": ["RANDOM"],

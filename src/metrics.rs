@@ -89,6 +89,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `keyway_draining`: 1 once shutdown began.
     pub draining: IntGauge,
+    /// `keyway_scripts_reloaded_total`: EVALSHA/FCALL calls sent again after Keyway loaded the
+    /// script or library on a server missing it.
+    pub scripts_reloaded: IntCounter,
     twophase_transactions: IntCounterVec,
     twophase_prepares: IntCounterVec,
     twophase_commits: IntCounterVec,
@@ -200,6 +203,11 @@ impl Metrics {
                 &r,
                 "keyway_client_connections_accepted_total",
                 "Client connections accepted.",
+            ),
+            scripts_reloaded: counter(
+                &r,
+                "keyway_scripts_reloaded_total",
+                "EVALSHA or FCALL calls sent again after loading their script or library on a server that had lost it.",
             ),
             client_refused: counter(
                 &r,

@@ -68,6 +68,11 @@ fn info_has_redis_servers_fields_over_the_pool() {
     assert_eq!(f["redis_version"], sf["redis_version"]);
     assert_eq!(f["redis_mode"], "standalone");
     assert_eq!(f["arch_bits"], "64");
+    // The same machine: redis-server's uname line.
+    assert_eq!(f["os"], sf["os"]);
+    assert_eq!(f["run_id"].len(), 40);
+    assert!(f["run_id"].bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(f["run_id"], sf["run_id"]);
     assert_eq!(f["tcp_port"], proxy.addr.port().to_string());
     assert_eq!(f["role"], "master");
     // Each key once, though each is on two servers.
@@ -263,4 +268,140 @@ fn client_list_info_and_kill_act_on_keyways_clients() {
         ),
         Some(2.0)
     );
+}
+
+/// A key whose primary is `server` (an index into `servers`), found through `keyway route`'s
+/// rule: set through Keyway, looked up on each server.
+fn key_on(proxy: &mut redis::Connection, servers: &[RedisServer], server: usize) -> String {
+    for i in 0..1000 {
+        let key = format!("sk{i}");
+        let _: () = redis::cmd("SET").arg(&key).arg(1).query(proxy).unwrap();
+        let found: i64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query(&mut servers[server].client())
+            .unwrap();
+        if found == 1 {
+            return key;
+        }
+    }
+    panic!("no key found on server {server}");
+}
+
+#[test]
+fn evalsha_and_fcall_load_what_a_server_lost_and_flushes_are_kept() {
+    let servers = servers(3);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(&refs, ""));
+    let mut con = proxy.client();
+    let body = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(body)
+        .query(&mut con)
+        .unwrap();
+    let lib = "#!lua name=kwlib\nredis.register_function('kwincr', function(keys, args) return redis.call('INCRBY', keys[1], args[1]) end)";
+    let name: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(name, "kwlib");
+    let key = key_on(&mut con, &servers, 2);
+    // The server loses both, as after a restart without persistence.
+    let mut direct = servers[2].client();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut direct)
+        .unwrap();
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query(&mut direct)
+        .unwrap();
+    let n: i64 = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg(&key)
+        .arg(10)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 11);
+    let n: i64 = redis::cmd("FCALL")
+        .arg("kwincr")
+        .arg(1)
+        .arg(&key)
+        .arg(5)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 16);
+    let reloaded = metric(&proxy.metrics(), "keyway_scripts_reloaded_total").unwrap();
+    assert_eq!(reloaded, 2.0);
+    // Loaded on that server again, under the same names.
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(exists, [1]);
+
+    // A script never loaded through Keyway: NOSCRIPT, byte for byte as redis-server.
+    let unknown = [
+        "EVALSHA",
+        "0123456789012345678901234567890123456789",
+        "1",
+        &key,
+    ];
+    let mut raw = RawClient::connect(proxy.addr);
+    let mut raw_direct = RawClient::connect(servers[2].addr());
+    assert_eq!(raw.call(&unknown), raw_direct.call(&unknown));
+
+    // Flushed through Keyway: flushed for good, as on one redis-server.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut con).unwrap();
+    let _: () = redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg("kwlib")
+        .query(&mut con)
+        .unwrap();
+    let call = ["EVALSHA", &sha, "1", &key, "1"];
+    let got = raw.call(&call);
+    assert_eq!(got, raw_direct.call(&call));
+    assert!(
+        got.starts_with(b"-NOSCRIPT"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let call = ["FCALL", "kwincr", "1", &key, "1"];
+    let got = raw.call(&call);
+    assert_eq!(got, raw_direct.call(&call));
+    assert!(
+        got.starts_with(b"-ERR Function not found"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let reloaded = metric(&proxy.metrics(), "keyway_scripts_reloaded_total").unwrap();
+    assert_eq!(reloaded, 2.0);
+}
+
+#[test]
+fn config_get_answers_from_one_server_for_every_client() {
+    let servers = servers(3);
+    for (i, s) in servers.iter().enumerate() {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-samples")
+            .arg(3 + i)
+            .query(&mut s.client())
+            .unwrap();
+    }
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(&refs, ""));
+    let answers: std::collections::HashSet<Vec<String>> = (0..6)
+        .map(|_| {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-samples")
+                .query(&mut proxy.client())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
 }

@@ -81,7 +81,7 @@ impl CommandSpec {
 /// Facts about a command that Keyway acts on beyond Redis's own flags: a column of the table,
 /// so that no code outside it matches command names.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
-pub struct Traits(u16);
+pub struct Traits(u32);
 
 impl Traits {
     /// A container whose subcommands are entries of their own (`CLIENT`, `COMMAND`, ...).
@@ -102,6 +102,22 @@ impl Traits {
     pub const BLOCK_OPTION: Traits = Traits(1 << 6);
     /// A read the warm-up after a topology swap may answer from a slot's previous server (`GET`).
     pub const WARM: Traits = Traits(1 << 7);
+    /// Calls a script by its SHA1 (`EVALSHA`, `EVALSHA_RO`): on `NOSCRIPT`, Keyway loads the
+    /// script on that server if it saw `SCRIPT LOAD` load it, and sends the call again.
+    pub const CALLS_SCRIPT: Traits = Traits(1 << 8);
+    /// Calls a function (`FCALL`, `FCALL_RO`): on `Function not found`, Keyway loads the
+    /// libraries it saw `FUNCTION LOAD` load on that server, and sends the call again.
+    pub const CALLS_FUNCTION: Traits = Traits(1 << 9);
+    /// `SCRIPT LOAD`: its script is remembered under the SHA1 the servers answer.
+    pub const LOADS_SCRIPT: Traits = Traits(1 << 10);
+    /// `FUNCTION LOAD`: its library is remembered under the name the servers answer.
+    pub const LOADS_FUNCTION: Traits = Traits(1 << 11);
+    /// `SCRIPT FLUSH`: the remembered scripts are forgotten.
+    pub const FORGETS_SCRIPTS: Traits = Traits(1 << 12);
+    /// `FUNCTION DELETE`: the named library is forgotten.
+    pub const FORGETS_FUNCTION: Traits = Traits(1 << 13);
+    /// `FUNCTION FLUSH`, `FUNCTION RESTORE`: every remembered library is forgotten.
+    pub const FORGETS_FUNCTIONS: Traits = Traits(1 << 14);
     /// No trait.
     pub const NONE: Traits = Traits(0);
 
@@ -136,6 +152,13 @@ mod trait_ {
     pub(super) const READBACK_FIELD: Traits = Traits::READBACK_FIELD;
     pub(super) const BLOCK_OPTION: Traits = Traits::BLOCK_OPTION;
     pub(super) const WARM: Traits = Traits::WARM;
+    pub(super) const CALLS_SCRIPT: Traits = Traits::CALLS_SCRIPT;
+    pub(super) const CALLS_FUNCTION: Traits = Traits::CALLS_FUNCTION;
+    pub(super) const LOADS_SCRIPT: Traits = Traits::LOADS_SCRIPT;
+    pub(super) const LOADS_FUNCTION: Traits = Traits::LOADS_FUNCTION;
+    pub(super) const FORGETS_SCRIPTS: Traits = Traits::FORGETS_SCRIPTS;
+    pub(super) const FORGETS_FUNCTION: Traits = Traits::FORGETS_FUNCTION;
+    pub(super) const FORGETS_FUNCTIONS: Traits = Traits::FORGETS_FUNCTIONS;
 }
 
 /// The commands Keyway answers itself: one variant per table entry of kind [`Kind::Local`], so

@@ -21,6 +21,7 @@ use super::multi;
 use super::plan;
 use super::plan::{Plan, Route, Split};
 use super::reply::{forwarded, resolve, Pending};
+use super::scripts::Role;
 use super::shared::Shared;
 use crate::backend::Gather;
 use crate::backend::Pick;
@@ -37,6 +38,8 @@ pub(crate) struct Context<'a> {
     /// The command runs a script or function (`Traits::SCRIPT`): its error replies are not the
     /// server's words about its health.
     pub(crate) script: bool,
+    /// What the command does to the script cache (`EVALSHA`, `SCRIPT LOAD`, ...; mostly none).
+    pub(crate) cache: Role,
     pub(crate) topo: &'a Arc<Topology>,
     pub(crate) client: &'a mut ClientState,
     pub(crate) shared: &'a Arc<Shared>,
@@ -60,7 +63,11 @@ pub(crate) fn dispatch(
             return (Pending::Ready(reply), after);
         }
         Plan::Refuse(e) => Pending::Ready(Err(e)),
-        Plan::Route(route) => send_route(cx, route, request.frame()),
+        Plan::Route(route) => {
+            // EVALSHA's SHA1, FCALL's function: what a reload looks for.
+            let called = request.args().get(1).unwrap_or_default();
+            send_route(cx, route, request.frame(), called)
+        }
         Plan::WarmGet { new, old } => warm_get(cx, new, old, request),
         Plan::Split(split) => send_split(cx, split, request.args()),
         Plan::All(how) => all(cx.topo, cx.client.pick(), how, request.frame()),
@@ -75,6 +82,10 @@ pub(crate) fn dispatch(
         Plan::Multi(step) => transaction(cx, step, request),
         // The session closes the connection before dispatching (see `Active::request`).
         Plan::CrossProtocol => return (Pending::Ready(Ok(Bytes::new())), After::Close),
+    };
+    let pending = match cx.cache {
+        Role::None | Role::CallScript | Role::CallFunction => pending,
+        role => remember(cx.shared.clone(), role, request.args(), pending),
     };
     (pending, After::Continue)
 }
@@ -100,13 +111,14 @@ fn send_as(topo: &Topology, server: u16, pick: Pick, frame: Bytes, script: bool)
     }
 }
 
-/// Sends the client's frame where `route` says.
-fn send_route(cx: &Context<'_>, route: Route<'_>, frame: &Bytes) -> Pending {
+/// Sends a frame where `route` says; `called` is the script or function an `EVALSHA` or `FCALL`
+/// names (see [`send_call`]).
+fn send_route(cx: &Context<'_>, route: Route<'_>, frame: &Bytes, called: &[u8]) -> Pending {
     let (topo, pick, script) = (cx.topo, cx.client.pick(), cx.script);
     match route {
-        Route::One(server) => send_as(topo, server, pick, frame.clone(), script),
+        Route::One(server) => send_call(cx, server, frame, called),
         Route::Read { server, alternate } => {
-            let first = send_as(topo, server, pick, frame.clone(), script);
+            let first = send_call(cx, server, frame, called);
             Pending::Merge(Box::pin(read_with_retry(
                 first,
                 topo.clone(),
@@ -120,11 +132,105 @@ fn send_route(cx: &Context<'_>, route: Route<'_>, frame: &Bytes) -> Pending {
             let mut replies = Vec::with_capacity(targets.len());
             for &t in targets {
                 let name = topo.server(t).map_or_else(String::new, |s| s.name.clone());
-                replies.push((name, send_as(topo, t, pick, frame.clone(), script)));
+                replies.push((name, send_call(cx, t, frame, called)));
             }
             Pending::Merge(Box::pin(fan_out(replies, need)))
         }
     }
+}
+
+/// Sends a frame to one server; `EVALSHA` and `FCALL` as calls that load the script or library
+/// `called` when the server lacks it, and are sent once more (see `scripts`). The call then
+/// runs after what the client pipelined behind it on that server, as it would after a client's
+/// own fallback to `EVAL`.
+fn send_call(cx: &Context<'_>, server: u16, frame: &Bytes, called: &[u8]) -> Pending {
+    let (topo, pick, frame) = (cx.topo, cx.client.pick(), frame.clone());
+    if !matches!(cx.cache, Role::CallScript | Role::CallFunction) {
+        return send_as(topo, server, pick, frame, cx.script);
+    }
+    let name = Bytes::copy_from_slice(called);
+    let first = send_as(topo, server, pick, frame.clone(), true);
+    let (topo, shared, role) = (topo.clone(), cx.shared.clone(), cx.cache);
+    Pending::Merge(Box::pin(async move {
+        let reply = resolve(first).await;
+        let loads = match &reply {
+            Ok(f) if role == Role::CallScript && f.starts_with(b"-NOSCRIPT") => shared
+                .scripts
+                .script(&name)
+                .map(|body| vec![Request::from_args(&[&b"SCRIPT"[..], b"LOAD", &body])])
+                .unwrap_or_default(),
+            Ok(f) if role == Role::CallFunction && f.starts_with(b"-ERR Function not found") => {
+                shared
+                    .scripts
+                    .libraries()
+                    .iter()
+                    .map(|code| Request::from_args(&[&b"FUNCTION"[..], b"LOAD", code]))
+                    .collect()
+            }
+            _ => return reply,
+        };
+        if loads.is_empty() {
+            return reply;
+        }
+        for load in loads {
+            // A library already there answers an error: fine, the call below tells.
+            if resolve(send_to(&topo, server, pick, load.frame().clone()))
+                .await
+                .is_err()
+            {
+                return reply;
+            }
+        }
+        shared.metrics.scripts_reloaded.inc();
+        resolve(send_as(&topo, server, pick, frame, true)).await
+    }))
+}
+
+/// `SCRIPT LOAD`, `FUNCTION LOAD` and what flushes or deletes them: once the servers agreed,
+/// the script cache remembers or forgets.
+fn remember(shared: Arc<Shared>, role: Role, args: Args<'_>, pending: Pending) -> Pending {
+    // SCRIPT LOAD body; FUNCTION LOAD [REPLACE] code; FUNCTION DELETE name.
+    let arg = match role {
+        Role::LoadScript | Role::ForgetFunction => args.get(2),
+        Role::LoadFunction => args.len().checked_sub(1).and_then(|i| args.get(i)),
+        _ => None,
+    };
+    let arg = Bytes::copy_from_slice(arg.unwrap_or_default());
+    Pending::Merge(Box::pin(async move {
+        let reply = resolve(pending).await;
+        let Ok(frame) = &reply else {
+            return reply;
+        };
+        if is_error_reply(frame) {
+            return reply;
+        }
+        let cache = &shared.scripts;
+        match role {
+            Role::LoadScript => {
+                if let Some(sha) = bulk_body(frame) {
+                    cache.add_script(sha, arg);
+                }
+            }
+            Role::LoadFunction => {
+                if let Some(name) = bulk_body(frame) {
+                    cache.add_library(name, arg);
+                }
+            }
+            Role::ForgetScripts => cache.forget_scripts(),
+            Role::ForgetFunction => cache.forget_library(&arg),
+            Role::ForgetFunctions => cache.forget_libraries(),
+            Role::None | Role::CallScript | Role::CallFunction => {}
+        }
+        reply
+    }))
+}
+
+/// The body of a bulk string reply (`$n\r\nbody\r\n`).
+fn bulk_body(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(b"$")?;
+    let end = rest.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(rest.get(..end)?).ok()?.parse().ok()?;
+    rest.get(end + 2..end + 2 + len)
 }
 
 /// Appends the arguments in `range`, encoded: one copy of their span of the frame.
@@ -206,7 +312,7 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
         // 16: room for the `*N\r\n` header.
         let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
         write_part(&mut frame, index, p.keys);
-        replies.push(send_route(cx, p.route, &frame.freeze()));
+        replies.push(send_route(cx, p.route, &frame.freeze(), b""));
     }
     Pending::Merge(Box::pin(async move {
         let mut frames = Vec::with_capacity(replies.len());

@@ -137,14 +137,36 @@ fn server(s: &mut String, facts: &Facts<'_>) -> std::fmt::Result {
     let uptime = facts.shared.started.elapsed().as_secs();
     write!(
         s,
-        "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\narch_bits:{}\r\nprocess_id:{}\r\n\
-         tcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nkeyway_version:{VERSION}\r\n",
+        "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:{}\r\n\
+         process_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\n\
+         uptime_in_days:{}\r\nkeyway_version:{VERSION}\r\n",
         redis_version(facts.topo),
+        os(),
         usize::BITS,
         std::process::id(),
+        facts.shared.run_id,
         facts.shared.port.get().copied().unwrap_or(0),
         uptime / 86400,
     )
+}
+
+/// `os:` as redis-server writes it from uname: system, kernel release, machine
+/// (`Linux 6.1.0-18-amd64 x86_64`).
+fn os() -> &'static str {
+    static OS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OS.get_or_init(|| {
+        let system = match std::env::consts::OS {
+            "linux" => "Linux",
+            "macos" => "Darwin",
+            other => other,
+        };
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let machine = std::env::consts::ARCH;
+        match release.trim() {
+            "" => format!("{system} {machine}"),
+            release => format!("{system} {release} {machine}"),
+        }
+    })
 }
 
 fn clients(s: &mut String, facts: &Facts<'_>) -> std::fmt::Result {

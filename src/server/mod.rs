@@ -20,6 +20,7 @@ mod multi;
 mod plan;
 mod registry;
 mod reply;
+mod scripts;
 mod session;
 mod shared;
 

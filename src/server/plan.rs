@@ -181,7 +181,7 @@ fn plan_command<'r, 't>(
         Kind::Keyed => keyed(spec, args, topo, client, keys),
         Kind::Split { merge, group } => split(spec, args, topo, client, merge, group),
         Kind::AllServers(merge) => Plan::All(merge),
-        Kind::AnyServer => any_server(topo, client),
+        Kind::AnyServer => any_server(topo),
         Kind::RandomKey => Plan::RandomKey {
             start: rand::random_range(0..topo.servers.len().max(1)),
         },
@@ -246,7 +246,7 @@ fn keyed<'r, 't>(
     }
     // EVAL with numkeys 0 and the like: any server will do.
     let Some(slot) = slot else {
-        return any_server(topo, client);
+        return client_server(topo, client);
     };
     let write = spec.is_write();
     if write && topo.write == WriteMode::TwoPhase {
@@ -420,11 +420,27 @@ fn split<'r, 't>(
     })
 }
 
-/// A keyless command any one server can answer; clients are spread over the servers.
-fn any_server<'t>(topo: &'t Topology, client: &ClientState) -> Plan<'static, 't> {
+/// A keyless command any one server can answer (TIME, CONFIG GET, SCRIPT EXISTS, ...): the
+/// first server in topology order that is up, so that every client gets the same server's
+/// answer (CONFIG GET twice gives one answer) until that server goes down.
+fn any_server<'t>(topo: &'t Topology) -> Plan<'static, 't> {
+    let n = u16::try_from(topo.servers.len()).unwrap_or(u16::MAX);
+    let first_up = (0..n).find(|&i| topo.is_up(i)).unwrap_or(0);
+    Plan::Route(Route::One(first_up))
+}
+
+/// A keyless script call (EVAL with numkeys 0 and the like): clients are spread over the servers
+/// by id, each client at its own server (the next one up when it is down), so that one client's
+/// calls run in order on one server.
+fn client_server<'t>(topo: &'t Topology, client: &ClientState) -> Plan<'static, 't> {
     let n = topo.servers.len().max(1);
     // Truncation is fine: only the remainder modulo the pool size matters.
-    Plan::Route(Route::One((client.id as usize % n) as u16))
+    let start = client.id as usize % n;
+    let server = (0..n)
+        .map(|i| (start + i) % n)
+        .find_map(|i| u16::try_from(i).ok().filter(|&i| topo.is_up(i)))
+        .unwrap_or(u16::try_from(start).unwrap_or(0));
+    Plan::Route(Route::One(server))
 }
 
 /// SCAN cursor [MATCH p] [COUNT n] [TYPE t]: one server at a time, in topology order.

@@ -163,8 +163,29 @@ fn one_replica_routes_to_the_slot_primary_or_any_server_when_keyless() {
     with_plan(&mut f, &["EVAL", "return 1", "0"], |_, plan| {
         assert!(matches!(plan, Plan::Route(Route::One(1))), "{plan:?}");
     });
+    // Keyless commands any server answers: the first server up, the same for every client.
     with_plan(&mut f, &["TIME"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(0))), "{plan:?}");
+    });
+    with_plan(&mut f, &["CONFIG", "GET", "maxmemory"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(0))), "{plan:?}");
+    });
+}
+
+#[test]
+fn keyless_commands_skip_servers_that_are_down() {
+    let mut f = Fixture::new(3, "");
+    f.down(0);
+    with_plan(&mut f, &["CONFIG", "GET", "maxmemory"], |_, plan| {
         assert!(matches!(plan, Plan::Route(Route::One(1))), "{plan:?}");
+    });
+    // Client 7's server is 1 (7 mod 3); down, the next one up.
+    f.down(1);
+    with_plan(&mut f, &["EVAL", "return 1", "0"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(2))), "{plan:?}");
+    });
+    with_plan(&mut f, &["TIME"], |_, plan| {
+        assert!(matches!(plan, Plan::Route(Route::One(2))), "{plan:?}");
     });
 }
 

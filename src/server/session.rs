@@ -32,6 +32,7 @@ use super::local::After;
 use super::merge;
 use super::plan;
 use super::reply::Pending;
+use super::scripts::Role;
 use super::shared::Shared;
 use crate::command::{Local, Traits};
 use crate::error::{ErrorKind, Reply, ReplyError};
@@ -567,6 +568,7 @@ impl<'s> Active<'s> {
         let reply_command = matches!(plan, plan::Plan::Local(Local::ClientReply));
         let mut cx = DispatchContext {
             script: spec.is_some_and(|s| s.traits.contains(Traits::SCRIPT)),
+            cache: spec.map_or(Role::None, |s| Role::of(s.traits)),
             topo: &self.topo,
             client: &mut self.client,
             shared: self.shared,

@@ -25,6 +25,8 @@ pub struct Shared {
     pub(crate) drain: Arc<Drain>,
     /// When this process started (INFO uptime).
     pub(crate) started: Instant,
+    /// This process's random identity, 40 hex digits (INFO's `run_id`, as redis-server's).
+    pub(crate) run_id: String,
     /// Source of client ids.
     next_client_id: AtomicU64,
     /// Clients currently connected.
@@ -35,6 +37,28 @@ pub struct Shared {
     pub(crate) port: std::sync::OnceLock<u16>,
     /// Server connections clients may hold (`limits.max_transactions`).
     pub(crate) leases: Arc<tokio::sync::Semaphore>,
+    /// Scripts and libraries clients loaded, loaded again where a server lost them.
+    pub(crate) scripts: super::scripts::ScriptCache,
+}
+
+/// 40 random hex digits. Not a secret: an identity that differs between processes and restarts,
+/// from the standard library's per-process random hash keys.
+fn run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = String::with_capacity(48);
+    for i in 0..3u8 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(i);
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        id.push_str(&format!("{:016x}", h.finish()));
+    }
+    id.truncate(40);
+    id
 }
 
 impl Shared {
@@ -59,11 +83,13 @@ impl Shared {
             limits,
             client_limits: config.limits.clone(),
             started: Instant::now(),
+            run_id: run_id(),
             next_client_id: AtomicU64::new(1),
             clients: AtomicU64::new(0),
             registry: Arc::default(),
             port: std::sync::OnceLock::new(),
             leases: Arc::new(tokio::sync::Semaphore::new(config.limits.max_transactions)),
+            scripts: super::scripts::ScriptCache::default(),
         }))
     }
 
