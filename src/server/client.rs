@@ -60,10 +60,11 @@ pub(crate) struct Held {
 /// A transaction being queued (see `server::multi`).
 #[derive(Default)]
 pub(crate) struct Multi {
-    /// The commands, in order.
-    pub(crate) queued: Vec<crate::protocol::Request>,
-    /// Bytes they take.
-    pub(crate) bytes: usize,
+    /// What runs the transaction on a server: `MULTI`, then the queued commands' frames in
+    /// order (`EXEC` is appended at EXEC). Empty until a command is queued.
+    pub(crate) frame: bytes::BytesMut,
+    /// Commands queued.
+    pub(crate) count: usize,
     /// A command was refused while queuing: EXEC answers EXECABORT.
     pub(crate) dirty: bool,
     /// The slot of the keys queued so far (all must share it, but under two-phase).

@@ -376,7 +376,7 @@ fn two_phase(cx: &Context<'_>, plan: txn::Plan) -> Pending {
 
 /// A step of a MULTI/EXEC transaction: the client's queue changes, and EXEC sends it.
 fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pending {
-    let simple = |s: &'static str| Pending::Ready(Ok(Bytes::from(format!("+{s}\r\n"))));
+    let ok = || Pending::Ready(Ok(Bytes::from_static(b"+OK\r\n")));
     match step {
         multi::Step::Begin => {
             set_multi(cx.client, 0);
@@ -385,20 +385,19 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
                 slot: cx.client.watch.as_ref().map(|w| w.slot),
                 ..client::Multi::default()
             }));
-            simple("OK")
+            ok()
         }
         multi::Step::Queue { slot, write } => {
             if let Some(m) = cx.client.multi.as_deref_mut() {
-                m.bytes += request.frame().len();
-                m.queued.push(request.clone());
-                let n = m.queued.len() as i64;
+                multi::push(m, request);
+                let n = m.count as i64;
                 if let Some(entry) = &cx.client.entry {
                     entry.multi.store(n, std::sync::atomic::Ordering::Relaxed);
                 }
                 m.slot = m.slot.or(slot);
                 m.writes |= write;
             }
-            simple("QUEUED")
+            Pending::Ready(Ok(Bytes::from_static(b"+QUEUED\r\n")))
         }
         multi::Step::Dirty(e) => {
             if let Some(m) = cx.client.multi.as_deref_mut() {
@@ -411,11 +410,11 @@ fn transaction(cx: &mut Context<'_>, step: multi::Step, request: &Request) -> Pe
             cx.client.multi = None;
             // DISCARD unwatches: the held connection goes, and its watches with it.
             cx.client.watch = None;
-            simple("OK")
+            ok()
         }
         multi::Step::Unwatch => {
             cx.client.watch = None;
-            simple("OK")
+            ok()
         }
         multi::Step::Watch { slot } => watch(cx, slot, request),
         multi::Step::Exec => match cx.client.multi.take().inspect(|_| set_multi(cx.client, -1)) {
@@ -446,19 +445,23 @@ fn exec(cx: &mut Context<'_>, m: client::Multi) -> Pending {
             "Transaction discarded because of previous errors.",
         )));
     }
-    if m.queued.is_empty() {
+    if m.count == 0 {
         return Pending::Ready(Ok(Bytes::from_static(b"*0\r\n")));
     }
     if cx.topo.write == crate::config::WriteMode::TwoPhase {
-        match multi::two_phase_plan(&m.queued, cx.topo) {
+        let queued = match multi::queued(&m.frame, cx.shared.limits) {
+            Ok(queued) => queued,
+            Err(e) => return Pending::Ready(Err(e)),
+        };
+        match multi::two_phase_plan(&queued, cx.topo) {
             Some(Ok(plan)) => return two_phase(cx, plan),
             Some(Err(e)) => return Pending::Ready(Err(e)),
             // Reads only: a plain MULTI/EXEC on the slot's primary.
             None => {}
         }
     }
-    let frame = multi::exec_frame(&m.queued);
-    let replies = m.queued.len() + 2;
+    let replies = m.count + 2;
+    let frame = multi::exec_frame(m.frame);
     let pick = cx.client.pick();
     let topo = cx.topo;
     if let Some(watch) = watch {

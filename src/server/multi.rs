@@ -125,7 +125,7 @@ pub(crate) fn queue(
     multi: &Multi,
     keys: &mut Vec<usize>,
 ) -> Step {
-    if multi.bytes.saturating_add(request.frame().len()) > MAX_QUEUED_BYTES {
+    if multi.frame.len().saturating_add(request.frame().len()) > MAX_QUEUED_BYTES {
         return Step::Dirty(ReplyError::new(
             ErrorKind::Refused,
             format!(
@@ -241,19 +241,50 @@ fn check(
     Ok(Step::Queue { slot, write })
 }
 
+/// `MULTI`, as the first bytes of a transaction's frame.
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+/// `EXEC`, as its last.
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+
+/// Appends a queued command's frame to a transaction's bytes, after `MULTI` for the first.
+pub(crate) fn push(m: &mut Multi, request: &Request) {
+    if m.frame.is_empty() {
+        m.frame
+            .reserve(MULTI.len() + request.frame().len() * 4 + EXEC.len());
+        m.frame.extend_from_slice(MULTI);
+    }
+    m.frame.extend_from_slice(request.frame());
+    m.count += 1;
+}
+
 /// The bytes that run a transaction on one server: `MULTI`, the queued frames, `EXEC`. Its
 /// replies are `+OK`, one `+QUEUED` per command, then EXEC's (the client's reply).
-pub(crate) fn exec_frame(queued: &[Request]) -> Bytes {
-    const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
-    const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
-    let len: usize = queued.iter().map(|r| r.frame().len()).sum();
-    let mut out = BytesMut::with_capacity(len + MULTI.len() + EXEC.len());
-    out.extend_from_slice(MULTI);
-    for r in queued {
-        out.extend_from_slice(r.frame());
+pub(crate) fn exec_frame(mut frame: BytesMut) -> Bytes {
+    frame.extend_from_slice(EXEC);
+    frame.freeze()
+}
+
+/// The queued commands, decoded again from a transaction's bytes (for the two-phase plan).
+/// They were decoded once already under `limits`, so this fails only on a bug.
+pub(crate) fn queued(
+    frame: &[u8],
+    limits: crate::protocol::Limits,
+) -> Result<Vec<Request>, ReplyError> {
+    let mut buf = BytesMut::from(frame.get(MULTI.len()..).unwrap_or_default());
+    let mut decoder = crate::protocol::RequestDecoder::new(limits);
+    let mut out = Vec::new();
+    loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(request)) => out.push(request),
+            Ok(None) if buf.is_empty() => return Ok(out),
+            Ok(None) | Err(_) => {
+                return Err(err(
+                    ErrorKind::Internal,
+                    "keyway: internal error: a queued command could not be read back",
+                ))
+            }
+        }
     }
-    out.extend_from_slice(EXEC);
-    out.freeze()
 }
 
 /// A transaction under `write = "two_phase"`: each queued command's plan, as one two-phase
