@@ -650,3 +650,41 @@ fn chaos_killing_a_server_and_a_proxy_loses_no_acknowledged_write() {
     }
     drop(a);
 }
+
+#[test]
+fn scripts_flushed_on_the_servers_are_loaded_again() {
+    let servers = support::servers(3);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(&refs, &two_phase("")));
+    let mut con = proxy.client();
+    let keys: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
+    let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "1")).collect();
+    let _: () = con.mset(&pairs).unwrap();
+    // Keyway calls its scripts by SHA1: the servers have them now.
+    let loaded: Vec<String> = servers[0]
+        .client()
+        .keys::<_, Vec<String>>("__keyway:*")
+        .unwrap();
+    assert!(loaded.is_empty(), "{loaded:?}");
+    // Lost (as after a restart without persistence): the next calls load them again.
+    for s in &servers {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut s.client())
+            .unwrap();
+    }
+    let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "2")).collect();
+    let _: () = con.mset(&pairs).unwrap();
+    let _: i64 = con.incr("f0", 1).unwrap();
+    for k in &keys[1..] {
+        for &r in &replica_set(&proxy, k) {
+            assert_eq!(value(&servers[r], k).as_deref(), Some("2"), "{k}");
+        }
+    }
+    for &r in &replica_set(&proxy, "f0") {
+        assert_eq!(value(&servers[r], "f0").as_deref(), Some("3"));
+    }
+    for s in &servers {
+        assert!(leftovers(s).is_empty());
+    }
+}

@@ -144,3 +144,6 @@ pub const ONE_PHASE: &str = concat!(
     apply_steps!(),
     "return {1, out}\n"
 );
+
+/// Every script above, for the SHA1 table `EVALSHA` calls use.
+pub const ALL: [&str; 6] = [PREPARE, COMMIT, ABORT, DECIDE, SWEEP, ONE_PHASE];

@@ -221,3 +221,29 @@ async fn a_failure_or_a_conflict_with_no_retries_left_answers_at_once() {
     assert_eq!(Instant::now(), start);
     assert!(matches!(result, Err(TxnError::Conflict)), "{result:?}");
 }
+
+#[test]
+fn script_calls_are_evalsha_and_turn_back_into_eval() {
+    let keys = vec![Bytes::from_static(b"k1"), Bytes::from_static(b"k2")];
+    let args = vec![Bytes::from_static(b"a")];
+    let sha_frame = eval(scripts::COMMIT, keys.clone(), args.clone());
+    let mut all = vec![
+        Bytes::from_static(b"EVAL"),
+        Bytes::from_static(scripts::COMMIT.as_bytes()),
+        Bytes::from_static(b"2"),
+    ];
+    all.extend(keys);
+    all.extend(args);
+    let eval_frame = Request::from_args(&all).frame().clone();
+    assert!(sha_frame.len() < 200, "{}", sha_frame.len());
+    assert_eq!(as_eval(&sha_frame), Some(eval_frame));
+    // Every script's SHA1 is distinct; a frame that is no call of them is left alone.
+    let shas: std::collections::HashSet<_> = shas().iter().map(|(_, s)| s.clone()).collect();
+    assert_eq!(shas.len(), scripts::ALL.len());
+    assert_eq!(as_eval(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), None);
+    // The SHA1 of "return 1", as redis-server's SCRIPT LOAD answers it.
+    assert_eq!(
+        sha1_hex(b"return 1"),
+        Bytes::from_static(b"e0e1f9fabfc9d4800c877a703b823ac0578ff8db")
+    );
+}
