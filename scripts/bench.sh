@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Keyway vs twemproxy vs direct redis: throughput, CPU per request, latency, memory.
 #
-#   scripts/bench.sh                      # full run (~12 min), rewrites docs/benchmarks.md
+#   scripts/bench.sh                      # full run (~16 min), rewrites docs/benchmarks.md
 #   BENCH_QUICK=1 scripts/bench.sh        # smoke run (~1-2 min), same output, marked QUICK
 #
 # Environment (all optional):
@@ -20,6 +20,8 @@
 # pool.connections = 1), twemproxy (nutcracker) on the same pool (ketama, fnv1a_64,
 # server_connections 1 = its default, preconnect). Every cell is one `redis-benchmark --csv`
 # invocation; the proxy's CPU time is read from /proc/PID/stat (utime+stime) around it.
+# Last, scripts/bench/client_modes.sh on a pool of its own: RESP3 against RESP2, MULTI/EXEC
+# against a pipeline, two-phase cross-server MULTI against a pipeline under write = "primary".
 # Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3, cargo (or BENCH_KEYWAY_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -333,6 +335,13 @@ done
 for t in keyway twemproxy; do kill -0 "${pid_of[$t]}" 2>/dev/null || die "$t died during the run (see $dir/$t.log)"; done
 printf 'load_end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$facts"
 printf 'clk_tck\t%s\n' "$clk" >>"$facts"
+
+# ---- 4. client modes: RESP3 against RESP2, MULTI/EXEC, two-phase MULTI (a pool of their own)
+log "client modes (scripts/bench/client_modes.sh)"
+modes_env=(BENCH_KEYWAY_BIN="$keyway" BENCH_OUT="$dir/client-modes.md" REPS="$REPS")
+[[ $quick == 1 ]] && modes_env+=(BENCH_N=50000 BATCHES=150)
+env "${modes_env[@]}" scripts/bench/client_modes.sh >"$dir/client-modes.log" 2>&1 ||
+  die "client modes failed (see $dir/client-modes.log)"
 
 python3 scripts/bench/report.py --dir "$dir" --out "$OUT" --command "$cmd"
 log "wrote $OUT"

@@ -84,6 +84,14 @@ const SEQUENCE: &[&[&str]] = &[
     &["MULTI"],
     &["RESET"],
     &["EXEC"],
+    // Commands Redis flags no-multi are refused as redis-server refuses them, before Keyway's
+    // own refusal of server administration.
+    &["MULTI"],
+    &["SET", "{a}1", "v"],
+    &["SAVE"],
+    &["SYNC"],
+    &["EXEC"],
+    &["GET", "{a}1"],
 ];
 
 fn compare_sequence(pool: &str, proto: &str) {

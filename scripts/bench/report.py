@@ -322,6 +322,13 @@ def main():
     pc2 = per_conn(mem["keyway"], "rss_pinged_kib")
     out.append(f"| same, connections idle after one PING each | {pc2:,.0f} B | {mark(pc2 <= 1024)} |")
     out.append(f"| RSS back within 20 MiB of fresh idle after a heavy run | {back['keyway'] / MIB:+.1f} MiB | {mark(back['keyway'] <= 20 * MIB)} |")
+    # Client modes (scripts/bench/client_modes.sh, run by bench.sh into the same directory).
+    modes = os.path.join(a.dir, "client-modes.md")
+    if os.path.exists(modes):
+        out += ["", "### Client modes: RESP3 against RESP2, MULTI/EXEC, two-phase MULTI", "",
+                "From `scripts/bench/client_modes.sh`, run by `scripts/bench.sh` on a pool of its own "
+                "(three redis-servers, one Keyway).", ""]
+        out += open(modes).read().rstrip("\n").split("\n")
     out += ["", END, ""]
     section = "\n".join(out)
 

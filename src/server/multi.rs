@@ -140,6 +140,22 @@ pub(crate) fn queue(
     }
 }
 
+const NO_MULTI: &str = "Command not allowed inside a transaction";
+
+/// The error for a command the table refuses, sent inside a transaction: Redis's own refusal of
+/// a `no-multi` command (SAVE, SYNC, SHUTDOWN) comes before Keyway's, as redis-server gives it.
+pub(crate) fn refusal(e: command::CommandError) -> ReplyError {
+    match e {
+        command::CommandError::Refused { name, .. }
+            if command::lookup(name)
+                .is_some_and(|s| s.flags.contains(command::Flags::NO_MULTI)) =>
+        {
+            err(ErrorKind::Transaction, NO_MULTI)
+        }
+        e => e.into(),
+    }
+}
+
 fn check(
     spec: &'static CommandSpec,
     args: Args<'_>,

@@ -155,7 +155,7 @@ pub(crate) fn plan<'r, 't>(
                 .ok()
                 .and_then(command::lookup);
             if client.multi.is_some() {
-                return (known, Plan::Multi(multi::Step::Dirty(e.into())));
+                return (known, Plan::Multi(multi::Step::Dirty(multi::refusal(e))));
             }
             (known, Plan::Refuse(e.into()))
         }
