@@ -688,3 +688,116 @@ fn scripts_flushed_on_the_servers_are_loaded_again() {
         assert!(leftovers(s).is_empty());
     }
 }
+
+/// A write through a fresh proxy, retried on `-TRYAGAIN` for up to `limit`: how long it took,
+/// and the last refusal's text.
+fn set_until_done(proxy: &Proxy, key: &str, value: &str, limit: Duration) -> (Duration, String) {
+    let mut con = proxy.client();
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match con.set::<_, _, ()>(key, value) {
+            Ok(()) => return (start.elapsed(), last),
+            Err(e) => {
+                assert_eq!(e.code(), Some("TRYAGAIN"), "{e}");
+                last = e.to_string();
+            }
+        }
+    }
+    panic!("{key} still locked after {limit:?}: {last}");
+}
+
+#[test]
+fn a_dead_coordinators_locks_are_resolved_within_its_lease_not_lock_timeout() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let keys = spread_keys();
+    // A lock timeout no test waits for, and no sweep: only the coordinator's lease can tell
+    // that the crashed proxy is gone.
+    let toml = recovery_toml(&servers, "60s", "1h");
+    old_then_crashed_mset(&toml, "after_prepare", &servers, &keys);
+    assert!(servers.iter().any(|s| !leftovers(s).is_empty()));
+    let proxy = Proxy::start_toml(&toml);
+    let (took, refused) = set_until_done(&proxy, &keys[0], "later", Duration::from_secs(10));
+    eprintln!("resolved after {took:?}; last refusal: {refused:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    if !refused.is_empty() {
+        assert!(
+            refused.contains("locked by two-phase transaction")
+                && refused.contains("on server 's")
+                && refused.contains("its coordinator is"),
+            "{refused}"
+        );
+    }
+    // The crashed MSET never reached its commit point: it is rolled back, not half applied.
+    let mut con = proxy.client();
+    for k in &keys[1..] {
+        let v: String = con.get(k).unwrap();
+        assert_eq!(v, "old", "{k}");
+    }
+}
+
+#[test]
+fn the_sweep_resolves_a_dead_coordinators_intents_within_its_lease() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let keys = spread_keys();
+    let toml = recovery_toml(&servers, "60s", "100ms");
+    old_then_crashed_mset(&toml, "after_prepare", &servers, &keys);
+    assert!(servers.iter().any(|s| !leftovers(s).is_empty()));
+    let proxy = Proxy::start_toml(&toml);
+    let start = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || servers
+            .iter()
+            .all(|s| leftovers(s).is_empty())),
+        "{:?}",
+        servers.iter().map(|s| leftovers(s)).collect::<Vec<_>>()
+    );
+    eprintln!("swept after {:?}", start.elapsed());
+    assert_everywhere(&servers, &proxy, &keys, "old");
+}
+
+#[test]
+fn a_prepare_that_a_stalled_server_runs_after_its_deadline_takes_no_lock() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let keys = spread_keys();
+    // Health probes often (they measure each server's clock), but slow to mark a server down,
+    // so that the write below reaches the stopped server; no recovery within the test.
+    let toml = config_toml(
+        &servers,
+        "replicas = 2\nwrite = \"two_phase\"\ntimeout = \"300ms\"\n\
+         [pool.two_phase]\nlock_timeout = \"60s\"\nsweep_interval = \"1h\"\n\
+         [pool.health]\ninterval = \"50ms\"\nfall = 1000",
+    );
+    old_values(&toml, &keys);
+    let proxy = Proxy::start_toml(&toml);
+    std::thread::sleep(Duration::from_millis(300));
+    b.signal("STOP");
+    let mut con = proxy.client();
+    let mut mset = redis::cmd("MSET");
+    for k in &keys {
+        mset.arg(k).arg("new");
+    }
+    let err = mset.query::<()>(&mut con).unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    // The server stays stopped well past the coordinator's deadline, then runs what it had
+    // received: the prepare among it.
+    std::thread::sleep(Duration::from_millis(700));
+    b.signal("CONT");
+    assert!(wait_until(Duration::from_secs(5), || b.dbsize() >= 0));
+    std::thread::sleep(Duration::from_millis(200));
+    for s in &servers {
+        assert!(leftovers(s).is_empty(), "{:?}", leftovers(s));
+    }
+    // So the keys are free at once (the lock timeout is a minute).
+    let start = Instant::now();
+    let mut con = proxy.client();
+    let _: () = con.set(&keys[0], "after").unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -30,9 +30,9 @@
 //! reused across topology versions, so a swap does not forget that a server is down.
 //! Routing reads it with one atomic load.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::credentials::{Auth, Credentials};
 use crate::metrics::ServerMetrics;
@@ -68,6 +68,22 @@ pub struct Health {
     /// `redis_version` from the server's `INFO server`, read by the prober at each new
     /// connection (Keyway reports the pool's lowest as its own version).
     version: Mutex<Option<Arc<str>>>,
+    /// The server's clock minus this process's, in ms, as a lower bound (TIME after each PING:
+    /// the server read its clock before the reply arrived); [`NO_OFFSET`] until measured.
+    clock_offset_ms: AtomicI64,
+}
+
+/// [`Health::clock_offset_ms`] before the first measure.
+const NO_OFFSET: i64 = i64::MIN;
+
+/// A clock offset is measured only from a TIME answered within this (the bound's error).
+const OFFSET_RTT: Duration = Duration::from_millis(50);
+
+/// Milliseconds since the Unix epoch on this process's clock.
+pub fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl std::fmt::Debug for Health {
@@ -90,6 +106,7 @@ impl Health {
             state: Mutex::new(State::Up { failures: 0 }),
             metrics,
             version: Mutex::new(None),
+            clock_offset_ms: AtomicI64::new(NO_OFFSET),
         }
     }
 
@@ -112,6 +129,12 @@ impl Health {
             .version
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(version);
+    }
+
+    /// A lower bound of the server's clock minus this process's, in milliseconds, once the
+    /// prober has measured it: a time `t` here is at least `t + offset` on the server.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        Some(self.clock_offset_ms.load(Ordering::Relaxed)).filter(|&o| o != NO_OFFSET)
     }
 
     /// The prober's settings.
@@ -283,11 +306,21 @@ async fn ping(
             ProbeError::Ping(e)
         }
     })?;
-    if pong == "PONG" {
-        Ok(version)
-    } else {
-        Err(ProbeError::Reply(pong))
+    if pong != "PONG" {
+        return Err(ProbeError::Reply(pong));
     }
+    // The server's clock against this process's (two-phase prepares carry a deadline in the
+    // server's time). Its failure says nothing about health: the PING answered.
+    let sent = Instant::now();
+    if let Ok((secs, micros)) = redis::cmd("TIME").query_async::<(i64, i64)>(c).await {
+        if sent.elapsed() <= OFFSET_RTT {
+            let server_ms = secs.saturating_mul(1000).saturating_add(micros / 1000);
+            health
+                .clock_offset_ms
+                .store(server_ms.saturating_sub(epoch_ms()), Ordering::Relaxed);
+        }
+    }
+    Ok(version)
 }
 
 /// `redis_version` of an `INFO server` text.

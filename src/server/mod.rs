@@ -180,6 +180,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shared.topology.clone(),
         shared.drain.child_token(),
     ));
+    tokio::spawn(crate::txn::lease(
+        shared.topology.clone(),
+        shared.drain.child_token(),
+    ));
     let task = tokio::spawn(serve(listener, shared.clone()));
     Ok(Running {
         addr,

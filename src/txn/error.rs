@@ -28,6 +28,9 @@ pub enum CallError {
         server: String,
         error: ProtocolError,
     },
+    /// The server ran the prepare after its deadline (it was stalled): it took no lock.
+    #[error("server '{server}' ran the prepare {late_ms} ms after its deadline, and refused it")]
+    Late { server: String, late_ms: i64 },
     /// A reply of a shape the script never returns.
     #[error("server '{server}': unexpected {script} reply {reply:?}")]
     Unexpected {
@@ -43,7 +46,9 @@ impl CallError {
         match self {
             CallError::Backend(BackendError::Unavailable { .. })
             | CallError::ConnectionEnded { .. } => ErrorKind::Unavailable,
-            CallError::Backend(BackendError::Timeout { .. }) => ErrorKind::Timeout,
+            CallError::Backend(BackendError::Timeout { .. }) | CallError::Late { .. } => {
+                ErrorKind::Timeout
+            }
             CallError::Backend(BackendError::Protocol { .. })
             | CallError::ErrorReply { .. }
             | CallError::Malformed { .. }
@@ -76,9 +81,17 @@ pub(crate) enum TxnError {
         "keyway: server '{server}' holding a replica of these keys is down; two_phase writes resume when it is back"
     )]
     ParticipantDown { server: String },
-    /// Every attempt met keys locked by live transactions; nothing was written.
-    #[error("keyway: keys are locked by concurrent two-phase writes; retry")]
-    Conflict,
+    /// Every attempt met keys locked by other transactions; nothing was written. The last
+    /// lock met: its holder, the participant it is on, whether its coordinator lives.
+    #[error(
+        "keyway: keys are locked by two-phase transaction {holder} on server '{server}' (its coordinator is {}); nothing was written, retry",
+        if *alive { "alive" } else { "gone: recovery is resolving it" }
+    )]
+    Conflict {
+        holder: String,
+        server: String,
+        alive: bool,
+    },
     /// A prepare failed; every lock was released and nothing was written.
     #[error("keyway: two-phase prepare failed, nothing was written ({0})")]
     PrepareFailed(CallError),
@@ -111,7 +124,7 @@ impl TxnError {
     pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             TxnError::ParticipantDown { .. }
-            | TxnError::Conflict
+            | TxnError::Conflict { .. }
             | TxnError::PrepareFailed(_)
             | TxnError::AbortedByRecovery => ErrorKind::TryAgain,
             TxnError::IntentVanished | TxnError::CommitUnknown(_) => ErrorKind::OutcomeUnknown,
@@ -124,7 +137,7 @@ impl TxnError {
     pub(crate) fn outcome(&self) -> &'static str {
         match self {
             TxnError::ParticipantDown { .. } => "unavailable",
-            TxnError::Conflict => "conflict",
+            TxnError::Conflict { .. } => "conflict",
             TxnError::PrepareFailed(_)
             | TxnError::AbortedByRecovery
             | TxnError::IntentVanished

@@ -62,6 +62,72 @@ pub const RESERVED_PREFIX: &[u8] = b"__keyway:";
 /// The index of intents on each server.
 pub const INDEX_KEY: &[u8] = b"__keyway:txs";
 
+/// How long a coordinator's lease lives on each server without renewal: a Keyway that dies
+/// leaves locks that other Keyways resolve at once after this, not after `lock_timeout`.
+pub const LEASE: Duration = Duration::from_millis(1000);
+
+/// How often each Keyway renews its lease on every server.
+const LEASE_RENEWAL: Duration = Duration::from_millis(250);
+
+/// This process's identity as a two-phase coordinator (random, 16 hex digits): the `owner` of
+/// its intents and the name of its lease.
+pub fn coordinator() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// Two-phase transactions of this process between their prepare and their end: the lease is
+/// renewed only while there is one (a prepare sets it).
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a transaction in [`IN_FLIGHT`] while it lives. The last one to end drops the lease on
+/// its participants where no intent is left ([`scripts::LEASE`]): an idle Keyway leaves no key.
+struct InFlight<'a> {
+    topo: &'a Topology,
+    plan: &'a Plan,
+    pick: Pick,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(topo: &'a Topology, plan: &'a Plan, pick: Pick) -> InFlight<'a> {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight { topo, plan, pick }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            let frame = lease_frame();
+            for &server in self.plan.parts.keys() {
+                if let Some(s) = self.topo.server(server) {
+                    // Its reply is not needed: a lease left behind expires within LEASE.
+                    drop(s.pool.send_script(self.pick, frame.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The call of [`scripts::LEASE`] for this process, as `EVAL`: its reply is not read, so a
+/// `NOSCRIPT` could not be answered (the script is short).
+fn lease_frame() -> Bytes {
+    let frame = eval(
+        scripts::LEASE,
+        vec![Bytes::from_static(INDEX_KEY), lease_key(coordinator())],
+        vec![Bytes::from(LEASE.as_millis().to_string())],
+    );
+    as_eval(&frame).unwrap_or(frame)
+}
+
+fn lease_key(coordinator: &str) -> Bytes {
+    let mut k = BytesMut::with_capacity(RESERVED_PREFIX.len() + 6 + coordinator.len());
+    k.extend_from_slice(RESERVED_PREFIX);
+    k.extend_from_slice(b"lease:");
+    k.extend_from_slice(coordinator.as_bytes());
+    k.freeze()
+}
+
 /// Settings of two-phase commit.
 #[derive(Clone, Debug)]
 pub struct TxOptions {
@@ -366,24 +432,30 @@ struct Lock {
     holder: String,
     /// The age of the holder's intent, in the server's time; -1 when it has none.
     age_ms: i64,
-    /// The participant the lock is on.
+    /// The participant the lock is on, and its name.
     server: u16,
+    name: String,
+    /// Whether the holder's coordinator still renews its lease there.
+    alive: bool,
 }
 
 impl Lock {
-    /// The lock in a no vote (`{0, holder_txid, holder_age_ms}`) from `server`.
-    fn from_vote(vote: &Value, server: u16) -> Lock {
+    /// The lock in a no vote (`{0, holder_txid, holder_age_ms, alive}`) from `server`.
+    fn from_vote(vote: &Value, server: u16, name: &str) -> Lock {
         Lock {
             holder: bulk_at(vote, 1).unwrap_or_default(),
             age_ms: int_at(vote, 2).unwrap_or(-1),
             server,
+            name: name.to_owned(),
+            alive: int_at(vote, 3) != Some(0),
         }
     }
 
-    /// Whether its holder is presumed dead: its intent is older than `lock_timeout`, or gone.
+    /// Whether its holder is presumed dead: its coordinator's lease has expired, or its intent
+    /// is older than `lock_timeout`, or gone.
     fn is_stale(&self, lock_timeout: Duration) -> bool {
         let timeout_ms = i64::try_from(lock_timeout.as_millis()).unwrap_or(i64::MAX);
-        self.age_ms < 0 || self.age_ms > timeout_ms
+        !self.alive || self.age_ms < 0 || self.age_ms > timeout_ms
     }
 }
 
@@ -478,12 +550,17 @@ where
             Attempt::Failed(e) => return Err(e),
             Attempt::Conflict(lock) => lock,
         };
+        let conflict = TxnError::Conflict {
+            holder: lock.holder.clone(),
+            server: lock.name.clone(),
+            alive: lock.alive,
+        };
         if lock.is_stale(options.lock_timeout) {
             // A transaction presumed dead holds the lock: resolve it, then retry.
             resolve(lock).await;
         }
         if attempts > options.retries {
-            return Err(TxnError::Conflict);
+            return Err(conflict);
         }
         tokio::time::sleep(retry_delay(attempts, rand::random())).await;
     }
@@ -509,7 +586,10 @@ async fn one_phase(topo: &Topology, pick: Pick, plan: &Plan) -> Attempt {
     );
     match call(topo, server, pick, frame).await {
         Ok(v) if int_at(&v, 0) == Some(1) => Attempt::Done(reply(plan, &[(part, v)], pick.proto)),
-        Ok(v) if int_at(&v, 0) == Some(0) => Attempt::Conflict(Lock::from_vote(&v, server)),
+        Ok(v) if int_at(&v, 0) == Some(0) => {
+            let name = topo.server(server).map_or("?", |s| s.name.as_str());
+            Attempt::Conflict(Lock::from_vote(&v, server, name))
+        }
         Ok(reply) => Attempt::Failed(TxnError::OnePhase(CallError::Unexpected {
             server: topo
                 .server(server)
@@ -529,11 +609,23 @@ async fn prepare(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) -> Votes 
         .map_or(String::new(), |s| s.name.clone());
     let intent = intent_key(txid);
     let index = Bytes::from_static(INDEX_KEY);
+    let owner = Bytes::from_static(coordinator().as_bytes());
+    let lease_ms = Bytes::from(LEASE.as_millis().to_string());
+    let timeout_ms = i64::try_from(topo.config.timeout.as_millis()).unwrap_or(i64::MAX);
+    let sent_ms = crate::health::epoch_ms();
     let mut pending = Vec::with_capacity(plan.parts.len());
     for (&server, part) in &plan.parts {
+        let Some(s) = topo.server(server) else {
+            continue;
+        };
         let locks: Vec<Bytes> = part.keys.iter().map(|k| lock_key(k)).collect();
         let mut keys = vec![intent.clone(), index.clone()];
         keys.extend(locks.iter().cloned());
+        // Past this instant of the server's clock this process no longer waits for the vote
+        // (the offset is a lower bound, so the deadline errs early); 0 while unmeasured.
+        let deadline = s.pool.health().clock_offset_ms().map_or(0, |offset| {
+            sent_ms.saturating_add(offset).saturating_add(timeout_ms)
+        });
         let frame = eval(
             scripts::PREPARE,
             keys,
@@ -542,11 +634,11 @@ async fn prepare(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) -> Votes 
                 Bytes::from(primary_name.clone()),
                 pack_steps(&part.steps),
                 pack_strings(&locks),
+                owner.clone(),
+                Bytes::from(deadline.to_string()),
+                lease_ms.clone(),
             ],
         );
-        let Some(s) = topo.server(server) else {
-            continue;
-        };
         pending.push((server, s, s.pool.send_script(pick, frame.clone()), frame));
     }
     let mut votes = Votes::Yes;
@@ -556,8 +648,14 @@ async fn prepare(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) -> Votes 
             Ok(v) if int_at(&v, 0) == Some(1) => {}
             Ok(v) if int_at(&v, 0) == Some(0) => {
                 if matches!(votes, Votes::Yes) {
-                    votes = Votes::Conflict(Lock::from_vote(&v, server));
+                    votes = Votes::Conflict(Lock::from_vote(&v, server, name));
                 }
+            }
+            Ok(v) if int_at(&v, 0) == Some(-2) => {
+                votes = Votes::Failed(CallError::Late {
+                    server: name.to_owned(),
+                    late_ms: int_at(&v, 1).unwrap_or(0),
+                })
             }
             Ok(reply) => {
                 votes = Votes::Failed(CallError::Unexpected {
@@ -583,6 +681,7 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
     let index = Bytes::from_static(INDEX_KEY);
 
     // Phase 1: prepare everywhere, in parallel.
+    let _in_flight = InFlight::enter(topo, plan, pick);
     let votes = prepare(topo, pick, plan, &txid).await;
     metrics.txn_prepare(matches!(votes, Votes::Yes));
     failpoint("after_prepare").await;
@@ -931,6 +1030,29 @@ pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::Cancella
                 {
                     tracing::warn!(txid, error = %e, "cannot resolve a stale two-phase transaction yet");
                 }
+            }
+        }
+    }
+}
+
+/// Renews this process's coordinator lease, every [`LEASE_RENEWAL`] while one of its two-phase
+/// transactions is open, on every server that is up and has an intent open (its prepare set the
+/// lease first). Runs until `stop`.
+pub async fn lease(handle: Arc<TopologyHandle>, stop: tokio_util::sync::CancellationToken) {
+    let frame = lease_frame();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_RENEWAL) => {}
+            _ = stop.cancelled() => return,
+        }
+        if IN_FLIGHT.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let topo = handle.load();
+        for (index, server) in topo.servers.iter().enumerate() {
+            if u16::try_from(index).is_ok_and(|i| topo.is_up(i)) {
+                // Its reply is not needed: a lost renewal only lets others resolve sooner.
+                drop(server.pool.send_script(Pick::from(0), frame.clone()));
             }
         }
     }

@@ -5,8 +5,12 @@
 //! - `__keyway:lock:<key>` = txid, for every key of the transaction on that server;
 //! - `__keyway:tx:<txid>`, a hash: `primary` (the primary participant's name), `created`
 //!   (server time, ms), `steps` (the staged commands, MessagePack), `locks` (the lock keys,
-//!   MessagePack);
+//!   MessagePack), `owner` (the coordinator's id);
 //! - `__keyway:txs`, the set of txids with an intent on that server (what the sweep reads);
+//! - `__keyway:lease:<coordinator>`, with a time to live: the coordinator (a Keyway process) is
+//!   alive while it is there. Each prepare sets it and each Keyway renews it while its
+//!   transactions are open; an intent whose coordinator's lease is gone is resolved at once
+//!   instead of after `lock_timeout`;
 //! - on the primary participant only, `__keyway:decision:<txid>` = `commit` or `abort`, written
 //!   once (kept a day), in the same script as the commit there: that write is the commit point.
 //!
@@ -16,6 +20,22 @@
 macro_rules! now_ms {
     () => {
         "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
+
+/// A lock held by another transaction, met by a script: `held(txid)` returns the no vote
+/// `{0, holder_txid, holder_age_ms, coordinator_alive}` (age -1 when the holder's intent is
+/// gone; alive 0 when its coordinator's lease has expired, 1 otherwise).
+macro_rules! held {
+    () => {
+        "local function held(h)\n\
+           local rec = redis.call('HMGET', '__keyway:tx:' .. h, 'created', 'owner')\n\
+           local age = -1\n\
+           if rec[1] then age = now - tonumber(rec[1]) end\n\
+           local alive = 1\n\
+           if rec[2] and redis.call('EXISTS', '__keyway:lease:' .. rec[2]) == 0 then alive = 0 end\n\
+           return {0, h, age, alive}\n\
+         end\n"
     };
 }
 
@@ -38,22 +58,24 @@ macro_rules! apply_steps {
 }
 
 /// Prepare: `KEYS = [intent, index, lock...]`,
-/// `ARGV = [txid, primary, steps, locks]`. Votes `{1}` (yes: locks taken, intent stored) or
-/// `{0, holder_txid, holder_age_ms}` (no: a key is locked by another transaction).
+/// `ARGV = [txid, primary, steps, locks, coordinator, deadline_ms, lease_ms]`. Votes `{1}` (yes:
+/// locks taken, intent stored, the coordinator's lease set), the no vote of [`held!`] (a key is
+/// locked by another transaction), or `{-2, late_ms}` when the server runs it after
+/// `deadline_ms` of its own time (`0`: none): the coordinator has given up waiting and aborted,
+/// so a prepare held up in a stalled server takes no lock for a transaction already over.
 pub const PREPARE: &str = concat!(
     now_ms!(),
-    "for i = 3, #KEYS do\n\
+    held!(),
+    "local deadline = tonumber(ARGV[6])\n\
+     if deadline > 0 and now > deadline then return {-2, now - deadline} end\n\
+     for i = 3, #KEYS do\n\
        local h = redis.call('GET', KEYS[i])\n\
-       if h and h ~= ARGV[1] then\n\
-         local c = redis.call('HGET', '__keyway:tx:' .. h, 'created')\n\
-         local age = -1\n\
-         if c then age = now - tonumber(c) end\n\
-         return {0, h, age}\n\
-       end\n\
+       if h and h ~= ARGV[1] then return held(h) end\n\
      end\n\
      for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[1]) end\n\
-     redis.call('HSET', KEYS[1], 'primary', ARGV[2], 'created', now, 'steps', ARGV[3], 'locks', ARGV[4])\n\
+     redis.call('HSET', KEYS[1], 'primary', ARGV[2], 'created', now, 'steps', ARGV[3], 'locks', ARGV[4], 'owner', ARGV[5])\n\
      redis.call('SADD', KEYS[2], ARGV[1])\n\
+     redis.call('SET', '__keyway:lease:' .. ARGV[5], '1', 'PX', ARGV[7])\n\
      return {1}\n"
 );
 
@@ -109,15 +131,17 @@ pub const DECIDE: &str = "local d = redis.call('GET', KEYS[1])\n\
      return 'abort'\n";
 
 /// Sweep: `KEYS = [index]`, `ARGV = [lock_timeout_ms]`. Returns `{txid, primary, ...}` for
-/// every intent older than the timeout, and forgets index entries whose intent is gone.
+/// every intent older than the timeout or whose coordinator's lease has expired, and forgets
+/// index entries whose intent is gone.
 pub const SWEEP: &str = concat!(
     now_ms!(),
     "local out = {}\n\
      for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n\
-       local rec = redis.call('HMGET', '__keyway:tx:' .. id, 'created', 'primary')\n\
+       local rec = redis.call('HMGET', '__keyway:tx:' .. id, 'created', 'primary', 'owner')\n\
        if not rec[1] then\n\
          redis.call('SREM', KEYS[1], id)\n\
-       elseif now - tonumber(rec[1]) > tonumber(ARGV[1]) then\n\
+       elseif now - tonumber(rec[1]) > tonumber(ARGV[1])\n\
+           or (rec[3] and redis.call('EXISTS', '__keyway:lease:' .. rec[3]) == 0) then\n\
          table.insert(out, id)\n\
          table.insert(out, rec[2])\n\
        end\n\
@@ -126,18 +150,14 @@ pub const SWEEP: &str = concat!(
 );
 
 /// One phase (a single participant, `replicas = 1`): `KEYS = [lock...]`, `ARGV = [steps]`.
-/// Applies the steps atomically unless a key is locked: `{1, results}` or
-/// `{0, holder_txid, holder_age_ms}`. Exactly as safe as two phases: one server, one script.
+/// Applies the steps atomically unless a key is locked: `{1, results}` or the no vote of
+/// [`held!`]. Exactly as safe as two phases: one server, one script.
 pub const ONE_PHASE: &str = concat!(
     now_ms!(),
+    held!(),
     "for i = 1, #KEYS do\n\
        local h = redis.call('GET', KEYS[i])\n\
-       if h then\n\
-         local c = redis.call('HGET', '__keyway:tx:' .. h, 'created')\n\
-         local age = -1\n\
-         if c then age = now - tonumber(c) end\n\
-         return {0, h, age}\n\
-       end\n\
+       if h then return held(h) end\n\
      end\n\
      local steps = cmsgpack.unpack(ARGV[1])\n\
      local resp = ARGV[2]\n",
@@ -145,5 +165,15 @@ pub const ONE_PHASE: &str = concat!(
     "return {1, out}\n"
 );
 
+/// Lease: `KEYS = [index, lease]`, `ARGV = [lease_ms]`. Renews the coordinator's lease where
+/// the server has an intent open, and drops it where it has none, so that no lease key outlives
+/// the transactions it vouches for (DBSIZE counts it only while one is open).
+pub const LEASE: &str = "if redis.call('SCARD', KEYS[1]) > 0 then\n\
+       redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])\n\
+     else\n\
+       redis.call('DEL', KEYS[2])\n\
+     end\n\
+     return 1\n";
+
 /// Every script above, for the SHA1 table `EVALSHA` calls use.
-pub const ALL: [&str; 6] = [PREPARE, COMMIT, ABORT, DECIDE, SWEEP, ONE_PHASE];
+pub const ALL: [&str; 7] = [PREPARE, COMMIT, ABORT, DECIDE, SWEEP, ONE_PHASE, LEASE];

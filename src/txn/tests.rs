@@ -23,6 +23,8 @@ fn live_lock() -> Lock {
         holder: "live".into(),
         age_ms: 5,
         server: 0,
+        name: "s0".into(),
+        alive: true,
     }
 }
 
@@ -71,23 +73,48 @@ fn the_retry_delay_stays_within_its_bounds_for_any_jitter() {
 
 #[test]
 fn a_lock_is_stale_when_its_intent_is_older_than_the_lock_timeout_or_gone() {
-    let lock = |age_ms| Lock {
+    let lock = |age_ms, alive| Lock {
         holder: "h".into(),
         age_ms,
         server: 0,
+        name: "s0".into(),
+        alive,
     };
-    assert!(!lock(0).is_stale(ms(1000)));
-    assert!(!lock(1000).is_stale(ms(1000)));
-    assert!(lock(1001).is_stale(ms(1000)));
-    assert!(lock(-1).is_stale(ms(1000)), "no intent: its holder is gone");
+    assert!(!lock(0, true).is_stale(ms(1000)));
+    assert!(!lock(1000, true).is_stale(ms(1000)));
+    assert!(lock(1001, true).is_stale(ms(1000)));
+    assert!(
+        lock(-1, true).is_stale(ms(1000)),
+        "no intent: its holder is gone"
+    );
+    assert!(
+        lock(0, false).is_stale(ms(1000)),
+        "its coordinator's lease expired: resolved at once"
+    );
 }
 
 #[test]
 fn errors_answer_tryagain_only_when_nothing_was_written() {
-    let conflict = ReplyError::from(TxnError::Conflict).to_bytes();
+    let conflict = |alive| TxnError::Conflict {
+        holder: "7f3a".into(),
+        server: "s1".into(),
+        alive,
+    };
     assert_eq!(
-        &conflict[..],
-        b"-TRYAGAIN keyway: keys are locked by concurrent two-phase writes; retry\r\n"
+        &ReplyError::from(conflict(true)).to_bytes()[..],
+        &b"-TRYAGAIN keyway: keys are locked by two-phase transaction 7f3a on server 's1' (its coordinator is alive); nothing was written, retry\r\n"[..]
+    );
+    assert_eq!(
+        &ReplyError::from(conflict(false)).to_bytes()[..],
+        &b"-TRYAGAIN keyway: keys are locked by two-phase transaction 7f3a on server 's1' (its coordinator is gone: recovery is resolving it); nothing was written, retry\r\n"[..]
+    );
+    let late = CallError::Late {
+        server: "s3".into(),
+        late_ms: 750,
+    };
+    assert_eq!(
+        &ReplyError::from(TxnError::PrepareFailed(late)).to_bytes()[..],
+        &b"-TRYAGAIN keyway: two-phase prepare failed, nothing was written (server 's3' ran the prepare 750 ms after its deadline, and refused it)\r\n"[..]
     );
     let down = TxnError::ParticipantDown {
         server: "s1".into(),
@@ -113,7 +140,7 @@ fn errors_answer_tryagain_only_when_nothing_was_written() {
     );
     assert_eq!(TxnError::AbortedByRecovery.kind().prefix(), "TRYAGAIN");
     assert_eq!(TxnError::IntentVanished.kind().prefix(), "ERR");
-    assert_eq!(TxnError::Conflict.outcome(), "conflict");
+    assert_eq!(conflict(true).outcome(), "conflict");
     assert_eq!(down.outcome(), "unavailable");
     assert_eq!(TxnError::IntentVanished.outcome(), "failed");
 }
@@ -170,7 +197,10 @@ async fn a_conflict_is_retried_retries_times_with_jittered_backoff_then_answers_
             );
         }
         assert_eq!(resolved, 0, "a live lock is waited out, not resolved");
-        assert!(matches!(result, Err(TxnError::Conflict)), "{result:?}");
+        assert!(
+            matches!(result, Err(TxnError::Conflict { .. })),
+            "{result:?}"
+        );
     }
 }
 
@@ -182,11 +212,16 @@ async fn a_stale_lock_is_resolved_after_each_attempt_that_met_it() {
         holder: "dead".into(),
         age_ms: 5000,
         server: 1,
+        name: "s1".into(),
+        alive: true,
     };
     let (began, resolved, result) = run_loop(2, vec![Attempt::Conflict(stale)]).await;
     assert_eq!(began.len(), 3);
     assert_eq!(resolved, 3);
-    assert!(matches!(result, Err(TxnError::Conflict)), "{result:?}");
+    assert!(
+        matches!(result, Err(TxnError::Conflict { .. })),
+        "{result:?}"
+    );
 }
 
 /// Virtual time: a conflict then a commit answers the commit, after one wait.
@@ -219,7 +254,10 @@ async fn a_failure_or_a_conflict_with_no_retries_left_answers_at_once() {
     let (began, _, result) = run_loop(0, vec![Attempt::Conflict(live_lock())]).await;
     assert_eq!(began, [start]);
     assert_eq!(Instant::now(), start);
-    assert!(matches!(result, Err(TxnError::Conflict)), "{result:?}");
+    assert!(
+        matches!(result, Err(TxnError::Conflict { .. })),
+        "{result:?}"
+    );
 }
 
 #[test]
