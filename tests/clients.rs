@@ -134,6 +134,11 @@ fn assert_replicas_agree(servers: &[RedisServer], proxy: &Proxy, keys: &[String]
             assert_eq!(got, want, "{key} on server {i}");
         }
     }
+    let no_votes = metric(
+        &proxy.metrics(),
+        "keyway_twophase_prepares_total{vote=\"no\"}",
+    );
+    eprintln!("prepares that met another transaction's lock (retried by Keyway): {no_votes:?}");
     for (i, s) in servers.iter().enumerate() {
         let locks: Vec<String> = s.client().keys("__keyway:lock:*").unwrap();
         assert!(locks.is_empty(), "server {i} keeps locks {locks:?}");

@@ -19,6 +19,10 @@ const range = (n) => Array.from({ length: n }, (_, i) => i);
 
 async function plainCommands(c) {
   assert.equal(await c.ping(), 'PONG');
+  // connectionName: CLIENT SETNAME when it connects.
+  const named = new Redis({ host: '127.0.0.1', port, connectionName: 'keyway-io' });
+  assert.equal(await named.client('GETNAME'), 'keyway-io');
+  named.disconnect();
   assert.match(await c.client('INFO'), /resp=2/);
   assert.equal(await c.set('io:s', 'v1'), 'OK');
   assert.equal(await c.get('io:s'), 'v1');

@@ -10,9 +10,11 @@ import { createClient, RESP_TYPES, WatchError } from 'redis';
 
 const [port, resp, scenario] = process.argv.slice(2);
 const RESP = Number(resp);
+// node-redis builds objects without a prototype; compare their contents.
+const plain = (x) => JSON.parse(JSON.stringify(x));
 
-async function client(typeMapping) {
-  let c = createClient({ url: `redis://127.0.0.1:${port}`, RESP, socket: { reconnectStrategy: false } });
+async function client(typeMapping, name) {
+  let c = createClient({ url: `redis://127.0.0.1:${port}`, RESP, name, socket: { reconnectStrategy: false } });
   if (typeMapping) c = c.withTypeMapping(typeMapping);
   c.on('error', (e) => { console.error('client error', e); process.exitCode = 1; });
   await c.connect();
@@ -23,6 +25,11 @@ async function plainCommands(c) {
   assert.equal(await c.ping(), 'PONG');
   const info = await c.sendCommand(['CLIENT', 'INFO']);
   assert.match(String(info), new RegExp(`resp=${RESP}`), 'CLIENT INFO resp');
+  // A named client: HELLO 3 SETNAME (RESP3) or CLIENT SETNAME (RESP2) when it connects.
+  const named = await client(undefined, 'keyway-nr');
+  assert.equal(await named.clientGetName(), 'keyway-nr');
+  assert.match(String(await c.sendCommand(['CLIENT', 'LIST'])), new RegExp(`name=keyway-nr .*resp=${RESP}`));
+  named.destroy();
   assert.equal(await c.set('nr:s', 'v1'), 'OK');
   assert.equal(await c.get('nr:s'), 'v1');
   assert.equal(await c.get('nr:missing'), null);
@@ -45,6 +52,13 @@ async function plainCommands(c) {
   ]);
   assert.equal(await c.rPush('nr:l', ['1', '2', '3']), 3);
   assert.deepEqual(await c.lRange('nr:l', 0, -1), ['1', '2', '3']);
+  const id = await c.xAdd('nr:st', '*', { a: '1' });
+  assert.deepEqual(plain(await c.xRange('nr:st', '-', '+')), [{ id, message: { a: '1' } }]);
+  assert.deepEqual(plain(await c.zPopMin('nr:z')), { value: 'a', score: 1.5 });
+  assert.equal(await c.zAdd('nr:z', { score: 1.5, value: 'a' }), 1);
+  assert.deepEqual(plain(await c.configGet('maxmemory')), { maxmemory: '0' });
+  assert.match(await c.info('keyspace'), /db0:keys=\d+,expires=\d+/);
+  assert.equal(await c.dbSize(), (await c.keys('nr:*')).length);
   // What the wire said. sendCommand keeps the parser's own types: a RESP3 map is an object,
   // a double a number; a RESP2 reply is a flat array, a string.
   const h = await c.sendCommand(['HGETALL', 'nr:h']);

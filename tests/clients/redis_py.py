@@ -94,6 +94,64 @@ def plain_commands(r, resp3):
         raise AssertionError(f"INFO server without redis_version: {info}")
 
 
+def more_types(r, resp3):
+    # Strings, streams, geo, HyperLogLog, sorted-set pops: what applications use beside GET/SET.
+    check(r.set("py:g", "1", get=True), None, "SET GET on a new key")
+    check(r.getex("py:g", ex=50), b"1", "GETEX")
+    check(r.getdel("py:g"), b"1", "GETDEL")
+    check(r.copy("{user:1}:a", "{user:1}:copy"), True, "COPY in one slot")
+    check(r.smembers("{user:1}:copy"), {b"1", b"2", b"3"}, "COPY result")
+    check(r.type("py:h"), b"hash", "TYPE")
+    if r.object("encoding", "py:l") not in (b"quicklist", b"listpack"):
+        raise AssertionError("OBJECT ENCODING of a list")
+    if not r.memory_usage("py:h") > 0:
+        raise AssertionError("MEMORY USAGE")
+    entry = r.xadd("py:st", {"a": "1"})
+    r.xadd("py:st", {"b": "2"})
+    check(r.xlen("py:st"), 2, "XLEN")
+    check(r.xrange("py:st", count=1), [(entry, {b"a": b"1"})], "XRANGE")
+    check(r.geoadd("py:geo", (13.361389, 38.115556, "Palermo", 15.087269, 37.502669, "Catania")), 2, "GEOADD")
+    dist = r.geodist("py:geo", "Palermo", "Catania", unit="km")
+    if not 166 < dist < 167:
+        raise AssertionError(f"GEODIST {dist}")
+    check(r.pfadd("py:hll", "a", "b", "c", "a"), 1, "PFADD")
+    check(r.pfcount("py:hll"), 3, "PFCOUNT")
+    r.zadd("py:zp", {"a": 1, "b": 2, "c": 3})
+    check([tuple(x) for x in r.zpopmin("py:zp", 2)], [(b"a", 1.0), (b"b", 2.0)], "ZPOPMIN")
+    check(r.zmscore("py:zp", ["c", "none"]), [3.0, None], "ZMSCORE")
+    check(r.hrandfield("py:h", 3, withvalues=False) is not None, True, "HRANDFIELD")
+    check(r.srandmember("py:set", 5) is not None, True, "SRANDMEMBER")
+
+
+def server_face(r, resp3):
+    # What libraries, pools and tools ask a server: names, INFO, DBSIZE, CONFIG, TIME.
+    kwargs = {"client_name": "keyway-py"}
+    if PROTOCOL != "default":
+        kwargs["protocol"] = int(PROTOCOL)
+    named = redis.Redis(host="127.0.0.1", port=PORT, **kwargs)
+    check(named.client_getname(), "keyway-py", "CLIENT GETNAME after client_name")
+    mine = [c for c in named.client_list() if c.get("name") == "keyway-py"]
+    check(len(mine), 1, "CLIENT LIST shows the named client")
+    check(str(mine[0].get("resp")), "3" if resp3 else "2", "CLIENT LIST resp")
+    named.close()
+    total = r.dbsize()
+    check(len(list(r.scan_iter(count=50))), total, "DBSIZE against SCAN")
+    check(r.info("keyspace")["db0"]["keys"], total, "INFO keyspace against DBSIZE")
+    check(sorted(r.keys("py:k1*")), sorted([b"py:k1"] + [f"py:k1{i}".encode() for i in range(10)]), "KEYS")
+    if r.randomkey() is None:
+        raise AssertionError("RANDOMKEY on a pool with keys")
+    check(r.config_get("maxmemory"), {"maxmemory": "0"}, "CONFIG GET")
+    seconds, micros = r.time()
+    if not seconds > 1_600_000_000 or not 0 <= micros < 1_000_000:
+        raise AssertionError(f"TIME {seconds} {micros}")
+    info = r.info()
+    for field in ("redis_version", "redis_mode", "used_memory", "connected_clients"):
+        if field not in info:
+            raise AssertionError(f"INFO without {field}")
+    check(info["redis_mode"], "standalone", "INFO redis_mode")
+    check(r.echo("hi"), b"hi", "ECHO")
+
+
 def multi_key(r):
     # Keys spread over the three servers: MSET and MGET are split and merged in order.
     keys = [f"py:k{i}" for i in range(60)]
@@ -277,6 +335,28 @@ def two_phase(r):
     p.incrby("tp:counter", 5)
     check(p.execute(), [True] * 12 + [5], "two-phase EXEC reply")
     check(r.mget(keys), [f"v{i}".encode() for i in range(12)], "two-phase values")
+    # Every reply type of a transaction: reads see the transaction's own writes, a counter past
+    # 2^53 comes back exact, doubles, maps and nulls in the client's protocol.
+    r.set("tp:big", 9007199254740992)
+    p = r.pipeline()
+    p.set("tp:a", "1").get("tp:a").hset("tp:h", mapping={"f": "v"}).incr("tp:big").expire("tp:a", 100)
+    p.zadd("tp:z", {"m": 1.5}).zincrby("tp:z", 1, "m").hgetall("tp:h").get("tp:missing").delete("tp:nothing")
+    check(
+        p.execute(),
+        [True, b"1", 1, 9007199254740993, True, 1, 2.5, {b"f": b"v"}, None, 0],
+        "two-phase EXEC of mixed commands",
+    )
+    check(r.get("tp:big"), b"9007199254740993", "the counter stored")
+    # Scripts cannot run under two_phase (the engine applies writes inside scripts): a Lock
+    # acquires (SET NX PX) but cannot release or extend (EVALSHA); the error says why.
+    lock = r.lock("tp:lock", timeout=5)
+    check(lock.acquire(blocking=False), True, "Lock acquire under two_phase")
+    try:
+        lock.release()
+        raise AssertionError("a Lock released under two_phase")
+    except ResponseError as e:
+        if "two_phase" not in str(e):
+            raise
     # A queuing error aborts the transaction: nothing applied on any server.
     p = r.pipeline()
     for k in keys:
@@ -333,6 +413,8 @@ def main():
     if SCENARIO == "session":
         plain_commands(r, resp3)
         multi_key(r)
+        more_types(r, resp3)
+        server_face(r, resp3)
         pipelines(r)
         optimistic_locking(r)
         locks(r)
