@@ -7,6 +7,8 @@ PROTOCOL is `default` (redis-py's own default: RESP3 since 8.0) or `2`; SCENARIO
 write = "two_phase"). Every check raises on a wrong result; the last line printed is `ok`.
 """
 
+import asyncio
+import os
 import sys
 import threading
 
@@ -121,6 +123,55 @@ def more_types(r, resp3):
     check(r.zmscore("py:zp", ["c", "none"]), [3.0, None], "ZMSCORE")
     check(r.hrandfield("py:h", 3, withvalues=False) is not None, True, "HRANDFIELD")
     check(r.srandmember("py:set", 5) is not None, True, "SRANDMEMBER")
+
+
+def binary(r):
+    # Keys and values are bytes: CR, LF, NUL and non-UTF-8 bytes, and a 2 MiB value.
+    big = os.urandom(2 * 1024 * 1024)
+    check(r.set(b"py:bin:\r\n\x00\xff", big), True, "SET of a binary key")
+    check(r.get(b"py:bin:\r\n\x00\xff") == big, True, "GET of a 2 MiB value")
+    keys = [b"py:bin:" + bytes([i, 0xFF, 13, 10]) for i in range(40)]
+    r.mset({k: k * 3 for k in keys})
+    check(r.mget(keys), [k * 3 for k in keys], "MGET of binary keys over servers")
+    p = r.pipeline()
+    p.set(b"{py:bin}\r\n", b"\r\n$5\r\n").get(b"{py:bin}\r\n")
+    check(p.execute(), [True, b"\r\n$5\r\n"], "a transaction of RESP-looking bytes")
+
+
+async def asyncio_session():
+    # redis.asyncio: its own connections and pipelines.
+    import redis.asyncio as aredis
+
+    kwargs = {"host": "127.0.0.1", "port": PORT}
+    if PROTOCOL != "default":
+        kwargs["protocol"] = int(PROTOCOL)
+    r = aredis.Redis(**kwargs)
+    await asyncio.gather(*[r.set(f"py:aio{i}", i) for i in range(50)])
+    got = await asyncio.gather(*[r.get(f"py:aio{i}") for i in range(50)])
+    check(got, [str(i).encode() for i in range(50)], "asyncio concurrent GETs")
+    async with r.pipeline() as p:
+        p.set("{py:aio}x", 1).incr("{py:aio}x").hset("{py:aio}h", "f", "v").hgetall("{py:aio}h")
+        check(await p.execute(), [True, 2, 1, {b"f": b"v"}], "asyncio MULTI/EXEC")
+
+    async def incrementer():
+        c = aredis.Redis(**kwargs)
+        for _ in range(25):
+            async with c.pipeline() as p:
+                while True:
+                    try:
+                        await p.watch("{py:aio}ctr")
+                        v = int(await p.get("{py:aio}ctr") or 0)
+                        p.multi()
+                        p.set("{py:aio}ctr", v + 1)
+                        await p.execute()
+                        break
+                    except WatchError:
+                        continue
+        await c.aclose()
+
+    await asyncio.gather(*[incrementer() for _ in range(4)])
+    check(await r.get("{py:aio}ctr"), b"100", "asyncio WATCH counter after 4 x 25 increments")
+    await r.aclose()
 
 
 def server_face(r, resp3):
@@ -418,6 +469,8 @@ def main():
         pipelines(r)
         optimistic_locking(r)
         locks(r)
+        binary(r)
+        asyncio.run(asyncio_session())
     elif SCENARIO == "two_phase":
         check(str(protocol_in_use(r)), "3" if resp3 else "2", "CLIENT INFO resp")
         two_phase(r)
