@@ -18,6 +18,7 @@
 #   scripts/bench/callgrind.sh mset 1 20000     # one cell of your choice
 #
 # Environment: BENCH_KEYWAY_BIN=path (else cargo build --release), CALLGRIND_TOP=20,
+# CALLGRIND_BENCH_ARGS="-3" (more redis-benchmark options: -3 for RESP3 clients),
 # CALLGRIND_KEEP=dir (keep the callgrind output files there, for callgrind_annotate by line).
 # Needs: valgrind, redis-server, redis-benchmark, redis-cli, python3.
 set -euo pipefail
@@ -54,7 +55,7 @@ run_keyway() {
   kpid=$!
   wait_for_ping "${ports[3]}" 30 || die "keyway did not start: $(tail -5 "$dir/keyway.log")"
   if (( requests > 0 )); then
-    redis-benchmark -p "${ports[3]}" -t "$test" -P "$pipeline" -c 50 -n "$requests" -r 100000 -d 64 -q \
+    redis-benchmark -p "${ports[3]}" -t "$test" -P "$pipeline" -c 50 -n "$requests" -r 100000 -d 64 -q ${CALLGRIND_BENCH_ARGS:-} \
       >/dev/null 2>&1 || die "redis-benchmark failed"
   fi
   kill -INT "$kpid"

@@ -230,8 +230,14 @@ fn pack_str(out: &mut BytesMut, s: &[u8]) {
     out.put_slice(s);
 }
 
+/// Bytes [`pack_str`] writes for a string of `n` bytes (at most).
+fn packed_len(n: usize) -> usize {
+    n + 5
+}
+
 fn pack_strings(items: &[Bytes]) -> Bytes {
-    let mut out = BytesMut::new();
+    let mut out =
+        BytesMut::with_capacity(5 + items.iter().map(|i| packed_len(i.len())).sum::<usize>());
     pack_array_header(&mut out, items.len());
     for i in items {
         pack_str(&mut out, i);
@@ -240,7 +246,12 @@ fn pack_strings(items: &[Bytes]) -> Bytes {
 }
 
 fn pack_steps(steps: &[Step]) -> Bytes {
-    let mut out = BytesMut::new();
+    let size = steps
+        .iter()
+        .flat_map(|s| s.command.iter().chain(&s.readback))
+        .map(|a| packed_len(a.len()))
+        .sum::<usize>();
+    let mut out = BytesMut::with_capacity(5 + 16 * steps.len() + size);
     pack_array_header(&mut out, steps.len());
     for s in steps {
         pack_array_header(&mut out, 2);
@@ -261,13 +272,21 @@ fn pack_steps(steps: &[Step]) -> Bytes {
 /// redis-server runs EVALSHA 2.6x as fast as EVAL). A server that answers `NOSCRIPT` (restarted,
 /// or `SCRIPT FLUSH`ed) gets the same call as `EVAL` (see [`script_reply`]), which loads it again.
 fn eval(script: &'static str, keys: Vec<Bytes>, args: Vec<Bytes>) -> Bytes {
-    let mut all = Vec::with_capacity(3 + keys.len() + args.len());
-    all.push(Bytes::from_static(b"EVALSHA"));
-    all.push(sha_of(script));
-    all.push(Bytes::from(keys.len().to_string()));
-    all.extend(keys);
-    all.extend(args);
-    Request::from_args(&all).frame().clone()
+    // Written straight into a buffer of its final size: no argument list, no reallocation.
+    let sha = sha_of(script);
+    let numkeys = keys.len().to_string();
+    let head: [&[u8]; 3] = [b"EVALSHA", &sha, numkeys.as_bytes()];
+    let all = || {
+        head.iter()
+            .copied()
+            .chain(keys.iter().chain(&args).map(|b| b.as_ref()))
+    };
+    let mut out = BytesMut::with_capacity(16 + all().map(|a| a.len() + 16).sum::<usize>());
+    crate::protocol::write_array_header(&mut out, 3 + keys.len() + args.len());
+    for a in all() {
+        crate::protocol::write_bulk(&mut out, a);
+    }
+    out.freeze()
 }
 
 /// SHA1 hex of each of Keyway's scripts, computed once.
