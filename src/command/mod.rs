@@ -386,6 +386,11 @@ pub enum Merge {
     /// SCRIPT EXISTS: element-wise AND of the integer arrays (a script exists only if every
     /// server has it).
     LogicalAnd,
+    /// SCRIPT KILL, FUNCTION KILL: sent to every server over a connection of its own (the shared
+    /// ones wait behind the running script); `+OK` if a server killed one, else the first
+    /// answer other than `-NOTBUSY` (`-UNKILLABLE`, `-BUSY` for the other kind of script, a
+    /// server that cannot be reached), else `-NOTBUSY`, as redis-server answers.
+    AnyKilled,
 }
 
 /// How Keyway serves a command.
