@@ -517,6 +517,15 @@ fn script_kill_and_function_kill_reach_the_busy_server() {
     assert!(wait_until(std::time::Duration::from_secs(5), || {
         busy_server(&servers).is_none()
     }));
+    // A pipeline of kills (their connections are opened 16 at a time) gets every answer.
+    let mut raw = RawClient::connect(proxy.addr);
+    raw.send(&b"*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n".repeat(300));
+    for _ in 0..300 {
+        assert_eq!(
+            raw.read_reply().unwrap(),
+            b"-NOTBUSY No scripts in execution right now.\r\n"
+        );
+    }
     assert!(stays_up(
         &proxy,
         &name,

@@ -352,6 +352,10 @@ fn all(topo: &Arc<Topology>, pick: Pick, how: Merge, frame: &Bytes) -> Pending {
 /// script runs until the script ends, and Keyway's connection to that server may be the one
 /// that sent it. Opening a connection (and its `AUTH`) is allowed while a server is busy.
 fn kill(topo: &Arc<Topology>, frame: &Bytes) -> Pending {
+    /// Kill connections open at once, over all clients and servers: a client that pipelines
+    /// thousands of `SCRIPT KILL`s waits for its turn instead of opening thousands of
+    /// connections.
+    static CONNECTIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
     let tasks: Vec<_> = topo
         .servers
         .iter()
@@ -359,6 +363,7 @@ fn kill(topo: &Arc<Topology>, frame: &Bytes) -> Pending {
             let pool = s.pool.clone();
             let frame = frame.clone();
             tokio::spawn(async move {
+                let _permit = CONNECTIONS.acquire().await;
                 let mut lease = pool.lease(crate::protocol::Proto::Resp2).await?;
                 lease.call(&frame, 1).await
             })
