@@ -196,6 +196,9 @@ TRAITS = {
     "xreadgroup": ["BLOCK_OPTION"],
     # A read that the warm-up after a swap may answer from a slot's previous server.
     "get": ["WARM"],
+    # Reads keys named by BY/GET patterns and the sorted elements, not by key positions.
+    "sort": ["PATTERNS"],
+    "sort_ro": ["PATTERNS"],
 }
 
 # Commands of later Redis versions that clients send on connect, with their facts as that
