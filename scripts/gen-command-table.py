@@ -40,8 +40,6 @@ REASONS = {
     "PUBSUB": "publish/subscribe is not supported yet",
     "REPLICATION": "replication between the backend servers is managed outside keyway",
     "SCRIPT_DEBUG": "the Lua debugger needs a dedicated connection to one server",
-    "SCRIPT_KILL": "keyway cannot tell which backend server runs the script; run it against "
-    "that server directly",
     "WAIT": "replica acknowledgements are per server; choose keyway's write policy "
     "(write = all, quorum or two_phase) instead",
 }
@@ -71,6 +69,9 @@ KINDS = {
     "function|delete": "AllServers(AllOk)",
     "function|flush": "AllServers(AllOk)",
     "function|restore": "AllServers(AllOk)",
+    # On a connection of its own to every server: the shared ones wait behind the script.
+    "script|kill": "AllServers(AnyKilled)",
+    "function|kill": "AllServers(AnyKilled)",
     # Keyless, any one server answers (scripts and functions are loaded on all of them).
     "config|get": "AnyServer",
     "function|dump": "AnyServer",
@@ -135,7 +136,6 @@ REFUSED = {
     "MIGRATE": "migrate",
     "REPLICATION": "failover psync replconf replicaof role slaveof sync",
     "SCRIPT_DEBUG": "script|debug",
-    "SCRIPT_KILL": "function|kill script|kill",
     "WAIT": "wait",
 }
 for _reason, _names in REFUSED.items():
@@ -196,6 +196,9 @@ TRAITS = {
     "xreadgroup": ["BLOCK_OPTION"],
     # A read that the warm-up after a swap may answer from a slot's previous server.
     "get": ["WARM"],
+    # Reads keys named by BY/GET patterns and the sorted elements, not by key positions.
+    "sort": ["PATTERNS"],
+    "sort_ro": ["PATTERNS"],
 }
 
 # Commands of later Redis versions that clients send on connect, with their facts as that
@@ -303,7 +306,7 @@ use super::keys::{{dest_numkeys, numkeys, range, GeoStore, Sort, Streams, NOKEYS
 use super::Kind::{{
     AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan, Transaction,
 }};
-use super::Merge::{{AllOk, Array, Concat, LogicalAnd, Ok, SameReply, SumInt}};
+use super::Merge::{{AllOk, AnyKilled, Array, Concat, LogicalAnd, Ok, SameReply, SumInt}};
 use super::{{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, Tx as T}};
 
 /// Why a command is refused: the text after "command 'x' is not supported by keyway: ".

@@ -86,6 +86,7 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Repl
 /// Serves the admin endpoints on `listener` until the process ends (the admin port stays up
 /// while Keyway drains, so that `/readyz` can say so).
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let mut refused = Refused::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -96,8 +97,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             }
         };
         let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = MAX_CONNECTIONS, "admin connection refused: too many open");
             drop(stream);
+            refused.note(peer);
             continue;
         };
         let state = state.clone();
@@ -116,6 +117,33 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 tracing::debug!(%peer, error = %e, "admin connection error");
             }
         });
+    }
+}
+
+/// Connections closed at once because [`MAX_CONNECTIONS`] were open: logged at most once a
+/// minute (the first at once), with how many since, so that a flood cannot fill the log.
+#[derive(Default)]
+struct Refused {
+    since_logged: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl Refused {
+    fn note(&mut self, peer: SocketAddr) {
+        self.since_logged += 1;
+        let due = self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            tracing::warn!(
+                %peer,
+                max = MAX_CONNECTIONS,
+                refused = self.since_logged,
+                "admin connections refused: too many open (count since the last such line)"
+            );
+            self.since_logged = 0;
+            self.logged_at = Some(std::time::Instant::now());
+        }
     }
 }
 

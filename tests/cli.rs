@@ -183,3 +183,60 @@ fn check_refuses_secret_files_that_are_devices_or_too_large() {
         }
     }
 }
+
+/// `keyway check` refuses what would make an unsafe or broken proxy, naming the key: two servers
+/// on one address, a zero limit, `admin` equal to `listen`, a probe interval under 10 ms, and a
+/// URL with a password as an address (whose password it never prints).
+#[test]
+fn check_refuses_duplicate_addresses_zero_limits_shared_ports_tiny_intervals_and_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            GOOD.replace("127.0.0.1:7003", "127.0.0.1:7001"),
+            "pool.servers[2].addr",
+            "same address",
+        ),
+        (
+            format!("{GOOD}[limits]\nmax_pipeline = 0\n"),
+            "limits.max_pipeline",
+            "at least 1",
+        ),
+        (
+            format!("{GOOD}[limits]\nmax_client_output = 0\n"),
+            "limits.max_client_output",
+            "at least 1",
+        ),
+        (
+            GOOD.replace(
+                "listen = \"127.0.0.1:6380\"",
+                "listen = \"127.0.0.1:6380\"\nadmin = \"127.0.0.1:6380\"",
+            ),
+            "`admin`",
+            "must differ from listen",
+        ),
+        (
+            GOOD.replace(
+                "replicas = 1",
+                "replicas = 1\n[pool.health]\ninterval = \"1ns\"",
+            ),
+            "pool.health.interval",
+            "at least 10ms",
+        ),
+        (
+            GOOD.replace("127.0.0.1:7002", "redis://:hunter2-secret@127.0.0.1:7002"),
+            "pool.servers[1].addr",
+            "looks like a URL",
+        ),
+    ];
+    for (i, (toml, key, why)) in cases.iter().enumerate() {
+        let path = write(&dir, &format!("bad{i}.toml"), toml);
+        let o = keyway(&["check", "--config", &path], &[]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{toml}\n{t}");
+        assert!(
+            t.contains(key) && t.contains(why),
+            "want {key}: {why}, got {t}"
+        );
+        assert!(!t.contains("hunter2"), "the password is printed: {t}");
+    }
+}

@@ -633,6 +633,44 @@ fn keyways_own_keys_are_out_of_clients_reach() {
     for s in [&a, &b, &c] {
         assert_eq!(s.dbsize(), 0);
     }
+    // SORT reads the keys its GET and BY patterns make of the elements: a list holding a
+    // Keyway key's name cannot be sorted into reading it.
+    let secret = support::key_on(&proxy, 0, "__keyway:tx:");
+    let list = support::key_on(&proxy, 0, "l");
+    let _: () = redis::cmd("SET")
+        .arg(&secret)
+        .arg("staged")
+        .query(&mut a.client())
+        .unwrap();
+    let _: () = con.rpush(&list, &secret).unwrap();
+    for pattern in ["*", "*->steps"] {
+        let err = redis::cmd("SORT")
+            .arg(&list)
+            .arg("BY")
+            .arg("nosort")
+            .arg("GET")
+            .arg(pattern)
+            .query::<redis::Value>(&mut con)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("SORT BY and GET patterns"),
+            "{err}"
+        );
+    }
+    let own: Vec<String> = redis::cmd("SORT")
+        .arg(&list)
+        .arg("BY")
+        .arg("nosort")
+        .arg("GET")
+        .arg("#")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(own, std::slice::from_ref(&secret));
+    let _: () = con.del(&list).unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&secret)
+        .query(&mut a.client())
+        .unwrap();
     // The keys they name work as ever.
     let _: () = con.set("acct:42", "1").unwrap();
     let got: String = con.get("acct:42").unwrap();

@@ -405,3 +405,130 @@ fn config_get_answers_from_one_server_for_every_client() {
         .collect();
     assert_eq!(answers.len(), 1, "{answers:?}");
 }
+
+/// Which of `servers` runs a script now (answers PING with -BUSY), if any.
+fn busy_server(servers: &[RedisServer]) -> Option<usize> {
+    servers
+        .iter()
+        .position(|s| raw_command(s.addr(), &["PING"]).is_ok_and(|r| r.starts_with(b"-BUSY")))
+}
+
+/// Samples `keyway_server_up{server}` for `period` and returns whether it was always 1.
+fn stays_up(proxy: &Proxy, server: &str, period: std::time::Duration) -> bool {
+    let series = format!("keyway_server_up{{server=\"{server}\"}}");
+    let end = std::time::Instant::now() + period;
+    while std::time::Instant::now() < end {
+        if metric(&proxy.metrics(), &series) != Some(1.0) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// SCRIPT KILL and FUNCTION KILL reach the server that runs the script (whichever it is, over a
+/// connection of their own: the shared one waits behind the script) and answer as redis-server
+/// does: -NOTBUSY when nothing runs, +OK once one was killed, the busy server's -BUSY for the
+/// other kind. While a script runs past busy-reply-threshold the server stays up (its probes
+/// get -BUSY, an answer) and other clients get its -BUSY, not a timeout.
+#[test]
+fn script_kill_and_function_kill_reach_the_busy_server() {
+    let servers: Vec<RedisServer> = (0..2)
+        .map(|_| RedisServer::start_with(&["--busy-reply-threshold", "100"]))
+        .collect();
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(
+        &refs,
+        "timeout = \"500ms\"\n[pool.health]\ninterval = \"50ms\"\nfall = 2\nrise = 1\n",
+    ));
+    let direct = |args: &[&str]| raw_command(servers[0].addr(), args).unwrap();
+    for kill in [["SCRIPT", "KILL"], ["FUNCTION", "KILL"]] {
+        let got = raw_command(proxy.addr, &kill).unwrap();
+        assert_eq!(got, direct(&kill), "{kill:?} with nothing running");
+        assert_eq!(got, b"-NOTBUSY No scripts in execution right now.\r\n");
+    }
+
+    // A script that never ends, sent by one client through Keyway.
+    let addr = proxy.addr;
+    let spinner = std::thread::spawn(move || {
+        raw_command(addr, &["EVAL", "while true do end", "0"]).unwrap_or_default()
+    });
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        busy_server(&servers).is_some()
+    }));
+    let busy = busy_server(&servers).unwrap();
+    let name = format!("s{busy}");
+    // Another client's request to that server gets the server's -BUSY once the script's
+    // connection gave up on it (pool.timeout), not a timeout.
+    let key = support::key_on(&proxy, busy, "k");
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || {
+            raw_command(proxy.addr, &["GET", &key]).is_ok_and(|r| r.starts_with(b"-BUSY"))
+        }),
+        "{:?}",
+        raw_command(proxy.addr, &["GET", &key])
+    );
+    assert!(
+        stays_up(&proxy, &name, std::time::Duration::from_millis(600)),
+        "a busy server was marked down"
+    );
+    // FUNCTION KILL cannot stop a script: the busy server's -BUSY says what can.
+    let got = raw_command(proxy.addr, &["FUNCTION", "KILL"]).unwrap();
+    assert!(
+        got.starts_with(b"-BUSY"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let got = raw_command(proxy.addr, &["SCRIPT", "KILL"]).unwrap();
+    assert_eq!(got, b"+OK\r\n");
+    let spun = spinner.join().unwrap();
+    assert!(spun.starts_with(b"-"), "{}", String::from_utf8_lossy(&spun));
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        raw_command(proxy.addr, &["GET", &key]).is_ok_and(|r| r == b"$-1\r\n")
+    }));
+    assert_eq!(
+        raw_command(proxy.addr, &["SCRIPT", "KILL"]).unwrap(),
+        b"-NOTBUSY No scripts in execution right now.\r\n"
+    );
+
+    // The same for a function.
+    let library =
+        "#!lua name=spin\nredis.register_function('spin', function() while true do end end)";
+    assert_eq!(
+        raw_command(proxy.addr, &["FUNCTION", "LOAD", library]).unwrap(),
+        b"$4\r\nspin\r\n"
+    );
+    let spinner =
+        std::thread::spawn(move || raw_command(addr, &["FCALL", "spin", "0"]).unwrap_or_default());
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        busy_server(&servers).is_some()
+    }));
+    let got = raw_command(proxy.addr, &["SCRIPT", "KILL"]).unwrap();
+    assert!(
+        got.starts_with(b"-BUSY"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(
+        raw_command(proxy.addr, &["FUNCTION", "KILL"]).unwrap(),
+        b"+OK\r\n"
+    );
+    spinner.join().unwrap();
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        busy_server(&servers).is_none()
+    }));
+    // A pipeline of kills (their connections are opened 16 at a time) gets every answer.
+    let mut raw = RawClient::connect(proxy.addr);
+    raw.send(&b"*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n".repeat(300));
+    for _ in 0..300 {
+        assert_eq!(
+            raw.read_reply().unwrap(),
+            b"-NOTBUSY No scripts in execution right now.\r\n"
+        );
+    }
+    assert!(stays_up(
+        &proxy,
+        &name,
+        std::time::Duration::from_millis(100)
+    ));
+}

@@ -651,3 +651,70 @@ fn admin_connections_are_bounded_and_time_out() {
     let mut con = proxy.client();
     let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).unwrap();
 }
+
+/// With 256 file descriptors (as a small container may have), 300 half-sent admin requests
+/// do not starve the client port: past 64 the admin port closes new connections at once, so
+/// Keyway keeps descriptors to accept and serve clients.
+#[test]
+fn half_sent_admin_requests_do_not_starve_the_client_port() {
+    use std::io::{Read, Write};
+    let a = RedisServer::start();
+    let proxy = ProxyProcess::start(&support::config_toml(&[&a], ""), &[]);
+    let pid = proxy.child.id();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=256:256"])
+        .status()
+        .unwrap();
+    assert!(limited.success(), "prlimit");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        // Refused ones may be reset by the time they write: that is what a refusal is.
+        if let Ok(mut s) = std::net::TcpStream::connect(proxy.admin) {
+            let _ = s.write_all(b"PUT /topology HTTP/1.1\r\nHost: k\r\nContent-Len");
+            held.push(s);
+        }
+    }
+    // Keyway holds as many admin connections as it will (64 with the limit, every descriptor
+    // left without it) before the clients come (`before` may count a few transient ones).
+    assert!(wait_until(Duration::from_secs(2), || fds() >= before + 56));
+    // Clients connect and are served, many at once, while the half-sent requests are held
+    // (their 5 s header timeout is far off).
+    let clients: Vec<redis::Connection> = (0..50)
+        .map(|_| {
+            let con = redis::Client::open(format!("redis://{}/", proxy.addr))
+                .unwrap()
+                .get_connection_with_timeout(Duration::from_secs(1))
+                .unwrap();
+            con.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            con
+        })
+        .collect();
+    for (i, mut con) in clients.into_iter().enumerate() {
+        let _: () = con.set(format!("fd{i}"), i).unwrap();
+        let got: usize = con.get(format!("fd{i}")).unwrap();
+        assert_eq!(got, i);
+    }
+    // Past the limit a fresh admin connection is closed at once, without a reply (a reset
+    // when the request was sent before the close).
+    let mut s = std::net::TcpStream::connect(proxy.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: k\r\n\r\n");
+    let mut buf = Vec::new();
+    let closed = match s.read_to_end(&mut buf) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed && buf.is_empty(), "{buf:?}");
+    // Refusals are logged, not one line each.
+    let log = proxy.log();
+    let lines = log.matches("admin connections refused").count();
+    assert!((1..=2).contains(&lines), "{lines} lines");
+    assert!(!log.contains("Too many open files"), "{log}");
+    drop(held);
+}

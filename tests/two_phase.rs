@@ -801,3 +801,67 @@ fn a_prepare_that_a_stalled_server_runs_after_its_deadline_takes_no_lock() {
         start.elapsed()
     );
 }
+
+/// A secondary participant whose intent is gone when its commit comes (removed by whoever
+/// reached `__keyway:tx:*`, here straight on the servers while the coordinator pauses just after
+/// the commit point) makes the write answer an error that says so, never `+OK`.
+#[test]
+fn a_secondary_commit_without_its_intent_is_an_error_not_ok() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let toml = config_toml(&servers, &two_phase(""));
+    let proxy = ProxyProcess::start_env(
+        &toml,
+        &[],
+        &[("KW_FAILPOINT", "pause_after_primary_commit")],
+    );
+    let addr = proxy.addr;
+    let keys = spread_keys();
+    let writer = std::thread::spawn(move || {
+        let mut con = redis::Client::open(format!("redis://{addr}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut mset = redis::cmd("MSET");
+        for k in &keys {
+            mset.arg(k).arg("new");
+        }
+        mset.query::<redis::Value>(&mut con)
+    });
+    // The commit point: the decision is recorded on the primary participant.
+    let decided = |s: &RedisServer| {
+        !s.client()
+            .keys::<_, Vec<String>>("__keyway:decision:*")
+            .unwrap()
+            .is_empty()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || servers
+            .iter()
+            .any(|s| decided(s))),
+        "{}",
+        proxy.log()
+    );
+    // Only the secondaries still hold an intent: remove them.
+    let mut removed = 0;
+    for s in &servers {
+        let mut con = s.client();
+        let intents: Vec<String> = con.keys("__keyway:tx:*").unwrap();
+        for k in intents {
+            removed += con.del::<_, i64>(&k).unwrap();
+        }
+    }
+    assert!(removed >= 1, "no secondary intent to remove");
+    let answer = writer.join().unwrap();
+    let err = answer.expect_err("a half-applied write must not answer OK");
+    let text = err.to_string();
+    assert!(text.contains("nothing staged left to apply"), "{text}");
+    assert!(text.contains("outcome on that server is unknown"), "{text}");
+    assert!(
+        proxy
+            .log()
+            .contains("found no intent on a secondary participant"),
+        "{}",
+        proxy.log()
+    );
+}

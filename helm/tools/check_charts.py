@@ -219,6 +219,36 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
             cm = ((volumes.get(m["name"]) or {}).get("configMap") or {}).get("name")
             if cm not in keyway_cms:
                 problems.append(f"{where}: mounts ConfigMap {cm}, rendered: {sorted(keyway_cms)}")
+        # Secrets: each *_file of keyway.toml is in a whole-directory mount of the Secret
+        # that auth.* names, and nothing else is mounted there.
+        if pod.get("enableServiceLinks") is not False:
+            problems.append(f"{where}: enableServiceLinks is not false (KEYWAY_* service links)")
+        for cm in keyway_cms.values():
+            toml = tomllib.loads(cm["data"]["keyway.toml"])
+            files = {"admin_token_file": (toml.get("admin_token_file"), "adminToken"),
+                     "pool.password_file": (toml["pool"].get("password_file"), "server")}
+            for key, (path, auth) in files.items():
+                ref = kv["auth"][auth]
+                if not ref["existingSecret"]:
+                    if path:
+                        problems.append(f"{where}: {key} = {path} without auth.{auth}")
+                    continue
+                if not path:
+                    problems.append(f"{where}: auth.{auth}.existingSecret set, no {key}")
+                    continue
+                directory, _, entry = path.rpartition("/")
+                if entry != ref["key"]:
+                    problems.append(f"{where}: {key} {path} does not name key {ref['key']}")
+                sm = [m for m in c.get("volumeMounts", []) if m["mountPath"] == directory]
+                if len(sm) != 1 or "subPath" in sm[0]:
+                    problems.append(f"{where}: {key}: no whole-directory mount at {directory}")
+                    continue
+                secret = ((volumes.get(sm[0]["name"]) or {}).get("secret") or {})
+                if secret.get("secretName") != ref["existingSecret"]:
+                    problems.append(f"{where}: {directory} mounts {secret}, want Secret "
+                                    f"{ref['existingSecret']}")
+            if toml["pool"].get("username") != (kv["auth"]["server"]["username"] or None):
+                problems.append(f"{where}: pool.username is not auth.server.username")
         args = c.get("args", [])
         if f"{kv['configDir'].rstrip('/')}/keyway.toml" not in args:
             problems.append(f"{where}: args {args} do not name the mounted keyway.toml")
@@ -262,9 +292,12 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
                 problems.append(f"{kind}/{o['metadata']['name']}: selector {sel} matches no pod")
     if expect_mode == "standalone":
         svc = by_kind(docs, "Service")
-        if len(svc) != 1 or {p["targetPort"] for p in svc[0]["spec"]["ports"]} != {
-                "keyway", "keyway-admin"}:
-            problems.append("standalone mode needs one Service on the client and admin ports")
+        # The admin port is on the Service only when asked for (or for a ServiceMonitor).
+        want = {"keyway"}
+        if kv["service"].get("exposeAdmin") or kv["monitoring"]["serviceMonitor"]["enabled"]:
+            want.add("keyway-admin")
+        if len(svc) != 1 or {p["targetPort"] for p in svc[0]["spec"]["ports"]} != want:
+            problems.append(f"standalone mode needs one Service on the ports {sorted(want)}")
         if kv["podDisruptionBudget"]["enabled"] and not by_kind(docs, "PodDisruptionBudget"):
             problems.append("no PodDisruptionBudget rendered")
     else:
@@ -273,6 +306,7 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
                 if o["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "keyway":
                     problems.append(f"sidecar mode rendered the chart's own {kind}")
     problems += check_monitors(docs, keyway_pods, kv)
+    problems += check_network_policy(docs, pods, kv, expect_mode)
     if problems:
         raise Failure("\n".join(problems))
     return f"{len(pods)} Keyway workload(s), {len(docs)} objects"
@@ -304,10 +338,46 @@ def check_monitors(docs, keyway_pods, kv) -> list[str]:
     return problems
 
 
+def check_network_policy(docs, pods, kv, expect_mode) -> list[str]:
+    """The optional NetworkPolicy selects the Keyway pods and opens their named ports only."""
+    problems = []
+    policies = by_kind(docs, "NetworkPolicy")
+    wanted = kv["networkPolicy"]["enabled"] and expect_mode == "standalone"
+    if wanted != bool(policies):
+        problems.append(f"networkPolicy.enabled={kv['networkPolicy']['enabled']} rendered "
+                        f"{len(policies)} NetworkPolicy")
+    for np in policies:
+        labels = [d["spec"]["template"]["metadata"].get("labels") or {} for d, _, _, _ in pods]
+        sel = np["spec"]["podSelector"]["matchLabels"]
+        if not any(matches(sel, lbl) for lbl in labels):
+            problems.append(f"NetworkPolicy: podSelector {sel} matches no Keyway pod")
+        names = {p["name"] for _, _, c, _ in pods for p in c.get("ports", [])}
+        opened = {}
+        for rule in np["spec"].get("ingress", []):
+            for port in rule.get("ports", []):
+                if port["port"] not in names:
+                    problems.append(f"NetworkPolicy: port {port['port']} is not a Keyway port")
+                opened[port["port"]] = rule.get("from")
+        if opened.get("keyway", []) != (kv["networkPolicy"]["clientFrom"] or None):
+            problems.append(f"NetworkPolicy: client port from {opened.get('keyway')}")
+        admin_from = kv["networkPolicy"]["adminFrom"]
+        if ("keyway-admin" in opened) != bool(admin_from) or (
+                admin_from and opened["keyway-admin"] != admin_from):
+            problems.append(f"NetworkPolicy: admin port from {opened.get('keyway-admin')}, "
+                            f"want {admin_from or 'closed'}")
+    return problems
+
+
 def keyway_check(checker: Checker, docs, label: str) -> str:
     cms = [d for d in by_kind(docs, "ConfigMap") if "keyway.toml" in d.get("data", {})]
     text = cms[0]["data"]["keyway.toml"]
-    tomllib.loads(text)  # TOML syntax, independent of any binary
+    parsed = tomllib.loads(text)  # TOML syntax, independent of any binary
+    # Secret files exist only in the pod: stand-ins here, so that `keyway check` reads them.
+    for path in (parsed.get("admin_token_file"), parsed["pool"].get("password_file")):
+        if path:
+            stand_in = checker.workdir / f"secret-{abs(hash(path))}"
+            stand_in.write_text("stand-in-secret\n")
+            text = text.replace(json.dumps(path), json.dumps(str(stand_in)))
     if checker.keyway is None:
         return "TOML parses; no Keyway binary: `keyway check` skipped"
     path = checker.workdir / f"{label.replace('/', '_').replace(' ', '_')}.keyway.toml"
@@ -450,6 +520,7 @@ spec:
     metadata:
       labels: {app: vendored}
     spec:
+      enableServiceLinks: false
       initContainers:
         {{- include "keyway.sidecar" . | nindent 8 }}
       containers:
@@ -520,6 +591,15 @@ def main() -> int:
                        "selector")
         expect_refused(checker, chart, "an unknown limits key",
                        {"config": {"limits": {"max_conns": 5}}}, "max_conns")
+        expect_refused(checker, chart, "Secrets mounted over the config directory",
+                       {"secretsDir": "/etc/keyway/",
+                        "auth": {"adminToken": {"existingSecret": "t"}}}, "secretsDir")
+        expect_refused(checker, chart, "a NetworkPolicy in sidecar mode",
+                       {"mode": "sidecar", "networkPolicy": {"enabled": True},
+                        "monitoring": {"podMonitor": {"selector": {"app": "x"}}}},
+                       "networkPolicy")
+        expect_refused(checker, chart, "an admin token given in the values",
+                       {"auth": {"adminToken": {"token": "s3cret"}}}, "token")
         future_keys(checker, chart)
 
         example = work / "helm" / "examples" / "app-with-keyway"

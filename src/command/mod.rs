@@ -118,6 +118,9 @@ impl Traits {
     pub const FORGETS_FUNCTION: Traits = Traits(1 << 13);
     /// `FUNCTION FLUSH`, `FUNCTION RESTORE`: every remembered library is forgotten.
     pub const FORGETS_FUNCTIONS: Traits = Traits(1 << 14);
+    /// Reads the keys its `BY` and `GET` patterns make of the sorted elements (`SORT`,
+    /// `SORT_RO`): names the key positions do not show.
+    pub const PATTERNS: Traits = Traits(1 << 15);
     /// No trait.
     pub const NONE: Traits = Traits(0);
 
@@ -159,6 +162,7 @@ mod trait_ {
     pub(super) const FORGETS_SCRIPTS: Traits = Traits::FORGETS_SCRIPTS;
     pub(super) const FORGETS_FUNCTION: Traits = Traits::FORGETS_FUNCTION;
     pub(super) const FORGETS_FUNCTIONS: Traits = Traits::FORGETS_FUNCTIONS;
+    pub(super) const PATTERNS: Traits = Traits::PATTERNS;
 }
 
 /// The commands Keyway answers itself: one variant per table entry of kind [`Kind::Local`], so
@@ -386,6 +390,11 @@ pub enum Merge {
     /// SCRIPT EXISTS: element-wise AND of the integer arrays (a script exists only if every
     /// server has it).
     LogicalAnd,
+    /// SCRIPT KILL, FUNCTION KILL: sent to every server over a connection of its own (the shared
+    /// ones wait behind the running script); `+OK` if a server killed one, else the first
+    /// answer other than `-NOTBUSY` (`-UNKILLABLE`, `-BUSY` for the other kind of script, a
+    /// server that cannot be reached), else `-NOTBUSY`, as redis-server answers.
+    AnyKilled,
 }
 
 /// How Keyway serves a command.

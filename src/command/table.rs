@@ -10,7 +10,7 @@ use super::keys::{dest_numkeys, numkeys, range, GeoStore, Sort, Streams, NOKEYS}
 use super::Kind::{
     AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan, Transaction,
 };
-use super::Merge::{AllOk, Array, Concat, LogicalAnd, Ok, SameReply, SumInt};
+use super::Merge::{AllOk, AnyKilled, Array, Concat, LogicalAnd, Ok, SameReply, SumInt};
 use super::{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, Tx as T};
 
 /// Why a command is refused: the text after "command 'x' is not supported by keyway: ".
@@ -32,7 +32,6 @@ mod why {
     pub const REPLICATION: &str =
         "replication between the backend servers is managed outside keyway";
     pub const SCRIPT_DEBUG: &str = "the Lua debugger needs a dedicated connection to one server";
-    pub const SCRIPT_KILL: &str = "keyway cannot tell which backend server runs the script; run it against that server directly";
     pub const WAIT: &str = "replica acknowledgements are per server; choose keyway's write policy (write = all, quorum or two_phase) instead";
 }
 
@@ -164,7 +163,7 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("function|dump",                  2, NOKEYS,                AnyServer,                  &[NOSCRIPT],                                                                &[]),
     cmd("function|flush",                -2, NOKEYS,                AllServers(AllOk),          &[WRITE, NOSCRIPT],                                                         &[FORGETS_FUNCTIONS]),
     cmd("function|help",                  2, NOKEYS,                AnyServer,                  &[LOADING, STALE],                                                          &[]),
-    cmd("function|kill",                  2, NOKEYS,                Refused(why::SCRIPT_KILL),  &[NOSCRIPT, ALLOW_BUSY],                                                    &[]),
+    cmd("function|kill",                  2, NOKEYS,                AllServers(AnyKilled),      &[NOSCRIPT, ALLOW_BUSY],                                                    &[]),
     cmd("function|list",                 -2, NOKEYS,                AnyServer,                  &[NOSCRIPT],                                                                &[]),
     cmd("function|load",                 -3, NOKEYS,                AllServers(SameReply),      &[WRITE, DENYOOM, NOSCRIPT],                                                &[LOADS_FUNCTION]),
     cmd("function|restore",              -3, NOKEYS,                AllServers(AllOk),          &[WRITE, DENYOOM, NOSCRIPT],                                                &[FORGETS_FUNCTIONS]),
@@ -305,7 +304,7 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("script|exists",                 -3, NOKEYS,                AllServers(LogicalAnd),     &[NOSCRIPT],                                                                &[]),
     cmd("script|flush",                  -2, NOKEYS,                AllServers(AllOk),          &[NOSCRIPT],                                                                &[FORGETS_SCRIPTS]),
     cmd("script|help",                    2, NOKEYS,                AnyServer,                  &[LOADING, STALE],                                                          &[]),
-    cmd("script|kill",                    2, NOKEYS,                Refused(why::SCRIPT_KILL),  &[NOSCRIPT, ALLOW_BUSY],                                                    &[]),
+    cmd("script|kill",                    2, NOKEYS,                AllServers(AnyKilled),      &[NOSCRIPT, ALLOW_BUSY],                                                    &[]),
     cmd("script|load",                    3, NOKEYS,                AllServers(SameReply),      &[NOSCRIPT, STALE],                                                         &[LOADS_SCRIPT]),
     cmd("sdiff",                         -2, range(1, -1, 1),       Keyed,                      &[READONLY],                                                                &[]),
     cmd("sdiffstore",                    -3, range(1, -1, 1),       Keyed,                      &[WRITE, DENYOOM],                                                          &[]),
@@ -329,8 +328,8 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("smembers",                       2, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[]),
     cmd("smismember",                    -3, range(1, 1, 1),        Keyed,                      &[READONLY, FAST],                                                          &[]),
     cmd("smove",                          4, range(1, 2, 1),        Keyed,                      &[WRITE, FAST],                                                             &[]),
-    cmd("sort",                          -2, Sort,                  Keyed,                      &[WRITE, DENYOOM, MOVABLEKEYS],                                             &[]),
-    cmd("sort_ro",                       -2, range(1, 1, 1),        Keyed,                      &[READONLY, MOVABLEKEYS],                                                   &[]),
+    cmd("sort",                          -2, Sort,                  Keyed,                      &[WRITE, DENYOOM, MOVABLEKEYS],                                             &[PATTERNS]),
+    cmd("sort_ro",                       -2, range(1, 1, 1),        Keyed,                      &[READONLY, MOVABLEKEYS],                                                   &[PATTERNS]),
     cmd("spop",                          -2, range(1, 1, 1),        Keyed,                      &[WRITE, FAST],                                                             &[RANDOM]),
     cmd("spublish",                       3, range(1, 1, 1),        Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE, FAST],                                            &[]),
     cmd("srandmember",                   -2, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[RANDOM]),

@@ -15,8 +15,10 @@
 //! ```
 //!
 //! - **Active**: every `interval`, a PING over a control connection of its own (redis-rs), with
-//!   `timeout`. PONG is a success; anything else (an error such as `-LOADING`, a timeout, a
-//!   refused connection, a refused `AUTH`) is a failure. The control connection authenticates
+//!   `timeout`. PONG is a success, and so is `-BUSY` (a script runs past the server's
+//!   busy-reply-threshold: the server is alive, and `SCRIPT KILL` through Keyway reaches it);
+//!   anything else (an error such as `-LOADING`, a timeout, a refused connection, a refused
+//!   `AUTH`) is a failure. The control connection authenticates
 //!   with the server's credentials, the password file read again at each new connection.
 //! - **Passive**: the data connections report a failure when a socket fails, a request times
 //!   out, a connect fails, or a server answers `-LOADING`, `-MASTERDOWN` or `-READONLY` (it
@@ -283,29 +285,26 @@ async fn ping(
                 .current(&health.name)
                 .map_err(ProbeError::Credentials)?;
             let c = con.insert(connect(addr, auth, &health.options).await?);
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(c)
-                .await
-                .map_err(|e| {
-                    if e.code() == Some("NOAUTH") {
-                        ProbeError::Auth(e)
-                    } else {
-                        ProbeError::Ping(e)
-                    }
-                })?;
-            version = redis_version(&info);
+            let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(c).await;
+            match info {
+                Ok(info) => version = redis_version(&info),
+                // Busy running a script: alive; the version is read at the next connection.
+                Err(e) if is_busy(&e) => {}
+                Err(e) if e.code() == Some("NOAUTH") => return Err(ProbeError::Auth(e)),
+                Err(e) => return Err(ProbeError::Ping(e)),
+            }
             c
         }
     };
-    let pong: String = redis::cmd("PING").query_async(c).await.map_err(|e| {
+    let pong: String = match redis::cmd("PING").query_async(c).await {
+        Ok(pong) => pong,
+        // A script or function runs past busy-reply-threshold: the server answers, it is up;
+        // clients get its -BUSY until SCRIPT KILL or FUNCTION KILL (through Keyway too).
+        Err(e) if is_busy(&e) => return Ok(version),
         // The server wants credentials Keyway does not have (or no longer accepts).
-        if e.code() == Some("NOAUTH") {
-            ProbeError::Auth(e)
-        } else {
-            ProbeError::Ping(e)
-        }
-    })?;
+        Err(e) if e.code() == Some("NOAUTH") => return Err(ProbeError::Auth(e)),
+        Err(e) => return Err(ProbeError::Ping(e)),
+    };
     if pong != "PONG" {
         return Err(ProbeError::Reply(pong));
     }
@@ -321,6 +320,12 @@ async fn ping(
         }
     }
     Ok(version)
+}
+
+/// Whether a reply is redis-server's `-BUSY Redis is busy running a script...`: a live server
+/// that runs a long script, not a failure.
+fn is_busy(e: &redis::RedisError) -> bool {
+    e.code() == Some("BUSY")
 }
 
 /// `redis_version` of an `INFO server` text.

@@ -325,6 +325,9 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
 
 /// DBSIZE, FLUSHDB, KEYS, SCRIPT LOAD, ...: the same frame to every server.
 fn all(topo: &Arc<Topology>, pick: Pick, how: Merge, frame: &Bytes) -> Pending {
+    if how == Merge::AnyKilled {
+        return kill(topo, frame);
+    }
     let mut replies = Vec::with_capacity(topo.servers.len());
     for s in &topo.servers {
         replies.push(Pending::Forward(s.pool.send(pick, frame.clone())));
@@ -341,6 +344,43 @@ fn all(topo: &Arc<Topology>, pick: Pick, how: Merge, frame: &Bytes) -> Pending {
             frames.push(reply);
         }
         merge::all(how, frames, &topo)
+    }))
+}
+
+/// SCRIPT KILL, FUNCTION KILL: to every server at once, each over a connection opened for it.
+/// Not over the shared connections: redis-server reads nothing more from the connection whose
+/// script runs until the script ends, and Keyway's connection to that server may be the one
+/// that sent it. Opening a connection (and its `AUTH`) is allowed while a server is busy.
+fn kill(topo: &Arc<Topology>, frame: &Bytes) -> Pending {
+    /// Kill connections open at once, over all clients and servers: a client that pipelines
+    /// thousands of `SCRIPT KILL`s waits for its turn instead of opening thousands of
+    /// connections.
+    static CONNECTIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+    let tasks: Vec<_> = topo
+        .servers
+        .iter()
+        .map(|s| {
+            let pool = s.pool.clone();
+            let frame = frame.clone();
+            tokio::spawn(async move {
+                let _permit = CONNECTIONS.acquire().await;
+                let mut lease = pool.lease(crate::protocol::Proto::Resp2).await?;
+                lease.call(&frame, 1).await
+            })
+        })
+        .collect();
+    Pending::Merge(Box::pin(async move {
+        let mut replies = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            replies.push(match task.await {
+                Ok(reply) => reply.map_err(ReplyError::from),
+                Err(_) => Err(ReplyError::new(
+                    ErrorKind::Internal,
+                    "keyway: the kill request to a server was cancelled",
+                )),
+            });
+        }
+        merge::killed(replies)
     }))
 }
 

@@ -116,6 +116,9 @@ fn all_ok(replies: Vec<Reply>) -> Reply {
 /// from the server that [`Topology::owner`] names for its slot (each key once), and DBSIZE
 /// divides the sum by the replica count (exact while the replicas hold the same keys).
 pub(crate) fn all(how: Merge, replies: Vec<Reply>, topo: &Topology) -> Reply {
+    if how == Merge::AnyKilled {
+        return killed(replies);
+    }
     let mut values = match parse_all(replies) {
         Ok(values) => values,
         Err(e) => return e,
@@ -152,6 +155,29 @@ pub(crate) fn all(how: Merge, replies: Vec<Reply>, topo: &Topology) -> Reply {
     combine(how, values)
 }
 
+/// SCRIPT KILL, FUNCTION KILL over every server ([`Merge::AnyKilled`]): `+OK` if a server
+/// killed a script; else the first other answer that is not `-NOTBUSY` (`-UNKILLABLE`, `-BUSY`
+/// from a server running the other kind of script, a server that could not be reached); else
+/// the servers' `-NOTBUSY`, as redis-server answers when nothing runs.
+pub(crate) fn killed(replies: Vec<Reply>) -> Reply {
+    let mut notbusy = None;
+    let mut other = None;
+    for reply in replies {
+        match &reply {
+            Ok(frame) if frame.as_ref() == b"+OK\r\n" => return reply,
+            Ok(frame) if frame.starts_with(b"-NOTBUSY") => {
+                notbusy.get_or_insert(reply);
+            }
+            _ => {
+                other.get_or_insert(reply);
+            }
+        }
+    }
+    other
+        .or(notbusy)
+        .unwrap_or_else(|| Err(ReplyError::new(ErrorKind::Internal, "keyway: no servers")))
+}
+
 /// Whether a listed key is Keyway's own (`__keyway:*`: two-phase locks, intents, decisions).
 fn is_internal(k: &Value) -> bool {
     matches!(k, Value::Bulk(key) if key.starts_with(crate::txn::RESERVED_PREFIX))
@@ -180,7 +206,8 @@ fn combine(how: Merge, values: Vec<Value>) -> Reply {
             }
             frame(|out| write_integer(out, sum))
         }
-        Merge::Ok | Merge::AllOk => {
+        // AnyKilled only gets here without error replies ([`killed`] handles those).
+        Merge::Ok | Merge::AllOk | Merge::AnyKilled => {
             for v in &values {
                 if !matches!(v, Value::Simple(s) if s.as_ref() == b"OK") {
                     return unexpected(v);
@@ -384,6 +411,26 @@ mod tests {
     fn a_part_that_answers_fewer_keys_is_a_bad_reply() {
         let merged = split(Merge::Array, vec![ok(b"*1\r\n$1\r\na\r\n")], &[0, 0]);
         assert_eq!(merged.unwrap_err().kind(), ErrorKind::BadReply);
+    }
+
+    #[test]
+    fn a_kill_is_ok_if_one_server_killed_else_the_first_other_answer_else_notbusy() {
+        let notbusy = || ok(b"-NOTBUSY No scripts in execution right now.\r\n");
+        let unkillable = || ok(b"-UNKILLABLE Sorry the script already executed write commands\r\n");
+        let down = || {
+            Err(ReplyError::new(
+                ErrorKind::Unavailable,
+                "server 's1' is unavailable",
+            ))
+        };
+        let killed_one = killed(vec![notbusy(), down(), ok(b"+OK\r\n"), unkillable()]);
+        assert_eq!(&killed_one.unwrap()[..], b"+OK\r\n");
+        let none = killed(vec![notbusy(), notbusy()]);
+        assert_eq!(none.unwrap(), notbusy().unwrap());
+        let stuck = killed(vec![notbusy(), unkillable(), down()]);
+        assert_eq!(stuck.unwrap(), unkillable().unwrap());
+        assert!(killed(vec![notbusy(), down()]).is_err());
+        assert!(killed(vec![]).is_err());
     }
 
     #[test]

@@ -113,6 +113,42 @@ fn is_reserved(key: &[u8]) -> bool {
     key.starts_with(crate::txn::RESERVED_PREFIX)
 }
 
+pub(crate) const RESERVED_PATTERN: &str = "SORT BY and GET patterns that could name keys \
+     starting with '__keyway:' (keyway's own bookkeeping) are refused: begin the pattern with \
+     fixed text, e.g. weight_* or user:*->name";
+
+/// Whether a SORT or SORT_RO `BY`/`GET` pattern may name one of Keyway's keys. redis-server
+/// reads the key a pattern makes of each element (its first `*` replaced by the element; a
+/// pattern without `*` reads nothing), so a pattern whose text before that `*` starts with
+/// `__keyway:`, or could be completed into it by an element (`*`, `__key*`), reaches them;
+/// one whose fixed start differs (`weight_*`, `user:*->name`) cannot.
+fn sort_pattern_is_reserved(pattern: &[u8]) -> bool {
+    let Some(star) = pattern.iter().position(|&b| b == b'*') else {
+        return false;
+    };
+    let fixed = pattern.get(..star).unwrap_or_default();
+    fixed.starts_with(crate::txn::RESERVED_PREFIX) || crate::txn::RESERVED_PREFIX.starts_with(fixed)
+}
+
+/// Whether SORT's arguments (from the third on: options) hold a `BY` or `GET` pattern that
+/// may name one of Keyway's keys (see [`sort_pattern_is_reserved`]).
+fn sort_reaches_reserved(args: Args<'_>) -> bool {
+    let mut i = 2;
+    while let Some(arg) = args.get(i) {
+        if arg.eq_ignore_ascii_case(b"LIMIT") {
+            i += 3;
+        } else if arg.eq_ignore_ascii_case(b"BY") || arg.eq_ignore_ascii_case(b"GET") {
+            if args.get(i + 1).is_some_and(sort_pattern_is_reserved) {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
 const RANDOM_FANOUT: &str = "SPOP picks members at random, so replicas would pop different \
      members; keyway refuses it when writes go to several replicas (write = all or quorum)";
 
@@ -230,6 +266,9 @@ fn keyed<'r, 't>(
                 spec.name
             ),
         ));
+    }
+    if spec.traits.contains(Traits::PATTERNS) && sort_reaches_reserved(args) {
+        return refuse(ErrorKind::Refused, RESERVED_PATTERN);
     }
     let mut slot = None;
     for &i in keys.iter() {

@@ -139,6 +139,44 @@ fn refusals_carry_their_kind() {
     }
 }
 
+/// SORT's BY and GET patterns make key names of the sorted elements: one that could make a
+/// `__keyway:` name is refused; fixed-prefix patterns, `#` and patterns without `*` are not.
+#[test]
+fn sort_patterns_that_could_name_keyways_keys_are_refused() {
+    let mut f = Fixture::new(3, "");
+    for args in [
+        &["SORT", "l", "BY", "nosort", "GET", "*"][..],
+        &["SORT", "l", "GET", "#", "GET", "__keyway:tx:*->steps"],
+        &["SORT", "l", "LIMIT", "0", "10", "BY", "__k*"],
+        &["SORT_RO", "l", "GET", "*->primary"],
+        &["SORT", "l", "by", "_*", "STORE", "d"],
+    ] {
+        with_plan(&mut f, args, |_, plan| {
+            assert_eq!(refusal(&plan), Ok(ErrorKind::Refused), "{args:?}");
+        });
+    }
+    for args in [
+        &["SORT", "l"][..],
+        &[
+            "SORT",
+            "l",
+            "BY",
+            "weight_*",
+            "GET",
+            "#",
+            "GET",
+            "user:*->name",
+        ],
+        &["SORT", "l", "BY", "nosort", "GET", "__keyway:constant"],
+        &["SORT", "l", "LIMIT", "0", "1", "ALPHA", "DESC"],
+        &["SORT_RO", "l", "BY", "w*"],
+    ] {
+        with_plan(&mut f, args, |_, plan| {
+            assert!(matches!(plan, Plan::Route(_)), "{args:?}: {plan:?}");
+        });
+    }
+}
+
 #[test]
 fn one_replica_routes_to_the_slot_primary_or_any_server_when_keyless() {
     let mut f = Fixture::new(3, "");

@@ -105,6 +105,12 @@ pub(crate) enum TxnError {
         "keyway: the transaction's intent vanished on its primary participant; outcome unknown"
     )]
     IntentVanished,
+    /// After the commit point, a secondary participant had no intent left to apply: it was
+    /// removed, or recovery applied it already. That server's part and results are unknown.
+    #[error(
+        "keyway: the write passed its commit point, but server '{server}' had nothing staged left to apply (its intent was removed, or recovery applied it); the outcome on that server is unknown"
+    )]
+    SecondaryIntentMissing { server: String },
     /// The commit on the primary participant got no answer: it may or may not have happened.
     #[error(
         "keyway: two-phase commit outcome unknown ({0}); recovery will finish it on every replica"
@@ -127,7 +133,9 @@ impl TxnError {
             | TxnError::Conflict { .. }
             | TxnError::PrepareFailed(_)
             | TxnError::AbortedByRecovery => ErrorKind::TryAgain,
-            TxnError::IntentVanished | TxnError::CommitUnknown(_) => ErrorKind::OutcomeUnknown,
+            TxnError::IntentVanished
+            | TxnError::SecondaryIntentMissing { .. }
+            | TxnError::CommitUnknown(_) => ErrorKind::OutcomeUnknown,
             TxnError::OnePhase(e) => e.kind(),
             TxnError::Empty => ErrorKind::Internal,
         }
@@ -141,6 +149,7 @@ impl TxnError {
             TxnError::PrepareFailed(_)
             | TxnError::AbortedByRecovery
             | TxnError::IntentVanished
+            | TxnError::SecondaryIntentMissing { .. }
             | TxnError::CommitUnknown(_)
             | TxnError::OnePhase(_)
             | TxnError::Empty => "failed",

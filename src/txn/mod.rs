@@ -769,19 +769,34 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
         failpoint("between_secondary_commits").await;
     }
     let mut all_acknowledged = true;
+    let mut missing: Option<String> = None;
     for (part, s, rx, frame) in others {
         let acknowledged = match script_reply(s, pick, rx, &frame).await {
             Ok(v) if int_at(&v, 0) == Some(1) => {
                 results.push((part, v));
                 true
             }
-            // Nothing staged any more: recovery already rolled it forward.
-            Ok(v) => int_at(&v, 0) == Some(0),
-            Err(_) => false,
+            // Nothing staged here any more: the intent was removed (by a script that reached
+            // `__keyway:tx:*`), or recovery took this transaction for dead and applied it.
+            // Keyway cannot tell which, nor give this part's results: the client is told,
+            // never answered as if all went through.
+            Ok(v) if int_at(&v, 0) == Some(0) => {
+                tracing::error!(
+                    txid = %txid,
+                    server = %s.name,
+                    "two-phase commit found no intent on a secondary participant after the commit point; the client gets an error"
+                );
+                missing.get_or_insert_with(|| s.name.clone());
+                false
+            }
+            Ok(_) | Err(_) => false,
         };
         // A secondary that failed after the commit point is rolled forward by recovery, which
         // needs the decision; otherwise the decision has served its purpose.
         all_acknowledged &= acknowledged;
+    }
+    if let Some(server) = missing {
+        return Attempt::Failed(TxnError::SecondaryIntentMissing { server });
     }
     if all_acknowledged {
         let del = Request::from_args(&[Bytes::from_static(b"DEL"), decision.clone()]);

@@ -4,7 +4,8 @@ Keyway chart helpers.
 Public named templates (for your own chart, sidecar mode):
   keyway.sidecar         the Keyway container, an entry for the pod's initContainers (a native
                          sidecar: restartPolicy Always)
-  keyway.sidecarVolume   the config volume, an entry for the pod's volumes
+  keyway.sidecarVolume   the config volume (and the Secret volumes of auth.*), entries for the
+                         pod's volumes
   keyway.configMap       the ConfigMap manifest (rendered by this chart itself when it is a
                          dependency; include it yourself only if you copy these templates)
 Each takes the root context ("."). The Keyway values are .Values.keyway when that key exists
@@ -151,6 +152,9 @@ the file stays valid for a Keyway that does not know that key yet.
 # Edit the chart values, not this file: Keyway reloads it when the ConfigMap changes.
 listen = {{ include "keyway.listen" . | toJson }}
 admin = {{ include "keyway.admin" . | toJson }}
+{{- if .Values.auth.adminToken.existingSecret }}
+admin_token_file = {{ printf "%s/admin-token/%s" (trimSuffix "/" .Values.secretsDir) .Values.auth.adminToken.key | toJson }}
+{{- end }}
 {{- if not (kindIs "invalid" $c.drain_timeout) }}
 drain_timeout = {{ include "keyway.tomlScalar" $c.drain_timeout }}
 {{- end }}
@@ -164,6 +168,12 @@ threads = {{ include "keyway.tomlScalar" $c.threads }}
 {{- if not (kindIs "invalid" $x) }}
 {{ $k }} = {{ include "keyway.tomlScalar" $x }}
 {{- end }}
+{{- end }}
+{{- with .Values.auth.server.username }}
+username = {{ . | toJson }}
+{{- end }}
+{{- if .Values.auth.server.existingSecret }}
+password_file = {{ printf "%s/server-password/%s" (trimSuffix "/" .Values.secretsDir) .Values.auth.server.key | toJson }}
 {{- end }}
 {{- with $pool.health }}
 
@@ -307,6 +317,42 @@ volumeMounts:
   - name: {{ ternary $v.sidecar.volumeName "config" .sidecar }}
     mountPath: {{ $v.configDir | quote }}
     readOnly: true
+  {{- range $s := include "keyway.secrets" . | fromJsonArray }}
+  - name: {{ $s.volume }}
+    mountPath: {{ $s.dir | quote }}
+    readOnly: true
+  {{- end }}
+{{- end -}}
+
+{{/*
+The Secrets mounted for Keyway, as a JSON array of {volume, dir, secret}: the admin token and the
+servers' password, each when its existingSecret is set. kctx plus sidecar (volume names are
+prefixed with sidecar.volumeName in sidecar mode, to stay apart from the pod's own).
+*/}}
+{{- define "keyway.secrets" -}}
+{{- $v := .Values -}}
+{{- $prefix := ternary (printf "%s-" $v.sidecar.volumeName) "keyway-" (.sidecar | default false) -}}
+{{- $dir := trimSuffix "/" $v.secretsDir -}}
+{{- if eq $dir (trimSuffix "/" $v.configDir) -}}
+{{- fail "keyway: secretsDir must differ from configDir" -}}
+{{- end -}}
+{{- $out := list -}}
+{{- with $v.auth.adminToken.existingSecret -}}
+{{- $out = append $out (dict "volume" (printf "%sadmin-token" $prefix) "dir" (printf "%s/admin-token" $dir) "secret" .) -}}
+{{- end -}}
+{{- with $v.auth.server.existingSecret -}}
+{{- $out = append $out (dict "volume" (printf "%sserver-password" $prefix) "dir" (printf "%s/server-password" $dir) "secret" .) -}}
+{{- end -}}
+{{- $out | toJson -}}
+{{- end -}}
+
+{{/* The Secret volumes of keyway.secrets, as entries of a pod's volumes. */}}
+{{- define "keyway.secretVolumes" -}}
+{{- range $s := include "keyway.secrets" . | fromJsonArray }}
+- name: {{ $s.volume }}
+  secret:
+    secretName: {{ $s.secret }}
+{{- end }}
 {{- end -}}
 
 {{- define "keyway.configMapFromKctx" -}}
@@ -347,14 +393,16 @@ The Keyway native sidecar: one entry of the pod's initContainers (Kubernetes 1.2
 {{- end -}}
 
 {{/*
-The config volume: one entry of the pod's volumes.
+The config volume, and one Secret volume per auth.*.existingSecret: entries of the pod's volumes.
   volumes:
     {{- include "keyway.sidecarVolume" . | nindent 8 }}
 */}}
 {{- define "keyway.sidecarVolume" -}}
 {{- $k := include "keyway.kctx" . | fromJson -}}
 {{- $_ := set $k "Release" .Release -}}
+{{- $_ := set $k "sidecar" true -}}
 - name: {{ $k.Values.sidecar.volumeName }}
   configMap:
     name: {{ include "keyway.configMapName" $k }}
+{{- include "keyway.secretVolumes" $k }}
 {{- end -}}
