@@ -243,20 +243,24 @@ pub(crate) async fn run(
                 stream.poll_read_ready(cx).map(Woke::Readable)
             })
             .await;
-            match woke {
-                Woke::Answered(reply) => entry.reply = Pending::Ready(reply),
-                Woke::Readable(ready) => ready?,
+            let why = match woke {
+                Woke::Answered(reply) => {
+                    entry.reply = Pending::Ready(reply);
+                    None
+                }
+                Woke::Readable(ready) => {
+                    ready?;
+                    None
+                }
+                Woke::Killed => Some(Disconnect::Killed),
+                Woke::Drain | Woke::Idle => Some(Disconnect::Drain),
+            };
+            if let Some(why) = why {
                 // Dropping the entry closes the server connection: the server pops nothing
                 // for a client that is gone.
-                Woke::Drain | Woke::Killed | Woke::Idle => {
-                    let why = match woke {
-                        Woke::Killed => Disconnect::Killed,
-                        _ => Disconnect::Drain,
-                    };
-                    count_disconnect(&shared.metrics, why);
-                    let _ = stream.shutdown().await;
-                    return Ok(());
-                }
+                count_disconnect(&shared.metrics, why);
+                let _ = stream.shutdown().await;
+                return Ok(());
             }
         } else {
             let woke = parked(
