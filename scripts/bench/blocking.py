@@ -19,6 +19,8 @@ loopback ports, a temporary directory) and Keyway over the pool, then:
   difference per client is Keyway's memory per blocked client, its server connection's
   user-space state included (its kernel socket buffers are not RSS). Then every client closes
   and the servers are checked to hold no blocked client.
+- sequential: for scale, one client's RPUSH then LPOP (no blocking), one at a time, through
+  Keyway and directly in the same rounds: what the proxy hop alone costs a chain of requests.
 """
 import argparse
 import json
@@ -73,6 +75,11 @@ class Conn:
             return None if n < 0 else [self.reply() for _ in range(n)]
         return rest
 
+    def close(self):
+        # The file made by makefile() keeps the socket open until it is closed too.
+        self.file.close()
+        self.sock.close()
+
     def call(self, *args):
         self.sock.sendall(encode(*args))
         return self.reply()
@@ -83,7 +90,7 @@ def rss_kib(pid):
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    return None
 
 
 def metric(admin, name):
@@ -138,6 +145,22 @@ def ping_pong(port, seconds):
     return n / elapsed
 
 
+def sequential(port, seconds):
+    """Round trips per second of one client's RPUSH then LPOP, one at a time: what two
+    sequential requests cost through the same path without blocking (the proxy hop's share)."""
+    c = Conn(port)
+    push, pop = encode("RPUSH", "{pp}seq", "x"), encode("LPOP", "{pp}seq")
+    n = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        c.sock.sendall(push)
+        c.reply()
+        c.sock.sendall(pop)
+        c.reply()
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
 def memory(port, admin, pid, blocked, servers):
     conns = [Conn(port) for _ in range(blocked)]
     for c in conns:
@@ -156,7 +179,7 @@ def memory(port, admin, pid, blocked, servers):
         info = Conn(sp).call("INFO", "clients").decode()
         on_servers += int(info.split("blocked_clients:")[1].split()[0])
     for c in conns:
-        c.sock.close()
+        c.close()
     freed = wait_for(lambda: metric(admin, "keyway_blocked_clients") == 0, 60)
     left = 0
     for sp in servers:
@@ -164,6 +187,7 @@ def memory(port, admin, pid, blocked, servers):
         info = Conn(sp).call("INFO", "clients").decode()
         left += int(info.split("blocked_clients:")[1].split()[0])
     time.sleep(1.0)
+    after = rss_kib(pid)
     return {
         "blocked_clients": blocked,
         "all_blocked": ok,
@@ -173,7 +197,7 @@ def memory(port, admin, pid, blocked, servers):
         "bytes_per_blocked_client": round((held - idle) * 1024 / blocked),
         "gauge_back_to_zero": freed,
         "blocked_on_servers_after_close": left,
-        "rss_after_close_kib": rss_kib(pid),
+        "rss_after_close_kib": after,
     }
 
 
@@ -210,17 +234,19 @@ def main():
                     f"max_clients = {a.blocked + 1000}\n[pool]\n{servers}")
         for p in pool + [direct]:
             wait_for(lambda: _answers(p), 10)
-        env = dict(os.environ, RUST_LOG="warn")
+        env = dict(os.environ, RUST_LOG=os.environ.get("BENCH_LOG", "warn"))
         kw = subprocess.Popen([a.keyway, "serve", "--config", config], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(f"{d}/keyway.log", "w"))
         procs.append(kw)
         if not wait_for(lambda: _answers(listen), 10):
             sys.exit("keyway did not start: " + open(f"{d}/keyway.log").read())
 
-        direct_rates, keyway_rates = [], []
+        direct_rates, keyway_rates, seq_direct, seq_keyway = [], [], [], []
         for _ in range(a.rounds):
             direct_rates.append(ping_pong(direct, a.seconds))
             keyway_rates.append(ping_pong(listen, a.seconds))
+            seq_direct.append(sequential(direct, a.seconds))
+            seq_keyway.append(sequential(listen, a.seconds))
         out = {
             "ping_pong_round_trips_per_sec": {
                 "direct": [round(r) for r in direct_rates],
@@ -228,9 +254,17 @@ def main():
                 "keyway_over_direct": round(
                     statistics.median(keyway_rates) / statistics.median(direct_rates), 3),
             },
+            "sequential_rpush_lpop_per_sec": {
+                "direct": [round(r) for r in seq_direct],
+                "keyway": [round(r) for r in seq_keyway],
+                "keyway_over_direct": round(
+                    statistics.median(seq_keyway) / statistics.median(seq_direct), 3),
+            },
             "memory": memory(listen, admin, kw.pid, a.blocked, pool),
             "command": " ".join(["scripts/bench/blocking.py"] + sys.argv[1:]),
         }
+        if kw.poll() is not None:
+            sys.exit(f"keyway exited ({kw.returncode}): " + open(f"{d}/keyway.log").read()[-4000:])
         print(json.dumps(out, indent=2))
     finally:
         for p in procs:
