@@ -31,7 +31,6 @@ REASONS = {
     "ACL": "users and ACLs are managed on each backend server directly",
     "AUTH": "keyway does not authenticate clients yet; the servers see keyway's own user "
     "(pool.username and pool.password_file), never a client's",
-    "BLOCKING": "blocking commands are not supported yet",
     "CLIENT": "it would act on keyway's backend connections, which many clients share",
     "CLUSTER": "keyway is not a Redis Cluster node; it routes keys to servers itself",
     "DATABASES": "keyway shards keys over several servers and serves database 0 only",
@@ -115,7 +114,9 @@ KINDS = {
     # The servers know every command's keys: their answer is redis-server's, byte for byte.
     "command|getkeys": "AnyServer",
     "command|getkeysandflags": "AnyServer",
-    # XREAD/XREADGROUP are flagged blocking, but only block with BLOCK: the session decides.
+    # XREAD/XREADGROUP are flagged blocking, but only block with BLOCK: the planner decides.
+    # Every other blocking command (BLPOP, BZPOPMIN, ...) has keys and is Keyed: the planner
+    # sends it on a server connection of its own (see server::blocking).
     "xread": "Keyed",
     "xreadgroup": "Keyed",
 }
@@ -156,8 +157,8 @@ def kind_of(name, flags, has_keys, is_container):
         return "Refused(why::CLUSTER)"
     if "pubsub" in flags or container == "pubsub":
         return "Refused(why::PUBSUB)"
-    if "blocking" in flags:
-        return "Refused(why::BLOCKING)"
+    if "blocking" in flags and not has_keys:
+        sys.exit(f"no routing decision for keyless blocking command {name!r}: add it to KINDS")
     if has_keys:
         return "Keyed"
     sys.exit(f"no routing decision for keyless command {name!r}: add it to KINDS")
@@ -194,6 +195,16 @@ TRAITS = {
     # Blocks only with a BLOCK option.
     "xread": ["BLOCK_OPTION"],
     "xreadgroup": ["BLOCK_OPTION"],
+    # Blocking pops: what a pop took, so that under write = all|quorum the other replicas of
+    # the slot remove the same element (see server::blocking).
+    "blpop": ["POPS_LEFT"],
+    "brpop": ["POPS_RIGHT"],
+    "blmpop": ["POPS_WHERE"],
+    "blmove": ["MOVES_LIST"],
+    "brpoplpush": ["MOVES_RIGHT_LEFT"],
+    "bzpopmin": ["POPS_ZSET"],
+    "bzpopmax": ["POPS_ZSET"],
+    "bzmpop": ["POPS_ZSET"],
     # A read that the warm-up after a swap may answer from a slot's previous server.
     "get": ["WARM"],
     # Reads keys named by BY/GET patterns and the sorted elements, not by key positions.

@@ -302,9 +302,18 @@ pub struct LimitsConfig {
     /// EXEC, DISCARD, UNWATCH or its departure); past it WATCH answers an error. Default 1024.
     #[serde(default = "default_max_transactions")]
     pub max_transactions: usize,
+    /// Most clients blocked at once on one server (`BLPOP`, `XREAD ... BLOCK`, ...), each on a
+    /// server connection of its own while it blocks; past it the blocking command answers an
+    /// error. Default 1024.
+    #[serde(default = "default_max_blocked_per_server")]
+    pub max_blocked_per_server: usize,
 }
 
 fn default_max_transactions() -> usize {
+    1024
+}
+
+fn default_max_blocked_per_server() -> usize {
     1024
 }
 
@@ -319,6 +328,7 @@ impl Default for LimitsConfig {
             max_client_output: default_max_client_output(),
             idle_timeout: Duration::ZERO,
             max_transactions: default_max_transactions(),
+            max_blocked_per_server: default_max_blocked_per_server(),
         }
     }
 }
@@ -505,6 +515,7 @@ impl Config {
             ("max_inline_len", self.limits.max_inline_len),
             ("max_client_output", self.limits.max_client_output),
             ("max_transactions", self.limits.max_transactions),
+            ("max_blocked_per_server", self.limits.max_blocked_per_server),
         ];
         if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(invalid(

@@ -92,6 +92,12 @@ pub struct Metrics {
     /// `keyway_scripts_reloaded_total`: EVALSHA/FCALL calls sent again after Keyway loaded the
     /// script or library on a server missing it.
     pub scripts_reloaded: IntCounter,
+    /// `keyway_blocked_clients`: clients whose blocking command (BLPOP, XREAD BLOCK, ...) waits
+    /// on a server connection of its own.
+    pub blocked_clients: IntGauge,
+    /// `keyway_blocking_replays_failed_total`: a blocking pop's removal that a replica did not
+    /// take (write = all|quorum).
+    pub blocking_replays_failed: IntCounter,
     twophase_transactions: IntCounterVec,
     twophase_prepares: IntCounterVec,
     twophase_commits: IntCounterVec,
@@ -208,6 +214,16 @@ impl Metrics {
                 &r,
                 "keyway_scripts_reloaded_total",
                 "EVALSHA or FCALL calls sent again after loading their script or library on a server that had lost it.",
+            ),
+            blocked_clients: gauge(
+                &r,
+                "keyway_blocked_clients",
+                "Clients whose blocking command waits on a server connection of its own.",
+            ),
+            blocking_replays_failed: counter(
+                &r,
+                "keyway_blocking_replays_failed_total",
+                "Blocking pops whose removal a replica of the slot did not take (write = all or quorum).",
             ),
             client_refused: counter(
                 &r,

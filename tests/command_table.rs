@@ -410,6 +410,8 @@ fn notable_commands_route_as_designed() {
     assert_eq!(kind("eval"), Kind::Keyed);
     assert_eq!(kind("msetnx"), Kind::Keyed);
     assert_eq!(kind("xread"), Kind::Keyed);
+    assert_eq!(kind("blpop"), Kind::Keyed);
+    assert_eq!(kind("bzmpop"), Kind::Keyed);
     assert_eq!(kind("config|get"), Kind::AnyServer);
     assert_eq!(kind("info"), Kind::Local(Local::Info));
     assert_eq!(kind("client|setname"), Kind::Local(Local::ClientSetname));
@@ -418,7 +420,6 @@ fn notable_commands_route_as_designed() {
     assert_eq!(kind("multi"), Kind::Transaction(keyway::command::Tx::Multi));
     assert_eq!(kind("exec"), Kind::Transaction(keyway::command::Tx::Exec));
     for refused in [
-        "blpop",
         "subscribe",
         "publish",
         "wait",

@@ -97,3 +97,138 @@ impl Lease {
         last.ok_or_else(|| self.shared.protocol("no reply"))
     }
 }
+
+/// Server connections that carry blocking commands (`BLPOP`, `XREAD ... BLOCK`, ...): one per
+/// blocked client while it blocks, kept open afterwards for the next one (up to
+/// [`IDLE_BLOCKING_KEPT`] per protocol), and at most `limit` at once per server.
+#[derive(Default)]
+pub(super) struct Blocking {
+    /// Connections that carried a blocking command to its end, ready for the next.
+    idle: std::sync::Mutex<Vec<(Proto, TcpStream)>>,
+    /// Blocked clients at most, set by the first blocking command (`limits.max_blocked_per_server`).
+    permits: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+}
+
+/// Idle blocking connections a server's pool keeps per protocol.
+pub const IDLE_BLOCKING_KEPT: usize = 64;
+
+impl Blocking {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Proto, TcpStream)>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops the idle connections (the pool left the topology).
+    pub(super) fn close(&self) {
+        self.idle().clear();
+    }
+}
+
+/// A server connection carrying one client's blocking command, and its share of the server's
+/// `limits.max_blocked_per_server`. Dropping it (the client went away) closes the socket at once,
+/// so that the server unblocks that client and pops nothing for it.
+pub struct BlockedLease {
+    lease: Lease,
+    proto: Proto,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for BlockedLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.lease.fmt(f)
+    }
+}
+
+/// Why a blocking command got no server connection.
+#[derive(Debug)]
+pub enum BlockError {
+    /// `limit` clients already block on this server.
+    Limit { server: Arc<str>, limit: usize },
+    /// The server could not be reached.
+    Backend(BackendError),
+}
+
+impl Pool {
+    /// A connection of `proto` for one blocking command: an idle one kept from an earlier
+    /// blocking command, or a new one. At most `limit` at once on this server.
+    ///
+    /// # Errors
+    ///
+    /// [`BlockError::Limit`] past `limit`; [`BlockError::Backend`] when the server cannot be
+    /// reached.
+    pub async fn block(&self, proto: Proto, limit: usize) -> Result<BlockedLease, BlockError> {
+        let permits = self
+            .blocking
+            .permits
+            .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(limit)));
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            return Err(BlockError::Limit {
+                server: self.shared.name.clone(),
+                limit,
+            });
+        };
+        let kept = loop {
+            let next = {
+                let mut idle = self.blocking.idle();
+                let at = idle.iter().rposition(|(p, _)| *p == proto);
+                at.map(|at| idle.swap_remove(at).1)
+            };
+            let Some(stream) = next else { break None };
+            // A kept connection must be quiet: readable means the server closed it (or sent
+            // what no request asked for), and it goes.
+            let mut probe = [0u8; 1];
+            if let Err(e) = stream.try_read(&mut probe) {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    break Some(stream);
+                }
+            }
+        };
+        let stream = match kept {
+            Some(stream) => stream,
+            None => connect(&self.shared, proto)
+                .await
+                .map_err(|reason| BlockError::Backend(self.shared.unavailable(&reason)))?,
+        };
+        Ok(BlockedLease {
+            lease: Lease {
+                shared: self.shared.clone(),
+                stream,
+                decoder: ReplyDecoder::new(Limits::for_replies()),
+                // Empty until the reply comes: a blocked client holds no buffer.
+                buf: BytesMut::new(),
+                broken: false,
+            },
+            proto,
+            _permit: permit,
+        })
+    }
+
+    /// Keeps a blocking command's connection for the next one, if it ended cleanly and there is
+    /// room; otherwise it closes.
+    pub fn unblock(&self, lease: BlockedLease) {
+        let BlockedLease { lease, proto, .. } = lease;
+        if lease.broken {
+            return;
+        }
+        let mut idle = self.blocking.idle();
+        if idle.iter().filter(|(p, _)| *p == proto).count() < IDLE_BLOCKING_KEPT {
+            idle.push((proto, lease.stream));
+        }
+    }
+}
+
+impl BlockedLease {
+    /// Sends a blocking command's `frame` and waits for its one reply as long as the server
+    /// takes: the command's own timeout decides (0 blocks for ever), not `pool.timeout`. The
+    /// connection itself was opened within `pool.timeout`. An error names the server.
+    pub async fn call(&mut self, frame: &[u8]) -> Reply {
+        let lease = &mut self.lease;
+        let result = lease.exchange(frame, 1).await;
+        // Bytes past the one reply: nothing asked for them, so the connection is not reused.
+        lease.broken = result.is_err() || !lease.buf.is_empty();
+        // The reply's buffer goes with it: an idle kept connection holds none.
+        lease.buf = BytesMut::new();
+        result
+    }
+}

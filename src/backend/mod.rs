@@ -100,7 +100,7 @@ pub type Reply = Result<Bytes, BackendError>;
 
 mod gather;
 pub use gather::{Gather, GatherPart};
-pub use lease::Lease;
+pub use lease::{BlockError, BlockedLease, Lease, IDLE_BLOCKING_KEPT};
 
 mod lease;
 
@@ -328,6 +328,8 @@ pub struct Pool {
     conns: Box<[Arc<Queue>]>,
     /// The RESP3 set, once opened.
     conns3: std::sync::OnceLock<Box<[Arc<Queue>]>>,
+    /// Connections for blocking commands (see [`Pool::block`]).
+    blocking: lease::Blocking,
     /// Stops the health prober when the pool goes.
     _prober: tokio_util::sync::DropGuard,
 }
@@ -352,6 +354,7 @@ impl Drop for Pool {
         {
             queue.close();
         }
+        self.blocking.close();
     }
 }
 
@@ -395,6 +398,7 @@ impl Pool {
             shared,
             conns,
             conns3: std::sync::OnceLock::new(),
+            blocking: lease::Blocking::default(),
             _prober: stop.drop_guard(),
         }
     }

@@ -121,6 +121,20 @@ impl Traits {
     /// Reads the keys its `BY` and `GET` patterns make of the sorted elements (`SORT`,
     /// `SORT_RO`): names the key positions do not show.
     pub const PATTERNS: Traits = Traits(1 << 15);
+    /// A blocking pop from the left of a list (`BLPOP`): replies `[key, value]`.
+    pub const POPS_LEFT: Traits = Traits(1 << 16);
+    /// A blocking pop from the right of a list (`BRPOP`): replies `[key, value]`.
+    pub const POPS_RIGHT: Traits = Traits(1 << 17);
+    /// A blocking pop from the end its `LEFT|RIGHT` argument names (`BLMPOP`): replies
+    /// `[key, [value, ...]]`.
+    pub const POPS_WHERE: Traits = Traits(1 << 18);
+    /// A blocking move between lists, ends named by its arguments (`BLMOVE`): replies the value.
+    pub const MOVES_LIST: Traits = Traits(1 << 19);
+    /// A blocking move from a list's right to another's left (`BRPOPLPUSH`): replies the value.
+    pub const MOVES_RIGHT_LEFT: Traits = Traits(1 << 20);
+    /// A blocking pop from a sorted set (`BZPOPMIN`, `BZPOPMAX`: `[key, member, score]`;
+    /// `BZMPOP`: `[key, [[member, score], ...]]`).
+    pub const POPS_ZSET: Traits = Traits(1 << 21);
     /// No trait.
     pub const NONE: Traits = Traits(0);
 
@@ -163,6 +177,12 @@ mod trait_ {
     pub(super) const FORGETS_FUNCTION: Traits = Traits::FORGETS_FUNCTION;
     pub(super) const FORGETS_FUNCTIONS: Traits = Traits::FORGETS_FUNCTIONS;
     pub(super) const PATTERNS: Traits = Traits::PATTERNS;
+    pub(super) const POPS_LEFT: Traits = Traits::POPS_LEFT;
+    pub(super) const POPS_RIGHT: Traits = Traits::POPS_RIGHT;
+    pub(super) const POPS_WHERE: Traits = Traits::POPS_WHERE;
+    pub(super) const MOVES_LIST: Traits = Traits::MOVES_LIST;
+    pub(super) const MOVES_RIGHT_LEFT: Traits = Traits::MOVES_RIGHT_LEFT;
+    pub(super) const POPS_ZSET: Traits = Traits::POPS_ZSET;
 }
 
 /// The commands Keyway answers itself: one variant per table entry of kind [`Kind::Local`], so

@@ -19,7 +19,6 @@ mod why {
     pub const ADMIN: &str =
         "it administers a single server; run it against each backend server directly";
     pub const AUTH: &str = "keyway does not authenticate clients yet; the servers see keyway's own user (pool.username and pool.password_file), never a client's";
-    pub const BLOCKING: &str = "blocking commands are not supported yet";
     pub const CLIENT: &str =
         "it would act on keyway's backend connections, which many clients share";
     pub const CLUSTER: &str =
@@ -67,14 +66,14 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("bitfield_ro",                   -2, range(1, 1, 1),        Keyed,                      &[READONLY, FAST],                                                          &[]),
     cmd("bitop",                         -4, range(2, -1, 1),       Keyed,                      &[WRITE, DENYOOM],                                                          &[]),
     cmd("bitpos",                        -3, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[]),
-    cmd("blmove",                         6, range(1, 2, 1),        Refused(why::BLOCKING),     &[WRITE, DENYOOM, NOSCRIPT, BLOCKING],                                      &[]),
-    cmd("blmpop",                        -5, numkeys(2, 3, 1),      Refused(why::BLOCKING),     &[WRITE, BLOCKING, MOVABLEKEYS],                                            &[]),
-    cmd("blpop",                         -3, range(1, -2, 1),       Refused(why::BLOCKING),     &[WRITE, NOSCRIPT, BLOCKING],                                               &[]),
-    cmd("brpop",                         -3, range(1, -2, 1),       Refused(why::BLOCKING),     &[WRITE, NOSCRIPT, BLOCKING],                                               &[]),
-    cmd("brpoplpush",                     4, range(1, 2, 1),        Refused(why::BLOCKING),     &[WRITE, DENYOOM, NOSCRIPT, BLOCKING],                                      &[]),
-    cmd("bzmpop",                        -5, numkeys(2, 3, 1),      Refused(why::BLOCKING),     &[WRITE, BLOCKING, MOVABLEKEYS],                                            &[]),
-    cmd("bzpopmax",                      -3, range(1, -2, 1),       Refused(why::BLOCKING),     &[WRITE, NOSCRIPT, BLOCKING, FAST],                                         &[]),
-    cmd("bzpopmin",                      -3, range(1, -2, 1),       Refused(why::BLOCKING),     &[WRITE, NOSCRIPT, BLOCKING, FAST],                                         &[]),
+    cmd("blmove",                         6, range(1, 2, 1),        Keyed,                      &[WRITE, DENYOOM, NOSCRIPT, BLOCKING],                                      &[MOVES_LIST]),
+    cmd("blmpop",                        -5, numkeys(2, 3, 1),      Keyed,                      &[WRITE, BLOCKING, MOVABLEKEYS],                                            &[POPS_WHERE]),
+    cmd("blpop",                         -3, range(1, -2, 1),       Keyed,                      &[WRITE, NOSCRIPT, BLOCKING],                                               &[POPS_LEFT]),
+    cmd("brpop",                         -3, range(1, -2, 1),       Keyed,                      &[WRITE, NOSCRIPT, BLOCKING],                                               &[POPS_RIGHT]),
+    cmd("brpoplpush",                     4, range(1, 2, 1),        Keyed,                      &[WRITE, DENYOOM, NOSCRIPT, BLOCKING],                                      &[MOVES_RIGHT_LEFT]),
+    cmd("bzmpop",                        -5, numkeys(2, 3, 1),      Keyed,                      &[WRITE, BLOCKING, MOVABLEKEYS],                                            &[POPS_ZSET]),
+    cmd("bzpopmax",                      -3, range(1, -2, 1),       Keyed,                      &[WRITE, NOSCRIPT, BLOCKING, FAST],                                         &[POPS_ZSET]),
+    cmd("bzpopmin",                      -3, range(1, -2, 1),       Keyed,                      &[WRITE, NOSCRIPT, BLOCKING, FAST],                                         &[POPS_ZSET]),
     cmd("client",                        -2, NOKEYS,                Container,                  &[],                                                                        &[SUBCOMMANDS]),
     cmd("client|caching",                 3, NOKEYS,                Refused(why::CLIENT),       &[NOSCRIPT, LOADING, STALE],                                                &[]),
     cmd("client|getname",                 2, NOKEYS,                Local(L::ClientGetname),    &[NOSCRIPT, LOADING, STALE],                                                &[]),

@@ -35,6 +35,8 @@ use crate::txn;
 
 /// Where a plan runs: the snapshot it was made on, the client, what every session shares.
 pub(crate) struct Context<'a> {
+    /// The command, when the table knows it.
+    pub(crate) spec: Option<&'static crate::command::CommandSpec>,
     /// The command runs a script or function (`Traits::SCRIPT`): its error replies are not the
     /// server's words about its health.
     pub(crate) script: bool,
@@ -80,6 +82,10 @@ pub(crate) fn dispatch(
         Plan::Scan { server, cursor } => scan(cx, server, cursor, request.args()),
         Plan::TwoPhase(plan) => two_phase(cx, plan),
         Plan::Multi(step) => transaction(cx, step, request),
+        Plan::Block { server, replay } => match cx.spec {
+            Some(spec) => super::blocking::dispatch(cx, spec, server, replay, request),
+            None => internal_routing_error(),
+        },
         // The session closes the connection before dispatching (see `Active::request`).
         Plan::CrossProtocol => return (Pending::Ready(Ok(Bytes::new())), After::Close),
     };

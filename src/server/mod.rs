@@ -11,6 +11,7 @@
 //!
 //! The path of one request, with each step's function, is in `docs/architecture.md`.
 
+mod blocking;
 mod client;
 mod dispatch;
 mod info;

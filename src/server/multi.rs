@@ -218,17 +218,8 @@ fn check(
     }
     keys.clear();
     command::key_indexes(spec, args, keys).map_err(ReplyError::from)?;
-    if spec.traits.contains(command::Traits::BLOCK_OPTION)
-        && args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
-    {
-        return Err(ReplyError::new(
-            ErrorKind::Refused,
-            format!(
-                "command '{}' with BLOCK is not supported by keyway",
-                spec.name
-            ),
-        ));
-    }
+    // Blocking commands are queued as any other: inside EXEC the server runs them without
+    // blocking, as redis-server does.
     let mut slot = multi.slot;
     for &i in keys.iter() {
         let Some(key) = args.get(i) else { continue };

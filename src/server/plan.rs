@@ -51,6 +51,10 @@ pub(crate) enum Plan<'r, 't> {
     TwoPhase(txn::Plan),
     /// A step of a MULTI/EXEC transaction (see `multi`).
     Multi(super::multi::Step),
+    /// A command that blocks (`BLPOP`, `XREAD ... BLOCK`, ...): on a server connection of its
+    /// own to `server`, the slot's primary; then, for a pop under `write = all|quorum`, what it
+    /// popped removed on the slot's other replicas `replay` (see `blocking`).
+    Block { server: u16, replay: &'t [u16] },
     /// HTTP sent to the client port (a `POST` request line, a `Host:` header): the connection
     /// is closed without a reply, as redis-server does, so that a request forged by a browser or
     /// an SSRF cannot run the commands in its body.
@@ -255,18 +259,6 @@ fn keyed<'r, 't>(
     if let Err(e) = command::key_indexes(spec, args, keys) {
         return Plan::Refuse(e.into());
     }
-    if spec.traits.contains(Traits::BLOCK_OPTION)
-        && args.iter().any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
-    {
-        // A blocking read would hold a pipelined connection that other clients share.
-        return Plan::Refuse(ReplyError::new(
-            ErrorKind::Refused,
-            format!(
-                "command '{}' with BLOCK is not supported by keyway: blocking commands would stall the server connections other clients share",
-                spec.name
-            ),
-        ));
-    }
     if spec.traits.contains(Traits::PATTERNS) && sort_reaches_reserved(args) {
         return refuse(ErrorKind::Refused, RESERVED_PATTERN);
     }
@@ -289,10 +281,14 @@ fn keyed<'r, 't>(
     };
     let write = spec.is_write();
     if write && topo.write == WriteMode::TwoPhase {
+        // Blocking writes are refused here: they cannot run inside a script.
         return match txn::plan::keyed(spec, args, keys, topo.replica_set(slot)) {
             Ok(plan) => Plan::TwoPhase(plan),
             Err(e) => Plan::Refuse(e),
         };
+    }
+    if super::blocking::blocks(spec, args) {
+        return block(topo, slot, write);
     }
     if write && spec.traits.contains(Traits::RANDOM) && fans_out(topo) {
         return refuse(ErrorKind::Refused, RANDOM_FANOUT);
@@ -309,6 +305,26 @@ fn keyed<'r, 't>(
         }
     }
     Plan::Route(route(topo, client, placement, write))
+}
+
+/// A blocking command on keys of `slot`: to the slot's primary (the server failover chose for
+/// it when `replicas = 1`), where every write lands first. A pop under `write = all|quorum` is
+/// then replayed on the other replicas.
+fn block<'t>(topo: &'t Topology, slot: Slot, write: bool) -> Plan<'static, 't> {
+    match topo.placement(slot) {
+        Ok(Placement::One(server)) => Plan::Block {
+            server,
+            replay: &[],
+        },
+        Ok(Placement::Replicas(set)) => match set.split_first() {
+            Some((&server, rest)) => Plan::Block {
+                server,
+                replay: if write && fans_out(topo) { rest } else { &[] },
+            },
+            None => refuse(ErrorKind::Internal, "keyway: empty replica set"),
+        },
+        Err(e) => Plan::Refuse(e.into()),
+    }
 }
 
 /// Whether writes go to more than one server.

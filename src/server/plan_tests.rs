@@ -125,10 +125,7 @@ fn refusals_carry_their_kind() {
         (&["GET"], ErrorKind::Arity),
         (&["SUBSCRIBE", "c"], ErrorKind::Refused),
         (&["RENAME", "a", "b"], ErrorKind::CrossSlot),
-        (
-            &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
-            ErrorKind::Refused,
-        ),
+        (&["BLPOP", "a", "b", "0"], ErrorKind::CrossSlot),
         (&["SCAN", "x"], ErrorKind::Syntax),
         (&["MSET", "a", "1", "b"], ErrorKind::Arity),
     ];
@@ -325,6 +322,53 @@ fn writes_follow_the_write_policy() {
     with_plan(&mut f, &["SPOP", "k"], |_, plan| {
         assert_eq!(refusal(&plan), Ok(ErrorKind::Refused));
     });
+}
+
+#[test]
+fn blocking_commands_go_to_the_primary_and_pops_replay_on_fan_out() {
+    for (pool, replays) in [
+        ("", false),
+        ("replicas = 2\nwrite = \"primary\"", false),
+        ("replicas = 2\nwrite = \"all\"", true),
+        ("replicas = 2\nwrite = \"quorum\"", true),
+    ] {
+        let mut f = Fixture::new(3, pool);
+        let cases: [(&[&str], bool); 4] = [
+            (&["BLPOP", "{q}a", "{q}b", "0"], replays),
+            (&["BZPOPMIN", "{q}z", "1.5"], replays),
+            // Reads replay nothing.
+            (&["XREAD", "BLOCK", "0", "STREAMS", "{q}s", "$"], false),
+            (
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c",
+                    "BLOCK",
+                    "0",
+                    "STREAMS",
+                    "{q}s",
+                    ">",
+                ],
+                replays,
+            ),
+        ];
+        for (args, replays) in cases {
+            with_plan(&mut f, args, |topo, plan| {
+                let set = topo.replica_set(slot(topo, "{q}"));
+                let Plan::Block { server, replay } = plan else {
+                    panic!("{args:?}: {plan:?}")
+                };
+                assert_eq!(server, set[0], "{pool} {args:?}");
+                let want: &[u16] = if replays { &set[1..] } else { &[] };
+                assert_eq!(replay, want, "{pool} {args:?}");
+            });
+        }
+        // Without BLOCK, XREAD is an ordinary read.
+        with_plan(&mut f, &["XREAD", "STREAMS", "{q}s", "0"], |_, plan| {
+            assert!(matches!(plan, Plan::Route(_)), "{plan:?}");
+        });
+    }
 }
 
 #[test]

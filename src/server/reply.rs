@@ -30,6 +30,10 @@ pub(crate) enum Pending {
     },
     /// Replies of several servers, merged (DBSIZE, SCAN, a split over replica sets, ...).
     Merge(Pin<Box<dyn Future<Output = Reply> + Send>>),
+    /// A blocking command (`BLPOP`, `XREAD ... BLOCK`, ...) on a server connection of its own
+    /// (see `blocking`). A barrier, as redis-server runs nothing of a blocked client until it is
+    /// unblocked; dropping it closes that connection.
+    Blocked(Pin<Box<dyn Future<Output = Reply> + Send>>),
     /// A two-phase transaction, running as a task of its own from the moment it is dispatched,
     /// so that it finishes even if the client goes away. The session dispatches nothing after
     /// it until it is answered: a client's later commands must not overtake its write.
@@ -51,7 +55,7 @@ impl Pending {
                 }
                 merge::split(*how, parts, owner)
             }),
-            Pending::Merge(f) => f.as_mut().poll(cx),
+            Pending::Merge(f) | Pending::Blocked(f) => f.as_mut().poll(cx),
             Pending::Task(t) => Pin::new(t).poll(cx).map(|r| {
                 r.unwrap_or_else(|_| {
                     Err(ReplyError::new(
@@ -65,7 +69,12 @@ impl Pending {
 
     /// Whether the session must dispatch nothing after this reply until it is answered.
     pub(crate) fn is_barrier(&self) -> bool {
-        matches!(self, Pending::Task(_))
+        matches!(self, Pending::Task(_) | Pending::Blocked(_))
+    }
+
+    /// Whether this is a blocking command's reply (see [`Pending::Blocked`]).
+    pub(crate) fn is_blocking(&self) -> bool {
+        matches!(self, Pending::Blocked(_))
     }
 }
 

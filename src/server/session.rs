@@ -173,6 +173,9 @@ enum Stretch {
     /// Everything received was answered and nothing is buffered: park until the client
     /// speaks again, keeping what the client set (and giving the kit back).
     Parked(ClientState, Kit),
+    /// The one reply left is a blocking command's (BLPOP, ...), and nothing else is pending or
+    /// buffered: wait for it (or the client) as parked, without the kit.
+    Blocked(ClientState, Kit, Box<Entry>),
     /// The connection is finished.
     Closed,
 }
@@ -216,11 +219,12 @@ pub(crate) async fn run(
     let drain = shared.drain.cancelled();
     let mut drain = std::pin::pin!(drain);
     let mut registered = false;
+    // A blocking command's reply, while the client is blocked (see `Stretch::Blocked`).
+    let mut carry: Option<Box<Entry>> = None;
     loop {
-        // Parked. The idle timer exists only when one is configured, and only while parked.
-        let woke = {
-            let mut idle_timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
-            poll_fn(|cx| {
+        if let Some(entry) = carry.as_mut() {
+            // Blocked: as parked (no kit), waiting for the reply or the client; no idle timer.
+            let woke = poll_fn(|cx| {
                 if shared.is_draining() {
                     return Poll::Ready(Woke::Drain);
                 }
@@ -233,30 +237,60 @@ pub(crate) async fn run(
                 if killed.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Woke::Killed);
                 }
-                if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-                    return Poll::Ready(Woke::Readable(ready));
+                if let Poll::Ready(reply) = entry.reply.poll_reply(cx) {
+                    return Poll::Ready(Woke::Answered(reply));
                 }
-                poll_timer(&mut idle_timer, cx).map(|()| Woke::Idle)
+                stream.poll_read_ready(cx).map(Woke::Readable)
             })
-            .await
-        };
-        match woke {
-            Woke::Readable(ready) => ready?,
-            Woke::Drain => {
-                count_disconnect(&shared.metrics, Disconnect::Drain);
+            .await;
+            let why = match woke {
+                Woke::Answered(reply) => {
+                    entry.reply = Pending::Ready(reply);
+                    None
+                }
+                Woke::Readable(ready) => {
+                    ready?;
+                    None
+                }
+                Woke::Killed => Some(Disconnect::Killed),
+                Woke::Drain | Woke::Idle => Some(Disconnect::Drain),
+            };
+            if let Some(why) = why {
+                // Dropping the entry closes the server connection: the server pops nothing
+                // for a client that is gone.
+                count_disconnect(&shared.metrics, why);
                 let _ = stream.shutdown().await;
                 return Ok(());
             }
-            Woke::Killed => {
-                count_disconnect(&shared.metrics, Disconnect::Killed);
-                let _ = stream.shutdown().await;
-                return Ok(());
-            }
-            Woke::Idle => {
-                tracing::debug!(client = id, "idle timeout; closing");
-                count_disconnect(&shared.metrics, Disconnect::IdleTimeout);
-                let _ = stream.shutdown().await;
-                return Ok(());
+        } else {
+            let woke = parked(
+                &mut stream,
+                &shared,
+                idle,
+                drain.as_mut(),
+                &mut registered,
+                killed.as_mut(),
+            )
+            .await;
+            match woke {
+                Woke::Readable(ready) => ready?,
+                Woke::Drain => {
+                    count_disconnect(&shared.metrics, Disconnect::Drain);
+                    let _ = stream.shutdown().await;
+                    return Ok(());
+                }
+                Woke::Killed => {
+                    count_disconnect(&shared.metrics, Disconnect::Killed);
+                    let _ = stream.shutdown().await;
+                    return Ok(());
+                }
+                Woke::Idle => {
+                    tracing::debug!(client = id, "idle timeout; closing");
+                    count_disconnect(&shared.metrics, Disconnect::IdleTimeout);
+                    let _ = stream.shutdown().await;
+                    return Ok(());
+                }
+                Woke::Answered(_) => {}
             }
         }
         // Boxed, so that the active state takes no room in a parked session's task; the kit is
@@ -268,15 +302,53 @@ pub(crate) async fn run(
             client,
             drain.as_mut(),
             killed.as_mut(),
+            carry.take(),
         ));
         match stretch.await? {
             Stretch::Parked(kept, kit) => {
                 client = kept;
                 kit.give_back();
             }
+            Stretch::Blocked(kept, kit, entry) => {
+                client = kept;
+                kit.give_back();
+                carry = Some(entry);
+            }
             Stretch::Closed => return Ok(()),
         }
     }
+}
+
+/// Parked: waits for the client to speak, a drain, `CLIENT KILL`, or the idle timeout (which
+/// exists only when one is configured, and only while parked).
+async fn parked(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    idle: std::time::Duration,
+    mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
+    registered: &mut bool,
+    mut killed: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Woke {
+    let mut idle_timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
+    poll_fn(|cx| {
+        if shared.is_draining() {
+            return Poll::Ready(Woke::Drain);
+        }
+        if !*registered {
+            if drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Drain);
+            }
+            *registered = true;
+        }
+        if killed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Woke::Killed);
+        }
+        if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+            return Poll::Ready(Woke::Readable(ready));
+        }
+        poll_timer(&mut idle_timer, cx).map(|()| Woke::Idle)
+    })
+    .await
 }
 
 /// An active stretch: the [`Active`] state is made inside the (boxed) future, not moved into
@@ -287,8 +359,13 @@ async fn active(
     client: ClientState,
     drain: Pin<&mut WaitForCancellationFuture<'_>>,
     killed: Pin<&mut WaitForCancellationFuture<'_>>,
+    carry: Option<Box<Entry>>,
 ) -> std::io::Result<Stretch> {
     let mut active = Active::new(stream, shared, client, Kit::take());
+    if let Some(entry) = carry {
+        active.barriers += usize::from(entry.barrier);
+        active.kit.pending.push_back(*entry);
+    }
     let end = active.run(drain, killed).await?;
     // Parking takes the client's state and the kit out field by field: moving the whole state
     // (or emptying it in place and dropping it) would cost a copy or a drop per stretch.
@@ -307,6 +384,15 @@ async fn active(
             }
             Stretch::Parked(client, kit)
         }
+        End::Blocked => {
+            if grew {
+                kit.inbuf = BytesMut::new();
+            }
+            match kit.pending.pop_front() {
+                Some(entry) => Stretch::Blocked(client, kit, Box::new(entry)),
+                None => Stretch::Parked(client, kit),
+            }
+        }
         End::Closed => Stretch::Closed,
     })
 }
@@ -315,13 +401,17 @@ async fn active(
 enum End {
     /// Everything received is answered: park.
     Park,
+    /// All that is left is a blocking command's reply (see [`Stretch::Blocked`]).
+    Blocked,
     /// The connection is finished.
     Closed,
 }
 
-/// What woke a parked session.
+/// What woke a parked (or blocked) session.
 enum Woke {
     Readable(std::io::Result<()>),
+    /// A blocked client's reply is in.
+    Answered(Reply),
     Drain,
     Killed,
     Idle,
@@ -356,6 +446,8 @@ enum Next {
     Wait,
     /// Everything received is answered: park.
     Park,
+    /// Only a blocking command's reply is pending: wait for it without the kit.
+    Block,
     /// Everything is answered and the connection ends (for this reason, when Keyway ends it).
     Close(Option<Disconnect>),
 }
@@ -401,6 +493,10 @@ struct Active<'s> {
     /// Armed only while a partial frame waits for the rest (with nothing pending, the session
     /// parks instead), so that a busy session touches no timer per request.
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A blocking command that arrived while earlier replies were pending: it is sent once
+    /// they are in, so that it runs after them on the server as in redis-server (it goes on
+    /// a connection of its own, which would otherwise overtake them).
+    held: Option<(Request, Instant)>,
 }
 
 impl<'s> Active<'s> {
@@ -426,6 +522,7 @@ impl<'s> Active<'s> {
             closing: None,
             draining: shared.is_draining(),
             idle_timer: None,
+            held: None,
         }
     }
 
@@ -445,16 +542,20 @@ impl<'s> Active<'s> {
             &mut Context::from_waker(Waker::noop()),
         );
         match first {
+            Poll::Ready(Ok(0)) if self.blocked() => return Ok(End::Closed),
             Poll::Ready(Ok(0)) => self.closing = Some(None),
             Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => return Ok(End::Park),
+            // A blocked client woken by stale readiness: back to waiting for its reply.
+            Poll::Pending if self.kit.pending.is_empty() => return Ok(End::Park),
+            Poll::Pending => {}
         }
         loop {
             self.dispatch();
             match self.next() {
                 Next::Wait => {}
                 Next::Park => return Ok(End::Park),
+                Next::Block => return Ok(End::Blocked),
                 Next::Close(why) => {
                     if let Some(why) = why {
                         count_disconnect(&self.shared.metrics, why);
@@ -467,7 +568,13 @@ impl<'s> Active<'s> {
                 Event::Written(n) => self.on_written(n?),
                 Event::Reply(done) => self.on_reply(done),
                 Event::Read(n) => {
-                    self.on_read(n?);
+                    let n = n?;
+                    // A client that leaves while blocked: its server connection closes now
+                    // (dropped with the pending reply), as redis-server frees such a client.
+                    if n == 0 && self.blocked() {
+                        return Ok(End::Closed);
+                    }
+                    self.on_read(n);
                     false
                 }
                 Event::Drain => {
@@ -502,6 +609,12 @@ impl<'s> Active<'s> {
             if !self.draining && self.shared.is_draining() {
                 self.draining = true;
             }
+            if self.draining && self.blocked() {
+                // A blocked client would hold the drain until its timeout.
+                count_disconnect(&self.shared.metrics, Disconnect::Drain);
+                let _ = self.wr.shutdown().await;
+                return Ok(End::Closed);
+            }
         }
     }
 
@@ -511,7 +624,13 @@ impl<'s> Active<'s> {
     fn dispatch(&mut self) {
         let max_pipeline = self.shared.client_limits.max_pipeline;
         let mut now: Option<Instant> = None;
+        if self.closing.is_none() && self.kit.pending.is_empty() {
+            if let Some((request, started)) = self.held.take() {
+                self.request(&request, started);
+            }
+        }
         while self.closing.is_none()
+            && self.held.is_none()
             && self.kit.pending.len() < max_pipeline
             && self.barriers == 0
             && !self.kit.inbuf.is_empty()
@@ -563,10 +682,15 @@ impl<'s> Active<'s> {
             self.cross_protocol();
             return;
         }
+        if matches!(plan, plan::Plan::Block { .. }) && !self.kit.pending.is_empty() {
+            self.held = Some((request.clone(), started));
+            return;
+        }
         // `CLIENT REPLY OFF|SKIP` (rare: one comparison otherwise).
         let replies = self.client.replies;
         let reply_command = matches!(plan, plan::Plan::Local(Local::ClientReply));
         let mut cx = DispatchContext {
+            spec,
             script: spec.is_some_and(|s| s.traits.contains(Traits::SCRIPT)),
             cache: spec.map_or(Role::None, |s| Role::of(s.traits)),
             topo: &self.topo,
@@ -639,9 +763,27 @@ impl<'s> Active<'s> {
         });
     }
 
+    /// Whether a blocking command's reply is pending.
+    fn blocked(&self) -> bool {
+        self.kit.pending.iter().any(|e| e.reply.is_blocking())
+    }
+
     /// Whether to wait for an event, park or close, now that everything buffered is dispatched.
     #[inline]
     fn next(&mut self) -> Next {
+        if self.closing.is_none()
+            && self.held.is_none()
+            && self.kit.out.is_empty()
+            && self.kit.inbuf.is_empty()
+            && self.kit.pending.len() == 1
+            && self
+                .kit
+                .pending
+                .front()
+                .is_some_and(|e| e.reply.is_blocking())
+        {
+            return Next::Block;
+        }
         let quiet = self.kit.pending.is_empty() && self.kit.out.is_empty();
         if self.draining && self.closing.is_none() && quiet {
             // Draining: everything received is answered; close between requests.
@@ -673,7 +815,8 @@ impl<'s> Active<'s> {
         let has_pending = !self.kit.pending.is_empty();
         // Waiting for the rest of a frame, nothing pending: only a drain can come first. (With
         // replies pending, the next reply wakes the loop, which checks the flag.)
-        let wait_drain = !self.draining && quiet;
+        let blocked = self.blocked();
+        let wait_drain = !self.draining && (quiet || blocked);
         tokio::select! {
             biased;
             // Writing comes first: `out` holds only what the client's socket did not take yet,
@@ -682,7 +825,7 @@ impl<'s> Active<'s> {
             done = poll_fn(|cx| front(&mut self.kit.pending, cx)), if has_pending => Event::Reply(done),
             n = poll_fn(|cx| poll_read_some(&mut self.rd, &mut self.kit.inbuf, &mut self.grew, cx)), if can_read => Event::Read(n),
             () = drain, if wait_drain => Event::Drain,
-            () = killed, if quiet => Event::Killed,
+            () = killed, if quiet || blocked => Event::Killed,
             () = poll_fn(|cx| poll_timer(&mut self.idle_timer, cx)), if idle_armed => Event::Idle,
         }
     }
