@@ -865,3 +865,51 @@ fn a_secondary_commit_without_its_intent_is_an_error_not_ok() {
         proxy.log()
     );
 }
+
+/// A write past its commit point whose other participants have not committed yet (its
+/// coordinator crashed there) is acknowledged as far as anyone may know: every read of its
+/// keys, on every replica, returns the new value, not the one the uncommitted replicas still
+/// hold. Nothing else resolves it here (a minute of lock timeout, no sweep).
+#[test]
+fn no_read_returns_a_value_older_than_a_committed_write() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let keys = spread_keys();
+    let toml = recovery_toml(&servers, "60s", "1h");
+    old_values(&toml, &keys);
+    crash_during_mset("after_primary_commit", &servers, &keys);
+    // The commit point passed, and some replicas still hold the old value under a lock.
+    let reader = Proxy::start_toml(&toml.replace(
+        "write = \"two_phase\"",
+        "write = \"two_phase\"\nread = \"round_robin\"",
+    ));
+    let stale: Vec<(String, usize)> = keys
+        .iter()
+        .flat_map(|k| {
+            replica_set(&reader, k)
+                .into_iter()
+                .map(move |r| (k.clone(), r))
+        })
+        .filter(|(k, r)| value(servers[*r], k).as_deref() == Some("old"))
+        .collect();
+    assert!(!stale.is_empty(), "the crash left no replica behind");
+    let mut con = reader.client();
+    // MGET over the servers first: its parts check their keys' locks too.
+    for _ in 0..2 {
+        let many: Vec<String> = redis::cmd("MGET").arg(&keys[..]).query(&mut con).unwrap();
+        assert!(many.iter().all(|v| v == "new"), "{many:?}");
+    }
+    for k in &keys {
+        // Round robin over the two replicas: both are read.
+        for _ in 0..4 {
+            let v: String = con.get(k).unwrap();
+            assert_eq!(v, "new", "{k}: a read went back in time");
+        }
+    }
+    let many: Vec<String> = redis::cmd("MGET").arg(&keys[..]).query(&mut con).unwrap();
+    assert!(many.iter().all(|v| v == "new"), "{many:?}");
+    // The reads rolled the replicas they met forward.
+    for (k, r) in &stale {
+        assert_eq!(value(servers[*r], k).as_deref(), Some("new"), "{k} on s{r}");
+    }
+}

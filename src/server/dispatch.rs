@@ -81,6 +81,7 @@ pub(crate) fn dispatch(
         }
         Plan::Scan { server, cursor } => scan(cx, server, cursor, request.args()),
         Plan::TwoPhase(plan) => two_phase(cx, plan),
+        Plan::Guarded(route) => guarded_read(cx, route, request),
         Plan::Multi(step) => transaction(cx, step, request),
         Plan::Block { server, replay } => match cx.spec {
             Some(spec) => super::blocking::dispatch(cx, spec, server, replay, request),
@@ -290,7 +291,10 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
     } else {
         Vec::new()
     };
-    if parts.iter().all(|p| matches!(p.route, Route::One(_))) {
+    // Under two_phase a read's parts each check their keys' locks first (see `guarded_read`).
+    let guard = cx.topo.write == crate::config::WriteMode::TwoPhase
+        && cx.spec.is_some_and(|spec| !spec.is_write());
+    if !guard && parts.iter().all(|p| matches!(p.route, Route::One(_))) {
         // One server per part: the replies are gathered in one place, the session woken once
         // when the last is in.
         let gather = Gather::new(parts.len());
@@ -318,6 +322,16 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
         // 16: room for the `*N\r\n` header.
         let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
         write_part(&mut frame, index, p.keys);
+        if guard {
+            let keys = runs
+                .iter()
+                .enumerate()
+                .filter(|(_, &(part, _))| part as usize == index)
+                .filter_map(|(k, _)| args.get(1 + k * group));
+            let check = txn::lock_check(keys);
+            replies.push(guarded(cx, p.route, frame.freeze(), check));
+            continue;
+        }
         replies.push(send_route(cx, p.route, &frame.freeze(), b""));
     }
     Pending::Merge(Box::pin(async move {
@@ -723,6 +737,75 @@ async fn random_key(topo: Arc<Topology>, start: usize, pick: Pick, frame: Bytes)
 /// A read retried once on another replica when the first failed on a connection error (the
 /// server never answered: unavailable or timed out). Redis error replies are answers, not
 /// failures, and are passed through.
+/// A read under `write = "two_phase"`: `MGET` of its keys' lock keys, then the read, pipelined
+/// on one connection (a commit removes its locks in the script that applies it, so a read after
+/// a check that found none sees every commit acknowledged before it began). A lock found is
+/// settled (`txn::settle`: rolled forward if its transaction passed its commit point) and the
+/// read sent once more; a lock of a transaction not yet committed leaves the value read as it
+/// is, since that write is not acknowledged to anyone. A connection error tries `alternate`.
+fn guarded_read(cx: &Context<'_>, route: Route<'_>, request: &Request) -> Pending {
+    let mut positions = Vec::new();
+    let check = match cx
+        .spec
+        .map(|spec| crate::command::key_indexes(spec, request.args(), &mut positions))
+    {
+        Some(Ok(())) => txn::lock_check(positions.iter().filter_map(|&i| request.args().get(i))),
+        _ => return internal_routing_error(),
+    };
+    guarded(cx, route, request.frame().clone(), check)
+}
+
+/// Sends `frame` after its lock check `check` where `route` says (see [`guarded_read`]).
+fn guarded(cx: &Context<'_>, route: Route<'_>, frame: Bytes, check: Bytes) -> Pending {
+    let (server, alternate) = match route {
+        Route::One(server) => (server, None),
+        Route::Read { server, alternate } => (server, Some(alternate)),
+        Route::FanOut { .. } => return internal_routing_error(),
+    };
+    let (topo, pick) = (cx.topo.clone(), cx.client.pick());
+    let again = frame.clone();
+    let send = move |topo: &Topology, server: u16| {
+        let s = topo.server(server)?;
+        Some((
+            s.pool.send(pick, check.clone()),
+            s.pool.send(pick, frame.clone()),
+        ))
+    };
+    let Some(first) = send(&topo, server) else {
+        return internal_routing_error();
+    };
+    Pending::Merge(Box::pin(async move {
+        let mut at = server;
+        let (mut locks, mut read) = first;
+        loop {
+            let checked = forwarded(locks.await);
+            let reply = forwarded(read.await);
+            match (checked, alternate) {
+                // The server could not be asked: once more on the alternate replica.
+                (Err(_), Some(other)) if at != other => {
+                    at = other;
+                    match send(&topo, other) {
+                        Some(next) => (locks, read) = next,
+                        None => return reply,
+                    }
+                }
+                (Err(e), _) => return Err(e),
+                (Ok(checked), _) => {
+                    let holders = txn::lock_holders(&checked);
+                    if holders.is_empty() {
+                        return reply;
+                    }
+                    txn::settle(&topo, pick, at, holders).await?;
+                    let Some(s) = topo.server(at) else {
+                        return reply;
+                    };
+                    return forwarded(s.pool.send(pick, again).await);
+                }
+            }
+        }
+    }))
+}
+
 async fn read_with_retry(
     first: Pending,
     topo: Arc<Topology>,

@@ -49,6 +49,11 @@ pub(crate) enum Plan<'r, 't> {
     Scan { server: u16, cursor: u64 },
     /// A write under `write = "two_phase"`.
     TwoPhase(txn::Plan),
+    /// A read of keys under `write = "two_phase"`, where the route says, after a check of its
+    /// keys' two-phase locks in the same pipeline: a lock of a transaction past its commit point
+    /// is rolled forward and the read sent again, so that no read returns a value older than
+    /// one already acknowledged (see `txn::settle`).
+    Guarded(Route<'t>),
     /// A step of a MULTI/EXEC transaction (see `multi`).
     Multi(super::multi::Step),
     /// A command that blocks (`BLPOP`, `XREAD ... BLOCK`, ...): on a server connection of its
@@ -304,7 +309,11 @@ fn keyed<'r, 't>(
             return Plan::WarmGet { new, old };
         }
     }
-    Plan::Route(route(topo, client, placement, write))
+    let route = route(topo, client, placement, write);
+    if !write && topo.write == WriteMode::TwoPhase && !spec.traits.contains(Traits::SCRIPT) {
+        return Plan::Guarded(route);
+    }
+    Plan::Route(route)
 }
 
 /// A blocking command on keys of `slot`: to the slot's primary (the server failover chose for

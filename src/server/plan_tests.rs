@@ -507,9 +507,12 @@ fn two_phase_writes_become_transactions_over_the_replica_sets() {
             assert_eq!(steps, 6);
         },
     );
-    // Reads are not transactions.
+    // Reads are not transactions: they check their keys' locks first.
     with_plan(&mut f, &["GET", "k"], |_, plan| {
-        assert!(matches!(plan, Plan::Route(Route::Read { .. })), "{plan:?}");
+        assert!(
+            matches!(plan, Plan::Guarded(Route::Read { .. })),
+            "{plan:?}"
+        );
     });
     with_plan(&mut f, &["SPOP", "k"], |_, plan| {
         assert_eq!(refusal(&plan), Ok(ErrorKind::Refused));

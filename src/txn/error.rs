@@ -42,7 +42,7 @@ pub enum CallError {
 
 impl CallError {
     /// The kind of a client error caused by this failure.
-    fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             CallError::Backend(BackendError::Unavailable { .. })
             | CallError::ConnectionEnded { .. } => ErrorKind::Unavailable,

@@ -1069,6 +1069,113 @@ pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::Cancella
     }
 }
 
+/// `MGET` of the lock keys of `keys`: the check a read makes under `two_phase` before it runs.
+pub fn lock_check<'a>(keys: impl Iterator<Item = &'a [u8]> + Clone) -> Bytes {
+    let n = keys.clone().count();
+    let size = 16 + keys.clone().map(|k| k.len() + 32).sum::<usize>();
+    let mut out = BytesMut::with_capacity(size);
+    crate::protocol::write_array_header(&mut out, n + 1);
+    crate::protocol::write_bulk(&mut out, b"MGET");
+    for k in keys {
+        crate::protocol::write_bulk(&mut out, &lock_key(k));
+    }
+    out.freeze()
+}
+
+/// The transactions holding the locks a [`lock_check`] reply names (none, the usual case, is
+/// seen without parsing: every element a null).
+pub fn lock_holders(reply: &Bytes) -> Vec<String> {
+    let body = reply
+        .iter()
+        .position(|&b| b == b'\n')
+        .and_then(|i| reply.get(i + 1..))
+        .unwrap_or_default();
+    let mut rest = body;
+    while let Some(next) = rest
+        .strip_prefix(b"$-1\r\n".as_slice())
+        .or_else(|| rest.strip_prefix(b"_\r\n".as_slice()))
+    {
+        rest = next;
+    }
+    if rest.is_empty() {
+        return Vec::new();
+    }
+    match Value::parse(reply) {
+        Ok(Value::Array(items)) => {
+            let mut holders: Vec<String> = items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            holders.sort();
+            holders.dedup();
+            holders
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Settles, for a read on server `at`, the transactions holding locks there: one whose
+/// decision on its primary participant is `commit` is rolled forward on `at` (as recovery
+/// would); one with no decision (not committed, so acknowledged to nobody) or `abort` is left
+/// to its coordinator or to recovery. Never decides anything itself.
+pub async fn settle(
+    topo: &Topology,
+    pick: Pick,
+    at: u16,
+    holders: Vec<String>,
+) -> Result<(), ReplyError> {
+    let failed = |e: CallError| {
+        ReplyError::new(
+            e.kind(),
+            format!("keyway: a read met a two-phase lock it could not settle ({e})"),
+        )
+    };
+    for txid in holders {
+        let intent = intent_key(&txid);
+        let ask = Request::from_args(&[
+            Bytes::from_static(b"HGET"),
+            intent.clone(),
+            Bytes::from_static(b"primary"),
+        ]);
+        let primary = match call_command(topo, at, pick, ask.frame().clone()).await {
+            Ok(Value::Bulk(name)) => name,
+            // No intent any more: settled meanwhile.
+            Ok(_) => continue,
+            Err(e) => return Err(failed(e)),
+        };
+        let Some(primary_index) = topo
+            .servers
+            .iter()
+            .position(|s| s.name.as_bytes() == primary.as_ref())
+            .and_then(|i| u16::try_from(i).ok())
+        else {
+            continue;
+        };
+        let decision = decision_key(&txid);
+        let ask = Request::from_args(&[Bytes::from_static(b"GET"), decision.clone()]);
+        match call_command(topo, primary_index, pick, ask.frame().clone()).await {
+            Ok(Value::Bulk(d)) if d.as_ref() == b"commit" => {}
+            Ok(_) => continue,
+            Err(e) => return Err(failed(e)),
+        }
+        let is_primary = Bytes::from_static(if at == primary_index { b"1" } else { b"0" });
+        let frame = eval(
+            scripts::COMMIT,
+            vec![intent, Bytes::from_static(INDEX_KEY), decision],
+            vec![Bytes::from(txid.clone()), is_primary, proto_arg(pick.proto)],
+        );
+        call(topo, at, pick, frame).await.map_err(failed)?;
+        tracing::debug!(
+            txid,
+            "a read rolled a committed two-phase transaction forward"
+        );
+    }
+    Ok(())
+}
+
 /// Renews this process's coordinator lease, every [`LEASE_RENEWAL`] while one of its two-phase
 /// transactions is open, on every server that is up and has an intent open (its prepare set the
 /// lease first). Runs until `stop`.
