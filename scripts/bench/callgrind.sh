@@ -19,6 +19,7 @@
 #
 # Environment: BENCH_KEYWAY_BIN=path (else cargo build --release), CALLGRIND_TOP=20,
 # CALLGRIND_BENCH_ARGS="-3" (more redis-benchmark options: -3 for RESP3 clients),
+# CALLGRIND_POOL='write = "two_phase"' (more [pool] settings),
 # CALLGRIND_KEEP=dir (keep the callgrind output files there, for callgrind_annotate by line).
 # Needs: valgrind, redis-server, redis-benchmark, redis-cli, python3.
 set -euo pipefail
@@ -41,6 +42,8 @@ start_redis_servers "${ports[0]}" "${ports[1]}" "${ports[2]}"
   # Under valgrind everything runs many times slower: a generous deadline, so that no request
   # times out and is counted as another path.
   printf 'timeout = "10s"\n'
+  # More [pool] settings, one per line (CALLGRIND_POOL=$'write = "two_phase"').
+  [[ -n ${CALLGRIND_POOL:-} ]] && printf '%s\n' "$CALLGRIND_POOL"
   pool_servers_toml "${ports[0]}" "${ports[1]}" "${ports[2]}"
 } >"$dir/keyway.toml"
 

@@ -9,6 +9,7 @@
 #     3 SETs on three different servers under write = "two_phase" against the same 3 SETs
 #     pipelined under write = "primary", 50 connections each with its own keys and one unit in
 #     flight; transactions (or groups of 3 SETs) per second.
+#  4. GET under write = "two_phase" (reads check their keys' locks) against GET under "primary".
 #
 # Prints a markdown table (also written to $BENCH_OUT, default docs/bench-client-modes.md).
 #   scripts/bench/client_modes.sh              # BENCH_KEYWAY_BIN=path to measure a given binary
@@ -39,6 +40,7 @@ ticks=$(getconf CLK_TCK)
 
 rows=()
 resp_notes=()
+declare -A primary_get=()
 start_keyway primary
 # RESP2 and RESP3 alternate, REPS times per cell (default 3), so that a slow moment of a shared
 # machine falls on both; each cell reports its median.
@@ -58,6 +60,7 @@ for p in 1 16; do
         us_of[$proto]+="$(python3 -c "print(($c1 - $c0) / $ticks / $N * 1e6)") "
       done
     done
+    [[ $t == get ]] && primary_get[$p]=${rps_of[2]}
     for proto in 2 3; do
       # shellcheck disable=SC2086
       r=$(median ${rps_of[$proto]}); u=$(median ${us_of[$proto]})
@@ -102,6 +105,25 @@ rows+=("| 3 SETs on 3 servers, pipelined, 1 unit in flight x $conns connections 
 start_keyway two_phase
 tp=$(load --mode multi --keys "$spread_groups" --conns $conns --batches 200 --per-batch 1)
 rows+=("| MULTI + 3 SETs on 3 servers + EXEC, 1 unit in flight x $conns connections (two_phase) | $tp |")
+# Reads under two_phase check their keys' locks first (docs/two-phase.md): GET against the same
+# GET under primary (the RESP2 cells above; the keys were written there by the SET cells).
+read_notes=()
+for p in 1 16; do
+  declare -a got=()
+  for _rep in $(seq 1 "$REPS"); do
+    c0=$(cpu)
+    r=$(redis-benchmark -p "$kport" -t get -n "$N" -c 50 -P "$p" -r 100000 --csv -q | awk -F'","' 'NR==2 {print $2}')
+    c1=$(cpu)
+    got+=("${r%.*}")
+    us=$(python3 -c "print(($c1 - $c0) / $ticks / $N * 1e6)")
+  done
+  # shellcheck disable=SC2086
+  r=$(median ${got[*]})
+  printf -v cell '| RESP2 get -P %s under two_phase (median of %s) | %.0f req/s | %.2f µs CPU/req (last) |' "$p" "$REPS" "$r" "$us"
+  rows+=("$cell")
+  read_notes+=("GET -P $p: $(python3 -c "print(f'{$r / $(median ${primary_get[$p]}):.2f}x')")")
+  unset got
+done
 
 field() { grep -oE "(^| )$1=[0-9.]+" <<<"$2" | cut -d= -f2; }
 ratio_cpu=$(python3 -c "print(f'{$(field cpu_s_per_1M_commands "$multi") / $(field cpu_s_per_1M_commands "$pipe"):.2f}')")
@@ -115,5 +137,6 @@ ratio_tp=$(python3 -c "print(f'{$(field units/s "$tp") / $(field units/s "$pipe_
   echo
   echo "- RESP3 throughput against RESP2, same Keyway, same run (target within 5%): $(IFS=';'; echo "${resp_notes[*]}" | sed 's/;/, /g')."
   echo "- MULTI/EXEC CPU per command against the same commands pipelined: ${ratio_cpu}x (target at most 1.5x)."
+  echo "- GET under two_phase (each read checks its keys' two-phase locks) against GET under primary: $(IFS=';'; echo "${read_notes[*]}" | sed 's/;/, /g')."
   echo "- Two-phase cross-server MULTI against the same 3 SETs pipelined under primary: ${ratio_tp}x the throughput (target at least 0.4x)."
 } | tee "$out"
