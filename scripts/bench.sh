@@ -21,7 +21,8 @@
 # server_connections 1 = its default, preconnect). Every cell is one `redis-benchmark --csv`
 # invocation; the proxy's CPU time is read from /proc/PID/stat (utime+stime) around it.
 # Last, scripts/bench/client_modes.sh on a pool of its own: RESP3 against RESP2, MULTI/EXEC
-# against a pipeline, two-phase cross-server MULTI against a pipeline under write = "primary".
+# against a pipeline, two-phase cross-server MULTI against a pipeline under write = "primary";
+# and scripts/bench/blocking.py: BLPOP/RPUSH ping-pong against direct, memory per blocked client.
 # Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3, cargo (or BENCH_KEYWAY_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -342,6 +343,13 @@ modes_env=(BENCH_KEYWAY_BIN="$keyway" BENCH_OUT="$dir/client-modes.md" REPS="$RE
 [[ $quick == 1 ]] && modes_env+=(BENCH_N=50000 BATCHES=150)
 env "${modes_env[@]}" scripts/bench/client_modes.sh >"$dir/client-modes.log" 2>&1 ||
   die "client modes failed (see $dir/client-modes.log)"
+
+# ---- 5. blocking commands: BLPOP/RPUSH ping-pong against direct, memory per blocked client
+log "blocking commands (scripts/bench/blocking.py)"
+blocking_args=(--keyway "$keyway")
+[[ $quick == 1 ]] && blocking_args+=(--seconds 1 --rounds 1 --blocked 500)
+python3 scripts/bench/blocking.py "${blocking_args[@]}" >"$dir/blocking.json" 2>"$dir/blocking.log" ||
+  die "blocking bench failed (see $dir/blocking.log)"
 
 python3 scripts/bench/report.py --dir "$dir" --out "$OUT" --command "$cmd"
 log "wrote $OUT"

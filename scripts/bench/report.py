@@ -329,6 +329,19 @@ def main():
                 "From `scripts/bench/client_modes.sh`, run by `scripts/bench.sh` on a pool of its own "
                 "(three redis-servers, one Keyway).", ""]
         out += open(modes).read().rstrip("\n").split("\n")
+    blocking = os.path.join(a.dir, "blocking.json")
+    if os.path.exists(blocking):
+        b = json.load(open(blocking))
+        pp, seq = b.get("ping_pong_round_trips_per_sec", {}), b.get("sequential_rpush_lpop_per_sec", {})
+        out += ["", "### Blocking commands", "",
+                "From `scripts/bench/blocking.py`, run by `scripts/bench.sh` (docs/blocking.md).", "",
+                "| measure | direct | keyway | keyway / direct |", "| --- | --- | --- | --- |",
+                f"| BLPOP/RPUSH ping-pong, round trips/s per round | {pp.get('direct')} | {pp.get('keyway')} | {pp.get('keyway_over_direct')} (target ≥ 0.7) |",
+                f"| RPUSH then LPOP in sequence, rounds/s | {seq.get('direct')} | {seq.get('keyway')} | {seq.get('keyway_over_direct')} |"]
+        mem = b.get("memory", {})
+        if mem:
+            out += ["", "Memory (Keyway's RSS): " + ", ".join(f"{k} = {v}" for k, v in mem.items())
+                    + " (target ≤ 2 KiB per blocked client)."]
     out += ["", END, ""]
     section = "\n".join(out)
 
