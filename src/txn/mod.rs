@@ -11,14 +11,17 @@
 //!   Aborting --locks released--> retry with jittered backoff, then -TRYAGAIN      reply to client
 //! ```
 //!
-//! 1. **Prepare**, one EVAL per participant server, in parallel: lock every key of the
-//!    transaction on that server (`__keyway:lock:<key>` = txid; a key locked by another
-//!    transaction is a no vote) and store the intent (the staged commands, the participants'
-//!    primary, the server time). Nothing user-visible changes.
-//! 2. **Decide**: if every participant voted yes, commit on the **primary participant** first:
-//!    one EVAL that records `__keyway:decision:<txid> = commit` (unless `abort` is recorded),
-//!    applies the commands and releases the locks. That write is the commit point. Otherwise
-//!    abort: record `abort` on the primary (written once) and release every lock.
+//! 1. **Prepare**, one script call per participant server but the primary participant, in
+//!    parallel: lock every key of the transaction on that server (`__keyway:lock:<key>` = txid;
+//!    a key locked by another transaction is a no vote) and store the intent (the staged
+//!    commands, the participants' primary, the server time, the coordinator). Nothing
+//!    user-visible changes.
+//! 2. **Decide**: if every participant voted yes, commit on the **primary participant**: one
+//!    script that checks its keys are not locked by another transaction (else a no vote), records
+//!    `__keyway:decision:<txid> = commit` (unless `abort` is recorded) and applies its commands.
+//!    That write is the commit point. The primary participant needs no prepare: nothing is
+//!    staged there, and the check and the commands run in one script. Otherwise abort: release
+//!    every prepared lock (the coordinator records no decision for its own abort).
 //! 3. **Commit the others**, in parallel. The client's reply waits for them; a secondary that
 //!    cannot be reached after the commit point is finished by recovery.
 //! 4. **Recovery** ([`resolve`]): a prepare that meets a lock older than `lock_timeout`, and the
@@ -30,7 +33,8 @@
 //!    attempts the client gets `-TRYAGAIN`. No transaction waits for a lock, so none can
 //!    deadlock.
 //!
-//! Reads are not part of transactions: a read may see one replica committed before another.
+//! Reads are not part of transactions, but never go back in time: a read checks its keys' locks
+//! first and rolls a committed transaction forward ([`settle`]).
 
 mod error;
 pub mod plan;
@@ -633,7 +637,8 @@ async fn prepare(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) -> Votes 
     let timeout_ms = i64::try_from(topo.config.timeout.as_millis()).unwrap_or(i64::MAX);
     let sent_ms = crate::health::epoch_ms();
     let mut pending = Vec::with_capacity(plan.parts.len());
-    for (&server, part) in &plan.parts {
+    // The primary participant is not prepared: its commit checks and applies at once.
+    for (&server, part) in plan.parts.iter().filter(|(&s, _)| s != plan.primary) {
         let Some(s) = topo.server(server) else {
             continue;
         };
@@ -699,7 +704,7 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
     let decision = decision_key(&txid);
     let index = Bytes::from_static(INDEX_KEY);
 
-    // Phase 1: prepare everywhere, in parallel.
+    // Phase 1: prepare the other participants, in parallel.
     let _in_flight = InFlight::enter(topo, plan, pick);
     let votes = prepare(topo, pick, plan, &txid).await;
     metrics.txn_prepare(matches!(votes, Votes::Yes));
@@ -720,19 +725,41 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
     }
 
     // Phase 2: the commit point, on the primary participant.
-    let commit = |is_primary: bool| {
+    // The other participants' commit (they were prepared; the decision is not theirs).
+    let commit = || {
         eval(
             scripts::COMMIT,
             vec![intent.clone(), index.clone(), decision.clone()],
             vec![
                 Bytes::from(txid.clone()),
-                Bytes::from_static(if is_primary { b"1" } else { b"0" }),
+                Bytes::from_static(b"0"),
                 proto_arg(pick.proto),
             ],
         )
     };
-    let primary_value = match call(topo, plan.primary, pick, commit(true)).await {
+    let primary_commit = {
+        let part = plan.parts.get(&plan.primary);
+        let mut keys = vec![decision.clone()];
+        keys.extend(part.iter().flat_map(|p| p.keys.iter()).map(|k| lock_key(k)));
+        eval(
+            scripts::COMMIT_PRIMARY,
+            keys,
+            vec![
+                Bytes::from(txid.clone()),
+                pack_steps(part.map_or(&[][..], |p| &p.steps)),
+                proto_arg(pick.proto),
+            ],
+        )
+    };
+    let primary_value = match call(topo, plan.primary, pick, primary_commit).await {
         Ok(v) if int_at(&v, 0) == Some(1) => v,
+        Ok(v) if int_at(&v, 0) == Some(0) => {
+            // Another transaction holds a key on the primary participant: nothing applied.
+            metrics.txn_commit(false);
+            abort_all(topo, pick, plan, &txid).await;
+            let name = topo.server(plan.primary).map_or("?", |s| s.name.as_str());
+            return Attempt::Conflict(Lock::from_vote(&v, plan.primary, name));
+        }
         Ok(v) if int_at(&v, 0) == Some(-1) => {
             // Recovery aborted this transaction (it looked dead): nothing was applied.
             metrics.txn_commit(false);
@@ -764,7 +791,7 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
         let Some(s) = topo.server(server) else {
             continue;
         };
-        let frame = commit(false);
+        let frame = commit();
         others.push((part, s, s.pool.send_script(pick, frame.clone()), frame));
         failpoint("between_secondary_commits").await;
     }
@@ -828,7 +855,8 @@ async fn abort_all(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) {
         )
     };
     let mut replies = Vec::with_capacity(plan.parts.len());
-    for &server in plan.parts.keys() {
+    // The primary participant was not prepared: nothing to release there.
+    for &server in plan.parts.keys().filter(|&&s| s != plan.primary) {
         if let Some(s) = topo.server(server) {
             let frame = frame(false);
             replies.push((s, s.pool.send_script(pick, frame.clone()), frame));

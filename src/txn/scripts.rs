@@ -104,6 +104,28 @@ pub const COMMIT: &str = concat!(
      return {1, out}\n"
 );
 
+/// Commit on the primary participant, which is not prepared: `KEYS = [decision, lock...]`,
+/// `ARGV = [txid, steps, resp]`. Refuses with `{-1}` if recovery recorded `abort`, votes no
+/// (the answer of [`held!`]) if another transaction holds one of its keys; otherwise records
+/// the decision `commit` and applies the steps, in one script: the commit point. `{1, results}`.
+/// Its keys need no lock between the others' prepares and this script: nothing is staged here,
+/// and this script checks and applies at once.
+pub const COMMIT_PRIMARY: &str = concat!(
+    now_ms!(),
+    held!(),
+    "local d = redis.call('GET', KEYS[1])\n\
+     if d == 'abort' then return {-1} end\n\
+     for i = 2, #KEYS do\n\
+       local h = redis.call('GET', KEYS[i])\n\
+       if h and h ~= ARGV[1] then return held(h) end\n\
+     end\n\
+     redis.call('SET', KEYS[1], 'commit', 'EX', 86400)\n\
+     local steps = cmsgpack.unpack(ARGV[2])\n\
+     local resp = ARGV[3]\n",
+    apply_steps!(),
+    "return {1, out}\n"
+);
+
 /// Abort: `KEYS = [intent, index, decision]`, `ARGV = [txid, is_primary]`.
 /// On the primary participant it records `abort` unless `commit` is recorded (then `{-1}`: too
 /// late, the transaction is committed). Releases this transaction's locks and drops its intent.
@@ -176,4 +198,13 @@ pub const LEASE: &str = "if redis.call('SCARD', KEYS[1]) > 0 then\n\
      return 1\n";
 
 /// Every script above, for the SHA1 table `EVALSHA` calls use.
-pub const ALL: [&str; 7] = [PREPARE, COMMIT, ABORT, DECIDE, SWEEP, ONE_PHASE, LEASE];
+pub const ALL: [&str; 8] = [
+    PREPARE,
+    COMMIT,
+    COMMIT_PRIMARY,
+    ABORT,
+    DECIDE,
+    SWEEP,
+    ONE_PHASE,
+    LEASE,
+];
