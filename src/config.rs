@@ -63,6 +63,12 @@ pub struct Config {
     /// a rotated Kubernetes Secret takes effect without a restart. Default none.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// Protected mode, as redis-server has it: a client that connects from an address other than
+    /// loopback gets `-DENIED` and is closed, since Keyway does not authenticate clients yet.
+    /// Set `false` where something else decides who can connect (a Kubernetes NetworkPolicy, a
+    /// firewall). Default `true`.
+    #[serde(default = "default_protected_mode")]
+    pub protected_mode: bool,
     /// On SIGTERM/SIGINT: how long to wait for clients to get their in-flight replies before
     /// exiting anyway. Default `10s`.
     #[serde(default = "default_drain", with = "humantime_serde")]
@@ -333,6 +339,9 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_protected_mode() -> bool {
+    true
+}
 fn default_listen() -> String {
     "127.0.0.1:6380".into()
 }

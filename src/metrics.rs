@@ -228,7 +228,7 @@ impl Metrics {
             client_refused: counter(
                 &r,
                 "keyway_client_connections_refused_total",
-                "Client connections refused because limits.max_clients was reached.",
+                "Client connections refused: limits.max_clients reached, or a non-loopback address under protected mode.",
             ),
             client_disconnects: counter_vec(
                 &r,

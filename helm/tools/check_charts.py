@@ -270,6 +270,14 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
             want_host = "127.0.0.1" if sidecar else "0.0.0.0"
             if not kv["config"].get("listen") and host != want_host:
                 problems.append(f"{where}: listen {toml['listen']}, want {want_host} in this mode")
+            # Protected mode: on where the application connects over loopback (sidecar), off
+            # where clients are other pods (standalone), unless the values say otherwise.
+            want_protected = kv["config"].get("protected_mode")
+            if want_protected is None:
+                want_protected = sidecar
+            if toml.get("protected_mode", True) != want_protected:
+                problems.append(f"{where}: protected_mode {toml.get('protected_mode', True)}, "
+                                f"want {want_protected} in this mode")
             if int(port) != ports.get("keyway"):
                 problems.append(f"{where}: listen port {port} != containerPort {ports}")
             if int(toml["admin"].rpartition(":")[2]) != ports.get("keyway-admin"):

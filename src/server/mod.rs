@@ -55,6 +55,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                if !admitted(shared.protected_mode, peer) {
+                    shared.metrics.client_refused.inc();
+                    tracing::warn!(%peer, "client refused: protected mode (a non-loopback address; see protected_mode)");
+                    tokio::spawn(refuse_with(stream, DENIED));
+                    continue;
+                }
                 if shared.clients.load(Ordering::Relaxed) >= max_clients {
                     shared.metrics.client_refused.inc();
                     tracing::warn!(%peer, max_clients, "client refused: max_clients reached");
@@ -84,12 +90,60 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn refuse(mut stream: tokio::net::TcpStream) {
+async fn refuse(stream: tokio::net::TcpStream) {
+    refuse_with(stream, b"-ERR max number of clients reached\r\n").await;
+}
+
+/// What a client refused by protected mode reads before its connection closes: redis-server's
+/// `-DENIED`, saying what to do in Keyway's terms.
+pub(crate) const DENIED: &[u8] = b"-DENIED Keyway is running in protected mode because \
+    protected_mode is on and Keyway does not authenticate clients. In this mode connections are \
+    only accepted from the loopback interface. To accept clients from other addresses, set \
+    protected_mode = false in Keyway's configuration and make sure that only trusted clients can \
+    reach its address (a Kubernetes NetworkPolicy, a firewall).\r\n";
+
+/// Whether a client from `peer` may connect: any client without protected mode, else only one
+/// from a loopback address (an IPv4 address mapped into IPv6 included).
+pub(crate) fn admitted(protected_mode: bool, peer: std::net::SocketAddr) -> bool {
+    !protected_mode || peer.ip().to_canonical().is_loopback()
+}
+
+async fn refuse_with(mut stream: tokio::net::TcpStream, reply: &'static [u8]) {
     use tokio::io::AsyncWriteExt;
-    let _ = stream
-        .write_all(b"-ERR max number of clients reached\r\n")
-        .await;
+    let _ = stream.write_all(reply).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod protected_mode_tests {
+    use super::{admitted, DENIED};
+
+    #[test]
+    fn protected_mode_admits_loopback_clients_only() {
+        let at = |s: &str| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+        for peer in [
+            "127.0.0.1:5000",
+            "127.8.9.10:5000",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+        ] {
+            assert!(admitted(true, at(peer)), "{peer}");
+        }
+        for peer in [
+            "10.1.2.3:5000",
+            "192.168.0.9:5000",
+            "[fd00::1]:5000",
+            "[::ffff:10.0.0.1]:5000",
+        ] {
+            assert!(!admitted(true, at(peer)), "{peer}");
+            assert!(admitted(false, at(peer)), "{peer}");
+        }
+        // One line, redis-server's error code, and the setting that lifts it.
+        assert!(DENIED.starts_with(b"-DENIED "));
+        assert!(DENIED.ends_with(b"\r\n"));
+        assert_eq!(DENIED.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(DENIED.windows(22).any(|w| w == b"protected_mode = false"));
+    }
 }
 
 /// A proxy started by [`start`]: its bound address, its shared state, its accept loop.

@@ -21,6 +21,8 @@ pub struct Shared {
     pub(crate) limits: Limits,
     /// Limits on each client connection.
     pub(crate) client_limits: LimitsConfig,
+    /// Clients from addresses other than loopback are refused (`protected_mode`).
+    pub(crate) protected_mode: bool,
     /// Whether Keyway drains (SIGTERM): sessions answer what they received, then close.
     pub(crate) drain: Arc<Drain>,
     /// When this process started (INFO uptime).
@@ -82,6 +84,7 @@ impl Shared {
             metrics,
             limits,
             client_limits: config.limits.clone(),
+            protected_mode: config.protected_mode,
             started: Instant::now(),
             run_id: run_id(),
             next_client_id: AtomicU64::new(1),

@@ -152,6 +152,12 @@ the file stays valid for a Keyway that does not know that key yet.
 # Edit the chart values, not this file: Keyway reloads it when the ConfigMap changes.
 listen = {{ include "keyway.listen" . | toJson }}
 admin = {{ include "keyway.admin" . | toJson }}
+{{- if not (kindIs "invalid" $c.protected_mode) }}
+protected_mode = {{ $c.protected_mode }}
+{{- else if eq (include "keyway.mode" .) "standalone" }}
+# Standalone: clients are other pods (restrict them with networkPolicy).
+protected_mode = false
+{{- end }}
 {{- if .Values.auth.adminToken.existingSecret }}
 admin_token_file = {{ printf "%s/admin-token/%s" (trimSuffix "/" .Values.secretsDir) .Values.auth.adminToken.key | toJson }}
 {{- end }}
