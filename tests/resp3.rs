@@ -149,10 +149,12 @@ CLIENT SETNAME me
 CLIENT GETNAME
 ";
 
-/// Scripts: their replies go through Lua's conversions, in the caller's protocol.
+/// Scripts: their replies go through Lua's conversions, in the caller's protocol. Keyless ones
+/// are read-only calls: a keyless script that may write is refused where writes reach every
+/// replica (write = all, quorum, two_phase).
 fn scripts() -> Vec<Vec<&'static str>> {
     vec![
-        vec!["EVAL", "return {1, 'two', false, {3}}", "0"],
+        vec!["EVAL_RO", "return {1, 'two', false, {3}}", "0"],
         vec!["EVAL", "return redis.call('HGETALL', KEYS[1])", "1", "h:1"],
         vec![
             "EVAL",
@@ -166,9 +168,9 @@ fn scripts() -> Vec<Vec<&'static str>> {
             "1",
             "z:1",
         ],
-        vec!["EVAL", "return redis.error_reply('MY error')", "0"],
-        vec!["EVAL", "return {double=1.5}", "0"],
-        vec!["EVAL", "return redis.status_reply('FINE')", "0"],
+        vec!["EVAL_RO", "return redis.error_reply('MY error')", "0"],
+        vec!["EVAL_RO", "return {double=1.5}", "0"],
+        vec!["EVAL_RO", "return redis.status_reply('FINE')", "0"],
         vec![
             "EVAL_RO",
             "return redis.call('GET', KEYS[1])",

@@ -158,6 +158,10 @@ fn sort_reaches_reserved(args: Args<'_>) -> bool {
     false
 }
 
+const KEYLESS_WRITE: &str = "a script or function called without keys may write, and would \
+     run on one server only, while this pool writes every replica (write = all, quorum or \
+     two_phase); pass the keys it writes, or call it read-only (EVAL_RO, EVALSHA_RO, FCALL_RO)";
+
 const RANDOM_FANOUT: &str = "SPOP picks members at random, so replicas would pop different \
      members; keyway refuses it when writes go to several replicas (write = all or quorum)";
 
@@ -280,8 +284,12 @@ fn keyed<'r, 't>(
             Some(_) => {}
         }
     }
-    // EVAL with numkeys 0 and the like: any server will do.
+    // EVAL with numkeys 0 and the like: any server will do, unless it may write where writes
+    // must reach every replica (a keyless script reaches one server, outside any transaction).
     let Some(slot) = slot else {
+        if spec.is_write() && (fans_out(topo) || topo.write == WriteMode::TwoPhase) {
+            return refuse(ErrorKind::Refused, KEYLESS_WRITE);
+        }
         return client_server(topo, client);
     };
     let write = spec.is_write();

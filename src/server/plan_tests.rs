@@ -325,6 +325,45 @@ fn writes_follow_the_write_policy() {
 }
 
 #[test]
+fn keyless_scripts_that_may_write_are_refused_where_writes_reach_every_replica() {
+    let keyless: [&[&str]; 3] = [
+        &["EVAL", "return redis.call('SET', 'k', 'v')", "0"],
+        &["EVALSHA", "0123456789012345678901234567890123456789", "0"],
+        &["FCALL", "f", "0"],
+    ];
+    let read_only: [&[&str]; 2] = [&["EVAL_RO", "return 1", "0"], &["FCALL_RO", "f", "0"]];
+    for (pool, refused) in [
+        ("", false),
+        ("replicas = 2\nwrite = \"primary\"", false),
+        ("replicas = 2\nwrite = \"all\"", true),
+        ("replicas = 3\nwrite = \"quorum\"", true),
+        ("replicas = 2\nwrite = \"two_phase\"", true),
+    ] {
+        let mut f = Fixture::new(3, pool);
+        for args in keyless {
+            with_plan(&mut f, args, |_, plan| {
+                if refused {
+                    assert_eq!(refusal(&plan), Ok(ErrorKind::Refused), "{pool}: {args:?}");
+                } else {
+                    assert!(
+                        matches!(plan, Plan::Route(Route::One(_))),
+                        "{pool}: {plan:?}"
+                    );
+                }
+            });
+        }
+        for args in read_only {
+            with_plan(&mut f, args, |_, plan| {
+                assert!(
+                    matches!(plan, Plan::Route(Route::One(_))),
+                    "{pool}: {args:?} {plan:?}"
+                );
+            });
+        }
+    }
+}
+
+#[test]
 fn blocking_commands_go_to_the_primary_and_pops_replay_on_fan_out() {
     for (pool, replays) in [
         ("", false),
