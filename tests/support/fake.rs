@@ -9,7 +9,7 @@
 //!   a control connection of its own, sends `CLIENT SETINFO LIB-NAME redis-rs` and
 //!   `CLIENT SETINFO LIB-VER <version>` (pipelined, no `HELLO`), then `INFO server` (Keyway
 //!   reads the server's version from it, answered here with `redis_version` only) and `PING`
-//!   every interval, and
+//!   then `TIME` (answered with this machine's clock) every interval, and
 //!   marks the server down unless it gets `+PONG`. So the server stays up, and a test isolates
 //!   a data-path fault;
 //! - any other request (a data request) with a bulk string of its last argument (`GET k` gets
@@ -297,7 +297,7 @@ fn answer(
         }
         Mode::Normal => {
             if let Some(reply) = control_answer(args) {
-                let _ = stream.write_all(reply);
+                let _ = stream.write_all(&reply);
                 return Mode::Normal;
             }
             let Some(fault) = lock(&shared.fault).take() else {
@@ -343,14 +343,29 @@ fn answer(
 }
 
 /// The reply to a control request (health probes and their handshake), on any connection.
-fn control_answer(args: &[Vec<u8>]) -> Option<&'static [u8]> {
+fn control_answer(args: &[Vec<u8>]) -> Option<std::borrow::Cow<'static, [u8]>> {
     let name = args.first()?;
     if name.eq_ignore_ascii_case(b"PING") {
-        Some(b"+PONG\r\n")
+        Some(b"+PONG\r\n"[..].into())
     } else if name.eq_ignore_ascii_case(b"CLIENT") {
-        Some(b"+OK\r\n")
+        Some(b"+OK\r\n"[..].into())
     } else if name.eq_ignore_ascii_case(b"INFO") {
-        Some(b"$22\r\nredis_version:7.0.15\r\n\r\n")
+        Some(b"$22\r\nredis_version:7.0.15\r\n\r\n"[..].into())
+    } else if name.eq_ignore_ascii_case(b"TIME") {
+        // The prober reads the server's clock after each PING (two-phase prepare deadlines).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (secs, micros) = (now.as_secs().to_string(), now.subsec_micros().to_string());
+        Some(
+            format!(
+                "*2\r\n${}\r\n{secs}\r\n${}\r\n{micros}\r\n",
+                secs.len(),
+                micros.len()
+            )
+            .into_bytes()
+            .into(),
+        )
     } else {
         None
     }
