@@ -913,3 +913,37 @@ fn no_read_returns_a_value_older_than_a_committed_write() {
         assert_eq!(value(servers[*r], k).as_deref(), Some("new"), "{k} on s{r}");
     }
 }
+
+/// A lock whose intent is gone (deleted on the server, as a script could) would refuse every
+/// write to its key forever: the next write that meets it deletes it and goes through.
+#[test]
+fn a_lock_without_its_intent_is_released_by_the_next_write() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let toml = recovery_toml(&servers, "60s", "1h");
+    let proxy = Proxy::start_toml(&toml);
+    let key = "orphaned";
+    for &r in &replica_set(&proxy, key) {
+        let _: () = servers[r]
+            .client()
+            .set(
+                format!("__keyway:lock:{key}"),
+                "0123456789abcdef0123456789abcdef",
+            )
+            .unwrap();
+    }
+    let mut con = proxy.client();
+    let start = Instant::now();
+    let _: () = con.set(key, "v").unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    for &r in &replica_set(&proxy, key) {
+        assert_eq!(value(servers[r], key).as_deref(), Some("v"), "s{r}");
+    }
+    for s in &servers {
+        assert!(leftovers(s).is_empty(), "{:?}", leftovers(s));
+    }
+}

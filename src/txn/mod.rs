@@ -460,6 +460,8 @@ struct Lock {
     name: String,
     /// Whether the holder's coordinator still renews its lease there.
     alive: bool,
+    /// The lock key itself (`__keyway:lock:<key>`), when the script said it.
+    key: Option<Bytes>,
 }
 
 impl Lock {
@@ -471,6 +473,13 @@ impl Lock {
             server,
             name: name.to_owned(),
             alive: int_at(vote, 3) != Some(0),
+            key: match vote {
+                Value::Array(items) => match items.get(4) {
+                    Some(Value::Bulk(k)) => Some(k.clone()),
+                    _ => None,
+                },
+                _ => None,
+            },
         }
     }
 
@@ -546,7 +555,11 @@ async fn run(
             }
         },
         move |lock: Lock| async move {
-            let _ = resolve_holder(topo, pick, lock.server, &lock.holder, metrics).await;
+            let resolved = resolve_holder(topo, pick, lock.server, &lock.holder, metrics).await;
+            // A lock without its intent: nothing can resolve it, so it goes.
+            if let Err(ResolveError::IntentGone) = resolved {
+                release_orphan(topo, pick, &lock, metrics).await;
+            }
         },
     )
     .await
@@ -1026,6 +1039,29 @@ pub async fn resolve(
     metrics.txn_recovered(decision == Decision::Commit);
     tracing::info!(txid, ?decision, "resolved a stale two-phase transaction");
     Ok(decision)
+}
+
+/// Deletes a lock whose intent is gone, if its holder still holds it and still has no intent
+/// there ([`scripts::ORPHAN`]): such a lock would refuse every write to its key forever. Only a
+/// hand or a script that deleted the intent leaves one; it is logged and counted.
+async fn release_orphan(topo: &Topology, pick: Pick, lock: &Lock, metrics: &Metrics) {
+    let Some(key) = lock.key.clone() else { return };
+    let frame = eval(
+        scripts::ORPHAN,
+        vec![key.clone()],
+        vec![Bytes::from(lock.holder.clone())],
+    );
+    if let Ok(v) = call(topo, lock.server, pick, frame).await {
+        if matches!(v, Value::Integer(1)) {
+            metrics.txn_recovered(false);
+            tracing::warn!(
+                txid = %lock.holder,
+                server = %lock.name,
+                lock = %String::from_utf8_lossy(&key),
+                "deleted a two-phase lock whose intent was gone (removed outside Keyway)"
+            );
+        }
+    }
 }
 
 /// Resolves the holder of a lock met by a prepare: its primary is read from its intent.

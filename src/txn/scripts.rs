@@ -23,18 +23,18 @@ macro_rules! now_ms {
     };
 }
 
-/// A lock held by another transaction, met by a script: `held(txid)` returns the no vote
-/// `{0, holder_txid, holder_age_ms, coordinator_alive}` (age -1 when the holder's intent is
-/// gone; alive 0 when its coordinator's lease has expired, 1 otherwise).
+/// A lock held by another transaction, met by a script: `held(txid, lock_key)` returns the no
+/// vote `{0, holder_txid, holder_age_ms, coordinator_alive, lock_key}` (age -1 when the holder's
+/// intent is gone; alive 0 when its coordinator's lease has expired, 1 otherwise).
 macro_rules! held {
     () => {
-        "local function held(h)\n\
+        "local function held(h, k)\n\
            local rec = redis.call('HMGET', '__keyway:tx:' .. h, 'created', 'owner')\n\
            local age = -1\n\
            if rec[1] then age = now - tonumber(rec[1]) end\n\
            local alive = 1\n\
            if rec[2] and redis.call('EXISTS', '__keyway:lease:' .. rec[2]) == 0 then alive = 0 end\n\
-           return {0, h, age, alive}\n\
+           return {0, h, age, alive, k}\n\
          end\n"
     };
 }
@@ -70,7 +70,7 @@ pub const PREPARE: &str = concat!(
      if deadline > 0 and now > deadline then return {-2, now - deadline} end\n\
      for i = 3, #KEYS do\n\
        local h = redis.call('GET', KEYS[i])\n\
-       if h and h ~= ARGV[1] then return held(h) end\n\
+       if h and h ~= ARGV[1] then return held(h, KEYS[i]) end\n\
      end\n\
      for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[1]) end\n\
      redis.call('HSET', KEYS[1], 'primary', ARGV[2], 'created', now, 'steps', ARGV[3], 'locks', ARGV[4], 'owner', ARGV[5])\n\
@@ -117,7 +117,7 @@ pub const COMMIT_PRIMARY: &str = concat!(
      if d == 'abort' then return {-1} end\n\
      for i = 2, #KEYS do\n\
        local h = redis.call('GET', KEYS[i])\n\
-       if h and h ~= ARGV[1] then return held(h) end\n\
+       if h and h ~= ARGV[1] then return held(h, KEYS[i]) end\n\
      end\n\
      redis.call('SET', KEYS[1], 'commit', 'EX', 86400)\n\
      local steps = cmsgpack.unpack(ARGV[2])\n\
@@ -179,7 +179,7 @@ pub const ONE_PHASE: &str = concat!(
     held!(),
     "for i = 1, #KEYS do\n\
        local h = redis.call('GET', KEYS[i])\n\
-       if h then return held(h) end\n\
+       if h then return held(h, KEYS[i]) end\n\
      end\n\
      local steps = cmsgpack.unpack(ARGV[1])\n\
      local resp = ARGV[2]\n",
@@ -197,8 +197,17 @@ pub const LEASE: &str = "if redis.call('SCARD', KEYS[1]) > 0 then\n\
      end\n\
      return 1\n";
 
+/// Orphan: `KEYS = [lock]`, `ARGV = [txid]`. Deletes a lock that `txid` still holds although its
+/// intent is gone (a prepare writes both in one script and every end of a transaction removes
+/// both, so only a hand or a script that deleted the intent leaves one): `1` if deleted.
+pub const ORPHAN: &str = "if redis.call('GET', KEYS[1]) == ARGV[1]\n\
+       and redis.call('EXISTS', '__keyway:tx:' .. ARGV[1]) == 0 then\n\
+       return redis.call('DEL', KEYS[1])\n\
+     end\n\
+     return 0\n";
+
 /// Every script above, for the SHA1 table `EVALSHA` calls use.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     PREPARE,
     COMMIT,
     COMMIT_PRIMARY,
@@ -207,4 +216,5 @@ pub const ALL: [&str; 8] = [
     SWEEP,
     ONE_PHASE,
     LEASE,
+    ORPHAN,
 ];

@@ -25,6 +25,7 @@ fn live_lock() -> Lock {
         server: 0,
         name: "s0".into(),
         alive: true,
+        key: None,
     }
 }
 
@@ -79,6 +80,7 @@ fn a_lock_is_stale_when_its_intent_is_older_than_the_lock_timeout_or_gone() {
         server: 0,
         name: "s0".into(),
         alive,
+        key: None,
     };
     assert!(!lock(0, true).is_stale(ms(1000)));
     assert!(!lock(1000, true).is_stale(ms(1000)));
@@ -214,6 +216,7 @@ async fn a_stale_lock_is_resolved_after_each_attempt_that_met_it() {
         server: 1,
         name: "s1".into(),
         alive: true,
+        key: None,
     };
     let (began, resolved, result) = run_loop(2, vec![Attempt::Conflict(stale)]).await;
     assert_eq!(began.len(), 3);
