@@ -68,6 +68,8 @@ pub(crate) enum Space {
 }
 
 impl Space {
+    const ALL: [Space; 3] = [Space::Channel, Space::Shard, Space::Pattern];
+
     fn subscribe(self) -> &'static [u8] {
         match self {
             Space::Channel => b"subscribe",
@@ -242,8 +244,30 @@ struct Link {
 
 #[derive(Default)]
 struct State {
-    topics: HashMap<(Space, Bytes), Topic>,
+    /// Per space: name -> topic. Keyed by the name alone, so that a message's name is looked
+    /// up without a copy.
+    channels: HashMap<Bytes, Topic>,
+    shards: HashMap<Bytes, Topic>,
+    patterns: HashMap<Bytes, Topic>,
     links: HashMap<Arc<str>, Link>,
+}
+
+impl State {
+    fn topics(&self, space: Space) -> &HashMap<Bytes, Topic> {
+        match space {
+            Space::Channel => &self.channels,
+            Space::Shard => &self.shards,
+            Space::Pattern => &self.patterns,
+        }
+    }
+
+    fn topics_mut(&mut self, space: Space) -> &mut HashMap<Bytes, Topic> {
+        match space {
+            Space::Channel => &mut self.channels,
+            Space::Shard => &mut self.shards,
+            Space::Pattern => &mut self.patterns,
+        }
+    }
 }
 
 /// Every subscription of this Keyway's clients, and one subscriber connection per server.
@@ -286,8 +310,8 @@ impl Hub {
         servers: &[(Arc<str>, Arc<Pool>)],
     ) -> Vec<Arc<Confirm>> {
         let mut state = self.lock();
-        let key = (space, name.clone());
-        if let Some(topic) = state.topics.get_mut(&key) {
+        let key = name.clone();
+        if let Some(topic) = state.topics_mut(space).get_mut(&key) {
             topic.clients.push(mailbox.clone());
             return topic
                 .confirmed
@@ -317,7 +341,7 @@ impl Hub {
             Space::Pattern => None,
             Space::Channel | Space::Shard => servers.first().map(|(s, _)| s.clone()),
         };
-        state.topics.insert(
+        state.topics_mut(space).insert(
             key,
             Topic {
                 server,
@@ -332,8 +356,7 @@ impl Hub {
     /// the server(s).
     fn leave(&self, space: Space, name: &Bytes, id: u64) {
         let mut state = self.lock();
-        let key = (space, name.clone());
-        let Some(topic) = state.topics.get_mut(&key) else {
+        let Some(topic) = state.topics_mut(space).get_mut(name) else {
             return;
         };
         if let Some(at) = topic.clients.iter().position(|m| m.id == id) {
@@ -343,7 +366,7 @@ impl Hub {
             return;
         }
         let server = topic.server.clone();
-        state.topics.remove(&key);
+        state.topics_mut(space).remove(name);
         let mut frame = BytesMut::new();
         write_command(&mut frame, &[space.unsubscribe(), name.as_ref()]);
         let frame = frame.freeze();
@@ -382,18 +405,17 @@ impl Hub {
     /// `SSUBSCRIBE` or `PSUBSCRIBE` per batch of names, with its reply count.
     fn resubscribe(&self, server: &str) -> Vec<(Bytes, usize)> {
         let state = self.lock();
-        let mut names: HashMap<Space, Vec<&Bytes>> = HashMap::new();
-        for ((space, name), topic) in &state.topics {
-            let here = match &topic.server {
-                Some(s) => s.as_ref() == server,
-                None => true,
-            };
-            if here {
-                names.entry(*space).or_default().push(name);
-            }
-        }
         let mut frames = Vec::new();
-        for (space, names) in names {
+        for space in Space::ALL {
+            let names: Vec<&Bytes> = state
+                .topics(space)
+                .iter()
+                .filter(|(_, topic)| match &topic.server {
+                    Some(s) => s.as_ref() == server,
+                    None => true,
+                })
+                .map(|(name, _)| name)
+                .collect();
             for batch in names.chunks(RESUBSCRIBE_BATCH) {
                 let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
                 args.push(space.subscribe());
@@ -409,8 +431,7 @@ impl Hub {
     /// Hands a message of `name` to each of its subscribers.
     fn deliver(&self, space: Space, name: &[u8], frame: &Bytes) {
         let state = self.lock();
-        let key = (space, Bytes::copy_from_slice(name));
-        if let Some(topic) = state.topics.get(&key) {
+        if let Some(topic) = state.topics(space).get(name) {
             for mailbox in &topic.clients {
                 mailbox.push(frame, self.limit);
             }
