@@ -36,7 +36,6 @@ REASONS = {
     "DATABASES": "keyway shards keys over several servers and serves database 0 only",
     "MIGRATE": "keyway decides where keys live; MIGRATE would move keys between servers "
     "behind its back",
-    "PUBSUB": "publish/subscribe is not supported yet",
     "REPLICATION": "replication between the backend servers is managed outside keyway",
     "SCRIPT_DEBUG": "the Lua debugger needs a dedicated connection to one server",
     "WAIT": "replica acknowledgements are per server; choose keyway's write policy "
@@ -119,6 +118,21 @@ KINDS = {
     # sends it on a server connection of its own (see server::blocking).
     "xread": "Keyed",
     "xreadgroup": "Keyed",
+    # Publish/subscribe (see server::pubsub): a channel lives on its slot's server, a pattern
+    # on every server; Keyway's subscriber connection per server carries every client's.
+    "publish": "PubSub(PS::Publish)",
+    "spublish": "PubSub(PS::Publish)",
+    "subscribe": "PubSub(PS::Subscribe)",
+    "ssubscribe": "PubSub(PS::SSubscribe)",
+    "psubscribe": "PubSub(PS::PSubscribe)",
+    "unsubscribe": "PubSub(PS::Unsubscribe)",
+    "sunsubscribe": "PubSub(PS::SUnsubscribe)",
+    "punsubscribe": "PubSub(PS::PUnsubscribe)",
+    "pubsub|channels": "PubSub(PS::Channels)",
+    "pubsub|shardchannels": "PubSub(PS::Channels)",
+    "pubsub|numsub": "PubSub(PS::NumSub)",
+    "pubsub|shardnumsub": "PubSub(PS::NumSub)",
+    "pubsub|numpat": "PubSub(PS::NumPat)",
 }
 
 REFUSED = {
@@ -156,7 +170,7 @@ def kind_of(name, flags, has_keys, is_container):
     if container == "cluster":
         return "Refused(why::CLUSTER)"
     if "pubsub" in flags or container == "pubsub":
-        return "Refused(why::PUBSUB)"
+        sys.exit(f"no routing decision for pub/sub command {name!r}: add it to KINDS")
     if "blocking" in flags and not has_keys:
         sys.exit(f"no routing decision for keyless blocking command {name!r}: add it to KINDS")
     if has_keys:
@@ -315,10 +329,11 @@ HEADER = """\
 
 use super::keys::{{dest_numkeys, numkeys, range, GeoStore, Sort, Streams, NOKEYS}};
 use super::Kind::{{
-    AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan, Transaction,
+    AllServers, AnyServer, Container, Keyed, Local, PubSub, RandomKey, Refused, Scan,
+    Transaction,
 }};
 use super::Merge::{{AllOk, AnyKilled, Array, Concat, LogicalAnd, Ok, SameReply, SumInt}};
-use super::{{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, Tx as T}};
+use super::{{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, PubSub as PS, Tx as T}};
 
 /// Why a command is refused: the text after "command 'x' is not supported by keyway: ".
 mod why {{

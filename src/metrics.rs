@@ -98,6 +98,12 @@ pub struct Metrics {
     /// `keyway_blocking_replays_failed_total`: a blocking pop's removal that a replica did not
     /// take (write = all|quorum).
     pub blocking_replays_failed: IntCounter,
+    /// `keyway_pubsub_messages_delivered_total`: pub/sub messages handed to subscribed clients
+    /// (one per client per message).
+    pub pubsub_delivered: IntCounter,
+    /// `keyway_pubsub_link_failures_total`: subscriber connections to a server lost (each is
+    /// made again, with its subscriptions).
+    pub pubsub_link_failures: IntCounter,
     twophase_transactions: IntCounterVec,
     twophase_prepares: IntCounterVec,
     twophase_commits: IntCounterVec,
@@ -224,6 +230,16 @@ impl Metrics {
                 &r,
                 "keyway_blocking_replays_failed_total",
                 "Blocking pops whose removal a replica of the slot did not take (write = all or quorum).",
+            ),
+            pubsub_delivered: counter(
+                &r,
+                "keyway_pubsub_messages_delivered_total",
+                "Pub/sub messages handed to subscribed clients, one per client per message.",
+            ),
+            pubsub_link_failures: counter(
+                &r,
+                "keyway_pubsub_link_failures_total",
+                "Subscriber connections to a server lost; each reconnects and subscribes again.",
             ),
             client_refused: counter(
                 &r,

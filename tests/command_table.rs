@@ -419,14 +419,13 @@ fn notable_commands_route_as_designed() {
     assert_eq!(kind("command|getkeys"), Kind::AnyServer);
     assert_eq!(kind("multi"), Kind::Transaction(keyway::command::Tx::Multi));
     assert_eq!(kind("exec"), Kind::Transaction(keyway::command::Tx::Exec));
-    for refused in [
-        "subscribe",
-        "publish",
-        "wait",
-        "swapdb",
-        "auth",
-        "config|set",
-    ] {
+    use keyway::command::PubSub;
+    assert_eq!(kind("publish"), Kind::PubSub(PubSub::Publish));
+    assert_eq!(kind("spublish"), Kind::PubSub(PubSub::Publish));
+    assert_eq!(kind("subscribe"), Kind::PubSub(PubSub::Subscribe));
+    assert_eq!(kind("punsubscribe"), Kind::PubSub(PubSub::PUnsubscribe));
+    assert_eq!(kind("pubsub|numsub"), Kind::PubSub(PubSub::NumSub));
+    for refused in ["wait", "swapdb", "auth", "config|set"] {
         assert!(matches!(kind(refused), Kind::Refused(_)), "{refused}");
     }
 }

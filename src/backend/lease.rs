@@ -50,6 +50,21 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Opens Keyway's subscriber connection to this server (RESP2, authenticated as Keyway's
+    /// other connections are): the one connection per server that carries every pub/sub
+    /// subscription of this Keyway's clients (`server::pubsub`).
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::Unavailable`] when the server cannot be reached.
+    pub async fn subscriber(&self) -> Result<TcpStream, BackendError> {
+        connect(&self.shared, Proto::Resp2)
+            .await
+            .map_err(|reason| self.shared.unavailable(&reason))
+    }
+}
+
 impl Lease {
     /// Sends `frame`, which gets `replies` replies, and returns the last of them. After an
     /// error the lease is broken: every later call fails.

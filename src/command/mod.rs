@@ -440,11 +440,55 @@ pub enum Kind {
     Local(Local),
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the session's transaction state.
     Transaction(Tx),
+    /// Publish/subscribe: PUBLISH to the channel's server, subscriptions over Keyway's own
+    /// subscriber connections, PUBSUB listings merged over the pool (see `server::pubsub`).
+    PubSub(PubSub),
     /// Refused with this reason (the user-facing explanation); see [`CommandError::Refused`].
     Refused(&'static str),
     /// The entry of a container command itself (CLIENT, CONFIG, OBJECT, ...): only its
     /// subcommands run, so [`resolve`] never returns it.
     Container,
+}
+
+/// The publish/subscribe commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubSub {
+    /// `PUBLISH channel message`, `SPUBLISH shardchannel message`: to the channel's server.
+    Publish,
+    /// `SUBSCRIBE channel ...`
+    Subscribe,
+    /// `SSUBSCRIBE shardchannel ...`
+    SSubscribe,
+    /// `PSUBSCRIBE pattern ...`
+    PSubscribe,
+    /// `UNSUBSCRIBE [channel ...]`
+    Unsubscribe,
+    /// `SUNSUBSCRIBE [shardchannel ...]`
+    SUnsubscribe,
+    /// `PUNSUBSCRIBE [pattern ...]`
+    PUnsubscribe,
+    /// `PUBSUB CHANNELS|SHARDCHANNELS [pattern]`: the union of every server's list.
+    Channels,
+    /// `PUBSUB NUMSUB|SHARDNUMSUB [channel ...]`: per channel, the sum over the servers.
+    NumSub,
+    /// `PUBSUB NUMPAT`: the largest of the servers' counts (Keyway subscribes every pattern on
+    /// every server).
+    NumPat,
+}
+
+impl PubSub {
+    /// Whether the command is one of the six that subscribe or unsubscribe.
+    pub fn subscribes(self) -> bool {
+        matches!(
+            self,
+            PubSub::Subscribe
+                | PubSub::SSubscribe
+                | PubSub::PSubscribe
+                | PubSub::Unsubscribe
+                | PubSub::SUnsubscribe
+                | PubSub::PUnsubscribe
+        )
+    }
 }
 
 /// The transaction commands.

@@ -8,10 +8,10 @@
 
 use super::keys::{dest_numkeys, numkeys, range, GeoStore, Sort, Streams, NOKEYS};
 use super::Kind::{
-    AllServers, AnyServer, Container, Keyed, Local, RandomKey, Refused, Scan, Transaction,
+    AllServers, AnyServer, Container, Keyed, Local, PubSub, RandomKey, Refused, Scan, Transaction,
 };
 use super::Merge::{AllOk, AnyKilled, Array, Concat, LogicalAnd, Ok, SameReply, SumInt};
-use super::{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, Tx as T};
+use super::{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, PubSub as PS, Tx as T};
 
 /// Why a command is refused: the text after "command 'x' is not supported by keyway: ".
 mod why {
@@ -27,7 +27,6 @@ mod why {
         "keyway shards keys over several servers and serves database 0 only";
     pub const MIGRATE: &str =
         "keyway decides where keys live; MIGRATE would move keys between servers behind its back";
-    pub const PUBSUB: &str = "publish/subscribe is not supported yet";
     pub const REPLICATION: &str =
         "replication between the backend servers is managed outside keyway";
     pub const SCRIPT_DEBUG: &str = "the Lua debugger needs a dedicated connection to one server";
@@ -266,18 +265,18 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("pfselftest",                     1, NOKEYS,                Refused(why::ADMIN),        &[ADMIN],                                                                   &[]),
     cmd("ping",                          -1, NOKEYS,                Local(L::Ping),             &[FAST],                                                                    &[]),
     cmd("psetex",                         4, range(1, 1, 1),        Keyed,                      &[WRITE, DENYOOM],                                                          &[]),
-    cmd("psubscribe",                    -2, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
+    cmd("psubscribe",                    -2, NOKEYS,                PubSub(PS::PSubscribe),     &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
     cmd("psync",                         -3, NOKEYS,                Refused(why::REPLICATION),  &[ADMIN, NOSCRIPT, NO_ASYNC_LOADING, NO_MULTI],                             &[]),
     cmd("pttl",                           2, range(1, 1, 1),        Keyed,                      &[READONLY, FAST],                                                          &[]),
-    cmd("publish",                        3, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE, FAST],                                            &[]),
+    cmd("publish",                        3, NOKEYS,                PubSub(PS::Publish),        &[PUBSUB, LOADING, STALE, FAST],                                            &[]),
     cmd("pubsub",                        -2, NOKEYS,                Container,                  &[],                                                                        &[SUBCOMMANDS]),
-    cmd("pubsub|channels",               -2, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE],                                                  &[]),
+    cmd("pubsub|channels",               -2, NOKEYS,                PubSub(PS::Channels),       &[PUBSUB, LOADING, STALE],                                                  &[]),
     cmd("pubsub|help",                    2, NOKEYS,                AnyServer,                  &[LOADING, STALE],                                                          &[]),
-    cmd("pubsub|numpat",                  2, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE],                                                  &[]),
-    cmd("pubsub|numsub",                 -2, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE],                                                  &[]),
-    cmd("pubsub|shardchannels",          -2, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE],                                                  &[]),
-    cmd("pubsub|shardnumsub",            -2, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE],                                                  &[]),
-    cmd("punsubscribe",                  -1, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
+    cmd("pubsub|numpat",                  2, NOKEYS,                PubSub(PS::NumPat),         &[PUBSUB, LOADING, STALE],                                                  &[]),
+    cmd("pubsub|numsub",                 -2, NOKEYS,                PubSub(PS::NumSub),         &[PUBSUB, LOADING, STALE],                                                  &[]),
+    cmd("pubsub|shardchannels",          -2, NOKEYS,                PubSub(PS::Channels),       &[PUBSUB, LOADING, STALE],                                                  &[]),
+    cmd("pubsub|shardnumsub",            -2, NOKEYS,                PubSub(PS::NumSub),         &[PUBSUB, LOADING, STALE],                                                  &[]),
+    cmd("punsubscribe",                  -1, NOKEYS,                PubSub(PS::PUnsubscribe),   &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
     cmd("quit",                          -1, NOKEYS,                Local(L::Quit),             &[NOSCRIPT, LOADING, STALE, FAST, NO_AUTH, ALLOW_BUSY],                     &[]),
     cmd("randomkey",                      1, NOKEYS,                RandomKey,                  &[READONLY],                                                                &[]),
     cmd("readonly",                       1, NOKEYS,                Refused(why::CLUSTER),      &[LOADING, STALE, FAST],                                                    &[]),
@@ -330,17 +329,17 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("sort",                          -2, Sort,                  Keyed,                      &[WRITE, DENYOOM, MOVABLEKEYS],                                             &[PATTERNS]),
     cmd("sort_ro",                       -2, range(1, 1, 1),        Keyed,                      &[READONLY, MOVABLEKEYS],                                                   &[PATTERNS]),
     cmd("spop",                          -2, range(1, 1, 1),        Keyed,                      &[WRITE, FAST],                                                             &[RANDOM]),
-    cmd("spublish",                       3, range(1, 1, 1),        Refused(why::PUBSUB),       &[PUBSUB, LOADING, STALE, FAST],                                            &[]),
+    cmd("spublish",                       3, range(1, 1, 1),        PubSub(PS::Publish),        &[PUBSUB, LOADING, STALE, FAST],                                            &[]),
     cmd("srandmember",                   -2, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[RANDOM]),
     cmd("srem",                          -3, range(1, 1, 1),        Keyed,                      &[WRITE, FAST],                                                             &[]),
     cmd("sscan",                         -3, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[]),
-    cmd("ssubscribe",                    -2, range(1, -1, 1),       Refused(why::PUBSUB),       &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
+    cmd("ssubscribe",                    -2, range(1, -1, 1),       PubSub(PS::SSubscribe),     &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
     cmd("strlen",                         2, range(1, 1, 1),        Keyed,                      &[READONLY, FAST],                                                          &[]),
-    cmd("subscribe",                     -2, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
+    cmd("subscribe",                     -2, NOKEYS,                PubSub(PS::Subscribe),      &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
     cmd("substr",                         4, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[]),
     cmd("sunion",                        -2, range(1, -1, 1),       Keyed,                      &[READONLY],                                                                &[]),
     cmd("sunionstore",                   -3, range(1, -1, 1),       Keyed,                      &[WRITE, DENYOOM],                                                          &[]),
-    cmd("sunsubscribe",                  -1, range(1, -1, 1),       Refused(why::PUBSUB),       &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
+    cmd("sunsubscribe",                  -1, range(1, -1, 1),       PubSub(PS::SUnsubscribe),   &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
     cmd("swapdb",                         3, NOKEYS,                Refused(why::DATABASES),    &[WRITE, FAST],                                                             &[]),
     cmd("sync",                           1, NOKEYS,                Refused(why::REPLICATION),  &[ADMIN, NOSCRIPT, NO_ASYNC_LOADING, NO_MULTI],                             &[]),
     cmd("time",                           1, NOKEYS,                AnyServer,                  &[LOADING, STALE, FAST],                                                    &[]),
@@ -348,7 +347,7 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("ttl",                            2, range(1, 1, 1),        Keyed,                      &[READONLY, FAST],                                                          &[]),
     cmd("type",                           2, range(1, 1, 1),        Keyed,                      &[READONLY, FAST],                                                          &[]),
     cmd("unlink",                        -2, range(1, -1, 1),       split(SumInt, 1),           &[WRITE, FAST],                                                             &[]),
-    cmd("unsubscribe",                   -1, NOKEYS,                Refused(why::PUBSUB),       &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
+    cmd("unsubscribe",                   -1, NOKEYS,                PubSub(PS::Unsubscribe),    &[PUBSUB, NOSCRIPT, LOADING, STALE],                                        &[]),
     cmd("unwatch",                        1, NOKEYS,                Transaction(T::Unwatch),    &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),
     cmd("wait",                           3, NOKEYS,                Refused(why::WAIT),         &[NOSCRIPT],                                                                &[]),
     cmd("watch",                         -2, range(1, -1, 1),       Transaction(T::Watch),      &[NOSCRIPT, LOADING, STALE, FAST, ALLOW_BUSY],                              &[]),

@@ -26,6 +26,9 @@ pub(crate) struct ClientState {
     pub(crate) entry: Option<std::sync::Arc<super::registry::Entry>>,
     /// `CLIENT REPLY`: whether replies are sent.
     pub(crate) replies: Replies,
+    /// The client's pub/sub subscriptions and mailbox, from its first (P|S)SUBSCRIBE until
+    /// RESET or disconnect (boxed: most clients never subscribe).
+    pub(crate) pubsub: Option<Box<super::pubsub::Subs>>,
 }
 
 /// `CLIENT REPLY ON|OFF|SKIP`.
@@ -98,6 +101,7 @@ impl ClientState {
             watch: None,
             entry: None,
             replies: Replies::On,
+            pubsub: None,
         }
     }
 
@@ -143,6 +147,8 @@ impl ClientState {
         self.multi = None;
         self.watch = None;
         self.replies = Replies::On;
+        // Leaves every channel and pattern, as RESET does on redis-server.
+        self.pubsub = None;
         if let Some(about) = &mut self.about {
             about.name = None;
         }

@@ -87,6 +87,10 @@ pub(crate) fn dispatch(
             Some(spec) => super::blocking::dispatch(cx, spec, server, replay, request),
             None => internal_routing_error(),
         },
+        Plan::Subscribe(what) => {
+            super::pubsub::subscribe(what, request.args(), cx.topo, cx.client, &cx.shared.hub)
+        }
+        Plan::Listing(what) => listing(cx.topo, cx.client.pick(), what, request.frame()),
         // The session closes the connection before dispatching (see `Active::request`).
         Plan::CrossProtocol => return (Pending::Ready(Ok(Bytes::new())), After::Close),
     };
@@ -364,6 +368,27 @@ fn all(topo: &Arc<Topology>, pick: Pick, how: Merge, frame: &Bytes) -> Pending {
             frames.push(reply);
         }
         merge::all(how, frames, &topo)
+    }))
+}
+
+/// `PUBSUB CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB`: the same frame to every server,
+/// the replies merged as one server holding every subscriber would answer.
+fn listing(
+    topo: &Arc<Topology>,
+    pick: Pick,
+    what: crate::command::PubSub,
+    frame: &Bytes,
+) -> Pending {
+    let mut replies = Vec::with_capacity(topo.servers.len());
+    for s in &topo.servers {
+        replies.push(Pending::Forward(s.pool.send(pick, frame.clone())));
+    }
+    Pending::Merge(Box::pin(async move {
+        let mut frames = Vec::with_capacity(replies.len());
+        for p in replies {
+            frames.push(resolve(p).await);
+        }
+        super::pubsub::merge_listing(what, frames)
     }))
 }
 

@@ -52,6 +52,12 @@ pub(crate) fn answer(
 ) -> (Reply, After) {
     let proto = client.proto;
     let reply = match local {
+        // In RESP2 subscribed mode, as redis-server: `[pong, message or ""]`.
+        Local::Ping if proto == Proto::Resp2 && super::pubsub::subscribed(client) => ready(|o| {
+            write_array_header(o, 2);
+            write_bulk(o, b"pong");
+            write_bulk(o, args.get(1).unwrap_or_default());
+        }),
         Local::Ping => match args.get(1) {
             Some(msg) => ready(|o| write_bulk(o, msg)),
             None => ready(|o| write_simple(o, "PONG")),

@@ -19,6 +19,7 @@ mod local;
 mod merge;
 mod multi;
 mod plan;
+mod pubsub;
 mod registry;
 mod reply;
 mod scripts;

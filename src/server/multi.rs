@@ -184,6 +184,15 @@ fn check(
                 ),
             ))
         }
+        Kind::PubSub(_) => {
+            return Err(ReplyError::new(
+                ErrorKind::Refused,
+                format!(
+                    "keyway cannot queue '{}' in a transaction: publish/subscribe runs outside transactions through keyway",
+                    spec.name
+                ),
+            ))
+        }
         Kind::AllServers(_) | Kind::RandomKey | Kind::Scan => {
             return Err(ReplyError::new(
                 ErrorKind::Refused,

@@ -16,10 +16,10 @@
 //! `dispatch` carries a plan out. Commands whose keys span slots and that cannot be split get a
 //! `CROSSSLOT` error that points at hash tags.
 
-use crate::command::{self, CommandSpec, Kind, Local, Merge, Traits};
+use crate::command::{self, CommandSpec, Kind, Local, Merge, PubSub, Traits};
 use crate::config::WriteMode;
 use crate::error::{ErrorKind, ReplyError};
-use crate::protocol::{Args, Request};
+use crate::protocol::{Args, Proto, Request};
 use crate::routing::{alternate, choose_read, key_slot, Slot};
 use crate::topology::{Placement, PlacementError, Topology};
 use crate::txn;
@@ -60,6 +60,10 @@ pub(crate) enum Plan<'r, 't> {
     /// own to `server`, the slot's primary; then, for a pop under `write = all|quorum`, what it
     /// popped removed on the slot's other replicas `replay` (see `blocking`).
     Block { server: u16, replay: &'t [u16] },
+    /// `(P|S)SUBSCRIBE`, `(P|S)UNSUBSCRIBE`: the client's subscriptions (see `pubsub`).
+    Subscribe(PubSub),
+    /// `PUBSUB CHANNELS|NUMSUB|NUMPAT|SHARDCHANNELS|SHARDNUMSUB`: to every server, merged.
+    Listing(PubSub),
     /// HTTP sent to the client port (a `POST` request line, a `Host:` header): the connection
     /// is closed without a reply, as redis-server does, so that a request forged by a browser or
     /// an SSRF cannot run the commands in its body.
@@ -182,6 +186,15 @@ pub(crate) fn plan<'r, 't>(
     let args = request.args();
     match command::resolve(args) {
         Ok(spec) => {
+            if client.proto == Proto::Resp2
+                && super::pubsub::subscribed(client)
+                && !allowed_subscribed(spec.kind)
+            {
+                return (
+                    Some(spec),
+                    Plan::Refuse(super::pubsub::not_in_context(spec.name)),
+                );
+            }
             if let Kind::Transaction(tx) = spec.kind {
                 let watching = client.watch.as_ref().map(|w| w.slot);
                 let step = multi::control(tx, args, topo, client.multi.as_deref(), watching, keys);
@@ -211,6 +224,23 @@ pub(crate) fn plan<'r, 't>(
     }
 }
 
+/// Whether a RESP2 client in subscribed mode may send a command of this kind: only
+/// `(P|S)SUBSCRIBE`, `(P|S)UNSUBSCRIBE`, `PING`, `QUIT` and `RESET`, as in redis-server.
+fn allowed_subscribed(kind: Kind) -> bool {
+    match kind {
+        Kind::PubSub(p) => p.subscribes(),
+        Kind::Local(Local::Ping | Local::Quit | Local::Reset) => true,
+        _ => false,
+    }
+}
+
+/// The server a channel (or shard channel) lives on: its slot's primary in the slot table, by
+/// hash tag as keys are. Health does not move it, so that `PUBLISH` and the subscriptions of
+/// every Keyway agree on it: while that server is down, publishing to its channels fails.
+pub(crate) fn channel_server(topo: &Topology, channel: &[u8]) -> u16 {
+    topo.table.primary(key_slot(channel, topo.hash_tag))
+}
+
 /// Whether a request's name is what an HTTP request sends first: a `POST` request line or a
 /// `Host:` header (a GET request line is a Redis GET with the wrong arity).
 fn is_http(name: &[u8]) -> bool {
@@ -235,6 +265,12 @@ fn plan_command<'r, 't>(
             start: rand::random_range(0..topo.servers.len().max(1)),
         },
         Kind::Scan => scan(args, topo),
+        Kind::PubSub(PubSub::Publish) => match args.get(1) {
+            Some(channel) => Plan::Route(Route::One(channel_server(topo, channel))),
+            None => Plan::Refuse(command::CommandError::Arity { name: spec.name }.into()),
+        },
+        Kind::PubSub(what) if what.subscribes() => Plan::Subscribe(what),
+        Kind::PubSub(what) => Plan::Listing(what),
         // `resolve` turns these away; answer as it would.
         Kind::Refused(reason) => Plan::Refuse(
             command::CommandError::Refused {

@@ -123,7 +123,7 @@ fn refusals_carry_their_kind() {
         (&["NOSUCH", "x"], ErrorKind::UnknownCommand),
         (&["CLIENT", "nosuch"], ErrorKind::UnknownCommand),
         (&["GET"], ErrorKind::Arity),
-        (&["SUBSCRIBE", "c"], ErrorKind::Refused),
+        (&["WAIT", "1", "0"], ErrorKind::Refused),
         (&["RENAME", "a", "b"], ErrorKind::CrossSlot),
         (&["BLPOP", "a", "b", "0"], ErrorKind::CrossSlot),
         (&["SCAN", "x"], ErrorKind::Syntax),

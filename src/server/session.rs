@@ -133,6 +133,8 @@ struct Entry {
     started: Instant,
     /// Nothing is dispatched after this entry until it is answered (see [`Pending::Task`]).
     barrier: bool,
+    /// A pub/sub message queued behind pending replies, not a command's reply.
+    push: bool,
 }
 
 /// What is left of an [`Entry`] once its reply is in.
@@ -140,6 +142,7 @@ struct Done {
     command: u16,
     started: Instant,
     barrier: bool,
+    push: bool,
     reply: Reply,
 }
 
@@ -254,6 +257,7 @@ pub(crate) async fn run(
                 }
                 Woke::Killed => Some(Disconnect::Killed),
                 Woke::Drain | Woke::Idle => Some(Disconnect::Drain),
+                Woke::Mail => None,
             };
             if let Some(why) = why {
                 // Dropping the entry closes the server connection: the server pops nothing
@@ -263,6 +267,13 @@ pub(crate) async fn run(
                 return Ok(());
             }
         } else {
+            // A subscribed client is never idle (as in redis-server), and wakes for messages.
+            let mailbox = client.pubsub.as_deref().map(|s| s.mailbox.clone());
+            let idle = if super::pubsub::subscribed(&client) {
+                std::time::Duration::ZERO
+            } else {
+                idle
+            };
             let woke = parked(
                 &mut stream,
                 &shared,
@@ -270,10 +281,12 @@ pub(crate) async fn run(
                 drain.as_mut(),
                 &mut registered,
                 killed.as_mut(),
+                mailbox.as_deref(),
             )
             .await;
             match woke {
                 Woke::Readable(ready) => ready?,
+                Woke::Mail => {}
                 Woke::Drain => {
                     count_disconnect(&shared.metrics, Disconnect::Drain);
                     let _ = stream.shutdown().await;
@@ -328,6 +341,7 @@ async fn parked(
     mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
     registered: &mut bool,
     mut killed: Pin<&mut WaitForCancellationFuture<'_>>,
+    mailbox: Option<&super::pubsub::Mailbox>,
 ) -> Woke {
     let mut idle_timer = (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
     poll_fn(|cx| {
@@ -345,6 +359,9 @@ async fn parked(
         }
         if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
             return Poll::Ready(Woke::Readable(ready));
+        }
+        if mailbox.is_some_and(|m| m.poll_mail(cx).is_ready()) {
+            return Poll::Ready(Woke::Mail);
         }
         poll_timer(&mut idle_timer, cx).map(|()| Woke::Idle)
     })
@@ -410,6 +427,8 @@ enum End {
 /// What woke a parked (or blocked) session.
 enum Woke {
     Readable(std::io::Result<()>),
+    /// A pub/sub message is waiting for the client (or it was cut off).
+    Mail,
     /// A blocked client's reply is in.
     Answered(Reply),
     Drain,
@@ -430,6 +449,8 @@ enum Event {
     Written(std::io::Result<usize>),
     /// The reply at the front of the queue is in.
     Reply(Done),
+    /// A pub/sub message is waiting for the client (or it was cut off).
+    Mail,
     /// The client sent `n` bytes (0: end of stream).
     Read(std::io::Result<usize>),
     /// Keyway started draining.
@@ -547,10 +568,15 @@ impl<'s> Active<'s> {
             Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(e)) => return Err(e),
             // A blocked client woken by stale readiness: back to waiting for its reply.
-            Poll::Pending if self.kit.pending.is_empty() => return Ok(End::Park),
+            Poll::Pending if self.kit.pending.is_empty() && !self.has_mail() => {
+                return Ok(End::Park)
+            }
             Poll::Pending => {}
         }
         loop {
+            if self.deliver() {
+                return Ok(End::Closed);
+            }
             self.dispatch();
             match self.next() {
                 Next::Wait => {}
@@ -567,6 +593,8 @@ impl<'s> Active<'s> {
             let ended = match self.wait(drain.as_mut(), killed.as_mut()).await {
                 Event::Written(n) => self.on_written(n?),
                 Event::Reply(done) => self.on_reply(done),
+                // Taken at the top of the loop.
+                Event::Mail => false,
                 Event::Read(n) => {
                     let n = n?;
                     // A client that leaves while blocked: its server connection closes now
@@ -760,7 +788,74 @@ impl<'s> Active<'s> {
             command: self.shared.metrics.command_index(spec),
             started,
             barrier,
+            push: false,
         });
+    }
+
+    /// Whether a pub/sub message waits in the client's mailbox (or it was cut off).
+    fn has_mail(&self) -> bool {
+        self.client
+            .pubsub
+            .as_deref()
+            .is_some_and(|s| s.mailbox.has_mail())
+    }
+
+    /// Takes the pub/sub messages waiting in the client's mailbox: straight into `out` when no
+    /// reply is pending, else queued behind the pending replies (a message comes after the
+    /// replies to the commands received before it, as in redis-server). Returns whether the
+    /// client is disconnected at the output limit: its mailbox overflowed, or `out` passed it.
+    fn deliver(&mut self) -> bool {
+        let Some(subs) = self.client.pubsub.as_deref() else {
+            return false;
+        };
+        let limit = self.shared.client_limits.max_client_output;
+        let Ok(frames) = subs.mailbox.take() else {
+            return self.cut_off();
+        };
+        if frames.is_empty() {
+            return false;
+        }
+        let proto = self.client.proto;
+        if self.kit.pending.is_empty() {
+            for frame in &frames {
+                super::pubsub::put_message(&mut self.kit.out, frame, proto);
+            }
+        } else {
+            let started = Instant::now();
+            for frame in frames {
+                let frame = if proto == crate::protocol::Proto::Resp3 {
+                    let mut push = BytesMut::with_capacity(frame.len());
+                    super::pubsub::put_message(&mut push, &frame, proto);
+                    push.freeze()
+                } else {
+                    frame
+                };
+                self.kit.pending.push_back(Entry {
+                    reply: Pending::Ready(Ok(frame)),
+                    command: 0,
+                    started,
+                    barrier: false,
+                    push: true,
+                });
+            }
+        }
+        self.hold = false;
+        if self.kit.out.len() > limit {
+            return self.cut_off();
+        }
+        false
+    }
+
+    /// A subscriber that does not read its messages: disconnected at the output limit.
+    #[cold]
+    fn cut_off(&mut self) -> bool {
+        tracing::info!(
+            client = self.client.id,
+            bytes = self.kit.out.len(),
+            "subscriber does not read its messages; disconnecting at the output limit"
+        );
+        count_disconnect(&self.shared.metrics, Disconnect::OutputLimit);
+        true
     }
 
     /// Whether a blocking command's reply is pending.
@@ -805,7 +900,10 @@ impl<'s> Active<'s> {
         let limits = &self.shared.client_limits;
         let can_read = self.closing.is_none() && self.kit.pending.len() < limits.max_pipeline;
         let quiet = self.kit.pending.is_empty() && self.kit.out.is_empty();
-        let idle_armed = !limits.idle_timeout.is_zero() && self.closing.is_none() && quiet;
+        let subscribed = super::pubsub::subscribed(&self.client);
+        let idle_armed =
+            !limits.idle_timeout.is_zero() && self.closing.is_none() && quiet && !subscribed;
+        let has_mailbox = self.client.pubsub.is_some();
         if !idle_armed {
             self.idle_timer = None;
         } else if self.idle_timer.is_none() {
@@ -823,6 +921,7 @@ impl<'s> Active<'s> {
             // which is what the output limit bounds.
             n = self.wr.write(&self.kit.out), if can_write => Event::Written(n),
             done = poll_fn(|cx| front(&mut self.kit.pending, cx)), if has_pending => Event::Reply(done),
+            () = poll_fn(|cx| poll_mail(&self.client, cx)), if has_mailbox => Event::Mail,
             n = poll_fn(|cx| poll_read_some(&mut self.rd, &mut self.kit.inbuf, &mut self.grew, cx)), if can_read => Event::Read(n),
             () = drain, if wait_drain => Event::Drain,
             () = killed, if quiet || blocked => Event::Killed,
@@ -894,7 +993,9 @@ impl<'s> Active<'s> {
         let mut batch = first.started;
         let mut next = Some(first);
         while let Some(done) = next.take() {
-            account(metrics, &done, now);
+            if !done.push {
+                account(metrics, &done, now);
+            }
             batch = done.started;
             if done.barrier {
                 self.barriers = self.barriers.saturating_sub(1);
@@ -929,6 +1030,14 @@ fn silenced(reply: Pending) -> Pending {
         let _ = super::reply::resolve(reply).await;
         Ok(bytes::Bytes::new())
     }))
+}
+
+/// Polls the client's pub/sub mailbox; without one, never ready.
+fn poll_mail(client: &ClientState, cx: &mut Context<'_>) -> Poll<()> {
+    match client.pubsub.as_deref() {
+        Some(subs) => subs.mailbox.poll_mail(cx),
+        None => Poll::Pending,
+    }
 }
 
 /// Polls an optional timer; without one, never ready.
@@ -1009,6 +1118,7 @@ fn front(pending: &mut VecDeque<Entry>, cx: &mut Context<'_>) -> Poll<Done> {
         command: head.command,
         started: head.started,
         barrier: head.barrier,
+        push: head.push,
         reply,
     };
     pending.pop_front();

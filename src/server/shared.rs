@@ -41,6 +41,8 @@ pub struct Shared {
     pub(crate) leases: Arc<tokio::sync::Semaphore>,
     /// Scripts and libraries clients loaded, loaded again where a server lost them.
     pub(crate) scripts: super::scripts::ScriptCache,
+    /// Every pub/sub subscription of this Keyway's clients, and the subscriber connections.
+    pub(crate) hub: Arc<super::pubsub::Hub>,
 }
 
 /// 40 random hex digits. Not a secret: an identity that differs between processes and restarts,
@@ -78,8 +80,15 @@ impl Shared {
             max_inline_len: config.limits.max_inline_len,
             ..Limits::default()
         };
+        let topology = Arc::new(TopologyHandle::new(&config.pool, metrics.clone())?);
+        let hub = super::pubsub::Hub::new(
+            topology.clone(),
+            config.limits.max_client_output,
+            metrics.clone(),
+        );
         Ok(Arc::new(Shared {
-            topology: Arc::new(TopologyHandle::new(&config.pool, metrics.clone())?),
+            topology,
+            hub,
             drain: Arc::new(Drain::new(metrics.draining.clone())),
             metrics,
             limits,

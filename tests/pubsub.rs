@@ -1,0 +1,468 @@
+//! Publish/subscribe through Keyway against real redis-servers: the replies of every
+//! (un)subscribe command, subscribed mode's rules and messages byte for byte as a redis-server's
+//! (RESP2 and RESP3 pushes), PUBLISH to the channel's server, the PUBSUB listings over the pool,
+//! one subscriber connection per server for any number of clients, a subscriber that does not
+//! read cut off at `limits.max_client_output`, a restarted server subscribed again, keyspace
+//! notifications from every server, and bad input (no channel, 100,000 SUBSCRIBEs, 100 MB
+//! messages).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code: a failed assumption is a failed test"
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+fn show(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).replace("\r\n", "\\r\\n");
+    text
+}
+
+fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    out.into_bytes()
+}
+
+fn three_with(servers: &[RedisServer], pool: &str, limits: &str) -> Proxy {
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let mut toml = config_toml(&refs, pool);
+    if !limits.is_empty() {
+        toml.push_str(&format!("\n[limits]\n{limits}\n"));
+    }
+    Proxy::start_toml(&toml)
+}
+
+/// `PUBSUB NUMSUB channel` on one server.
+fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let reply: (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut server.client())
+        .unwrap();
+    reply.1
+}
+
+/// Clients of a server subscribed to something (CLIENT LIST's `flags=` holds `P`).
+fn subscriber_connections(server: &RedisServer) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.client())
+        .unwrap();
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .find_map(|f| f.strip_prefix("flags="))
+                .is_some_and(|f| f.contains('P'))
+        })
+        .count()
+}
+
+/// Sends `args` to both and checks that the next `replies` replies are the same bytes.
+fn same(direct: &mut RawClient, keyway: &mut RawClient, args: &[&str], replies: usize) {
+    direct.send(&encode(args));
+    keyway.send(&encode(args));
+    for i in 0..replies {
+        let want = direct.read_reply().expect("redis-server replies");
+        let got = keyway
+            .read_reply()
+            .unwrap_or_else(|e| panic!("{args:?}: no reply {i} from keyway: {e}"));
+        assert_eq!(show(&got), show(&want), "{args:?}, reply {i}");
+    }
+}
+
+/// Every (un)subscribe reply, subscribed mode's refusals, PING in subscribed mode and the
+/// messages themselves are byte for byte a redis-server's, in RESP2 and (as pushes) in RESP3;
+/// channels, shard channels and patterns over three servers.
+#[test]
+fn replies_and_messages_as_redis_server() {
+    let servers = servers(3);
+    let proxy = three_with(&servers, "", "");
+    let direct_server = RedisServer::start();
+    // Channels on different servers: each is subscribed where its slot lives.
+    let a = key_on(&proxy, 0, "chan-a");
+    let b = key_on(&proxy, 1, "chan-b");
+    let s = key_on(&proxy, 2, "shard-s");
+    let pa = key_on(&proxy, 2, "pat-x");
+    for proto in ["2", "3"] {
+        let mut d = RawClient::connect(direct_server.addr());
+        let mut k = RawClient::connect(proxy.addr);
+        if proto == "3" {
+            d.call(&["HELLO", "3"]);
+            k.call(&["HELLO", "3"]);
+        }
+        same(&mut d, &mut k, &["SUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["PSUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["SSUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["SUBSCRIBE", &a, &a, &b], 3);
+        same(&mut d, &mut k, &["PSUBSCRIBE", "pat-*"], 1);
+        same(&mut d, &mut k, &["SSUBSCRIBE", &s], 1);
+        // Subscribed mode: RESP2 refuses other commands with redis-server's words; RESP3 runs
+        // them (GET of a missing key: a null).
+        same(&mut d, &mut k, &["GET", "missing-key"], 1);
+        same(&mut d, &mut k, &["GET"], 1);
+        same(&mut d, &mut k, &["CLIENT", "ID", "x"], 1);
+        same(&mut d, &mut k, &["PING"], 1);
+        same(&mut d, &mut k, &["PING", "hi"], 1);
+        // Messages: published through Keyway and directly, the same frames arrive.
+        for (publish, channel) in [("PUBLISH", &a), ("PUBLISH", &b), ("PUBLISH", &pa)] {
+            let mut pk = RawClient::connect(proxy.addr);
+            let mut pd = RawClient::connect(direct_server.addr());
+            assert_eq!(pk.call(&[publish, channel, "hello"]), b":1\r\n");
+            assert_eq!(pd.call(&[publish, channel, "hello"]), b":1\r\n");
+            let want = d.read_reply().unwrap();
+            let got = k.read_reply().unwrap();
+            assert_eq!(show(&got), show(&want), "{publish} {channel}");
+        }
+        let mut pk = RawClient::connect(proxy.addr);
+        let mut pd = RawClient::connect(direct_server.addr());
+        assert_eq!(pk.call(&["SPUBLISH", &s, "x"]), b":1\r\n");
+        assert_eq!(pd.call(&["SPUBLISH", &s, "x"]), b":1\r\n");
+        assert_eq!(
+            show(&k.read_reply().unwrap()),
+            show(&d.read_reply().unwrap())
+        );
+        same(&mut d, &mut k, &["UNSUBSCRIBE", "never-subscribed"], 1);
+        same(&mut d, &mut k, &["UNSUBSCRIBE", &b], 1);
+        same(&mut d, &mut k, &["SUNSUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["SUNSUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["PUNSUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["UNSUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["UNSUBSCRIBE"], 1);
+        same(&mut d, &mut k, &["PUNSUBSCRIBE"], 1);
+        // Out of subscribed mode: PING and GET as usual.
+        same(&mut d, &mut k, &["PING"], 1);
+        same(&mut d, &mut k, &["GET", "missing-key"], 1);
+        // Nothing is subscribed any more: a message reaches nobody.
+        assert!(wait_until(Duration::from_secs(5), || numsub(
+            &servers[0],
+            &a
+        ) == 0));
+        // RESET leaves subscribed mode too.
+        same(&mut d, &mut k, &["SUBSCRIBE", &a], 1);
+        same(&mut d, &mut k, &["RESET"], 1);
+        same(&mut d, &mut k, &["GET", "missing-key"], 1);
+        assert!(wait_until(Duration::from_secs(5), || numsub(
+            &servers[0],
+            &a
+        ) == 0));
+    }
+}
+
+/// PUBLISH and SPUBLISH go to the channel's server (by hash tag too); the PUBSUB listings are
+/// merged over the pool as one server holding every subscriber would answer them.
+#[test]
+fn publish_placement_and_listings() {
+    let servers = servers(3);
+    let proxy = three_with(&servers, "", "");
+    let a = key_on(&proxy, 0, "ch");
+    let b = key_on(&proxy, 1, "ch");
+    let mut sub = RawClient::connect(proxy.addr);
+    sub.call(&["SUBSCRIBE", &a, &format!("{{{a}}}.tagged")]);
+    sub.read_reply().unwrap();
+    sub.call(&["SUBSCRIBE", &b]);
+    sub.call(&["PSUBSCRIBE", "ch*"]);
+    let mut shard = RawClient::connect(proxy.addr);
+    shard.call(&["SSUBSCRIBE", &b]);
+    // Each channel subscribed once, on its server; the hash-tagged one beside `a`.
+    assert_eq!(numsub(&servers[0], &a), 1);
+    assert_eq!(numsub(&servers[0], &format!("{{{a}}}.tagged")), 1);
+    assert_eq!(numsub(&servers[1], &b), 1);
+    assert_eq!(numsub(&servers[1], &a), 0);
+    let mut c = RawClient::connect(proxy.addr);
+    let before = command_calls(&servers[0], "publish");
+    assert_eq!(c.call(&["PUBLISH", &a, "m"]), b":2\r\n"); // channel + pattern on s0
+    assert_eq!(command_calls(&servers[0], "publish"), before + 1);
+    assert_eq!(
+        c.call(&["PUBLISH", &format!("{{{a}}}.tagged"), "m"]),
+        b":1\r\n"
+    );
+    assert_eq!(c.call(&["SPUBLISH", &b, "m"]), b":1\r\n");
+    // Listings: the union of the servers' channels, sums per channel, patterns counted once.
+    let channels = c.call(&["PUBSUB", "CHANNELS"]);
+    for name in [&a, &b] {
+        assert!(
+            show(&channels).contains(name.as_str()),
+            "{}",
+            show(&channels)
+        );
+    }
+    assert!(channels.starts_with(b"*3\r\n"), "{}", show(&channels));
+    assert_eq!(
+        show(&c.call(&["PUBSUB", "NUMSUB", &a, &b, "none"])),
+        show(
+            format!(
+                "*6\r\n${}\r\n{a}\r\n:1\r\n${}\r\n{b}\r\n:1\r\n$4\r\nnone\r\n:0\r\n",
+                a.len(),
+                b.len()
+            )
+            .as_bytes()
+        )
+    );
+    assert_eq!(c.call(&["PUBSUB", "NUMPAT"]), b":1\r\n");
+    assert_eq!(
+        show(&c.call(&["PUBSUB", "SHARDCHANNELS"])),
+        show(format!("*1\r\n${}\r\n{b}\r\n", b.len()).as_bytes())
+    );
+    assert_eq!(
+        show(&c.call(&["PUBSUB", "SHARDNUMSUB", &b])),
+        show(format!("*2\r\n${}\r\n{b}\r\n:1\r\n", b.len()).as_bytes())
+    );
+    // In a transaction: refused with a clear error.
+    c.call(&["MULTI"]);
+    let queued = c.call(&["PUBLISH", &a, "m"]);
+    assert!(
+        show(&queued).contains("cannot queue 'publish'"),
+        "{}",
+        show(&queued)
+    );
+    c.call(&["DISCARD"]);
+}
+
+/// 1,000 clients subscribed to one channel through Keyway cost its server one subscriber
+/// connection, and each gets every message.
+#[test]
+fn thousand_subscribers_one_server_connection() {
+    let servers = servers(3);
+    let proxy = three_with(&servers, "", "");
+    let channel = key_on(&proxy, 1, "news");
+    let mut subs: Vec<RawClient> = (0..1000).map(|_| RawClient::connect(proxy.addr)).collect();
+    for s in &mut subs {
+        s.send(&encode(&["SUBSCRIBE", &channel]));
+    }
+    let ack = format!(
+        "*3\r\n$9\r\nsubscribe\r\n${}\r\n{channel}\r\n:1\r\n",
+        channel.len()
+    );
+    for s in &mut subs {
+        assert_eq!(show(&s.read_reply().unwrap()), show(ack.as_bytes()));
+    }
+    assert_eq!(numsub(&servers[1], &channel), 1);
+    assert_eq!(subscriber_connections(&servers[1]), 1);
+    assert_eq!(subscriber_connections(&servers[0]), 0);
+    let mut p = RawClient::connect(proxy.addr);
+    for i in 0..10 {
+        assert_eq!(p.call(&["PUBLISH", &channel, &format!("m{i}")]), b":1\r\n");
+    }
+    for s in &mut subs {
+        for i in 0..10 {
+            let body = format!("m{i}");
+            let want = format!(
+                "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{body}\r\n",
+                channel.len(),
+                body.len()
+            );
+            assert_eq!(show(&s.read_reply().unwrap()), show(want.as_bytes()));
+        }
+    }
+    assert!(metric(&proxy.metrics(), "keyway_pubsub_messages_delivered_total") >= Some(10_000.0));
+    // Everyone leaves: the server connection unsubscribes.
+    drop(subs);
+    assert!(wait_until(Duration::from_secs(5), || numsub(
+        &servers[1],
+        &channel
+    ) == 0));
+}
+
+/// A subscriber that does not read is disconnected once `limits.max_client_output` bytes wait
+/// for it; another subscriber of the same channel gets every message meanwhile.
+#[test]
+fn slow_subscriber_cut_off() {
+    let servers = servers(1);
+    let proxy = three_with(&servers, "", "max_client_output = 4194304");
+    let mut slow = RawClient::connect(proxy.addr);
+    let mut fast = RawClient::connect(proxy.addr);
+    slow.call(&["SUBSCRIBE", "feed"]);
+    fast.call(&["SUBSCRIBE", "feed"]);
+    // 24 MiB: more than the socket buffers and Keyway's limit, less than redis-server's own
+    // pub/sub output limit for Keyway's subscriber connection (32 MB).
+    let payload = "x".repeat(4 * 1024);
+    let n = 6000;
+    let message_len = format!(
+        "*3\r\n$7\r\nmessage\r\n$4\r\nfeed\r\n${}\r\n{payload}\r\n",
+        payload.len()
+    )
+    .len();
+    let reader = std::thread::spawn(move || {
+        // Large reads: a reader that keeps up.
+        let mut got = 0;
+        let mut chunk = vec![0u8; 256 * 1024];
+        while got < n * message_len {
+            match std::io::Read::read(&mut fast.stream, &mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        got / message_len
+    });
+    // In batches of 100 (400 KiB): a subscriber that reads keeps up with that.
+    let mut p = RawClient::connect(proxy.addr);
+    let mut batch = Vec::new();
+    for _ in 0..100 {
+        batch.extend_from_slice(&encode(&["PUBLISH", "feed", &payload]));
+    }
+    for _ in 0..n / 100 {
+        p.send(&batch);
+        for _ in 0..100 {
+            assert_eq!(p.read_reply().unwrap(), b":1\r\n");
+        }
+    }
+    assert_eq!(reader.join().unwrap(), n);
+    // The slow one was cut off: what it reads now ends with the connection closed.
+    let taken = slow.read_to_close();
+    assert!(
+        taken.len() < n * payload.len() / 2,
+        "the slow subscriber got {} bytes",
+        taken.len()
+    );
+    assert_eq!(
+        metric(
+            &proxy.metrics(),
+            "keyway_client_disconnects_total{reason=\"output_limit\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+/// A server that restarts is subscribed again by Keyway: messages published after it is back
+/// reach the subscribers without them doing anything.
+#[test]
+fn restarted_server_is_subscribed_again() {
+    let mut servers = servers(2);
+    let proxy = three_with(&servers, "timeout = \"300ms\"", "");
+    let channel = key_on(&proxy, 1, "alerts");
+    let mut sub = RawClient::connect(proxy.addr);
+    sub.call(&["SUBSCRIBE", &channel]);
+    sub.call(&["PSUBSCRIBE", "alerts*"]);
+    assert_eq!(numsub(&servers[1], &channel), 1);
+    servers[1].restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || numsub(&servers[1], &channel)
+            == 1),
+        "the channel is subscribed again on the restarted server"
+    );
+    let mut p = RawClient::connect(proxy.addr);
+    assert!(wait_until(Duration::from_secs(10), || p
+        .call(&["PUBLISH", &channel, "back"])
+        == b":2\r\n"));
+    let m = sub.read_reply().unwrap();
+    assert!(show(&m).contains("message"), "{}", show(&m));
+    assert!(show(&m).ends_with("back\\r\\n"), "{}", show(&m));
+    assert!(metric(&proxy.metrics(), "keyway_pubsub_link_failures_total") >= Some(1.0));
+}
+
+/// Keyspace notifications of every server reach a client that pattern-subscribes through
+/// Keyway.
+#[test]
+fn keyspace_notifications_from_every_server() {
+    let servers: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_with(&["--notify-keyspace-events", "KEA"]))
+        .collect();
+    let proxy = three_with(&servers, "", "");
+    let mut sub = RawClient::connect(proxy.addr);
+    sub.call(&["PSUBSCRIBE", "__keyspace@0__:*"]);
+    let mut c = RawClient::connect(proxy.addr);
+    let keys: Vec<String> = (0..3).map(|i| key_on(&proxy, i, "watched")).collect();
+    for k in &keys {
+        assert_eq!(c.call(&["SET", k, "v"]), b"+OK\r\n");
+    }
+    for k in &keys {
+        let channel = format!("__keyspace@0__:{k}");
+        let want = format!(
+            "*4\r\n$8\r\npmessage\r\n$16\r\n__keyspace@0__:*\r\n${}\r\n{channel}\r\n$3\r\nset\r\n",
+            channel.len()
+        );
+        assert_eq!(show(&sub.read_reply().unwrap()), show(want.as_bytes()));
+    }
+}
+
+/// 100,000 SUBSCRIBEs pipelined by one client are all answered, in order, and nothing hangs;
+/// once it leaves, every channel is unsubscribed on the servers.
+#[test]
+fn hundred_thousand_subscribes() {
+    let servers = servers(3);
+    let proxy = three_with(&servers, "", "");
+    let mut c = RawClient::connect(proxy.addr);
+    let n = 100_000;
+    let mut pipeline = Vec::new();
+    for i in 0..n {
+        pipeline.extend_from_slice(&encode(&["SUBSCRIBE", &format!("c{i}")]));
+    }
+    let writer = {
+        let mut stream = c.stream.try_clone().unwrap();
+        std::thread::spawn(move || std::io::Write::write_all(&mut stream, &pipeline))
+    };
+    for i in 0..n {
+        let name = format!("c{i}");
+        let want = format!(
+            "*3\r\n$9\r\nsubscribe\r\n${}\r\n{name}\r\n:{}\r\n",
+            name.len(),
+            i + 1
+        );
+        assert_eq!(show(&c.read_reply().unwrap()), show(want.as_bytes()));
+    }
+    writer.join().unwrap().unwrap();
+    let listed = |s: &RedisServer| -> usize {
+        let v: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .query(&mut s.client())
+            .unwrap();
+        v.len()
+    };
+    assert_eq!(servers.iter().map(listed).sum::<usize>(), n);
+    drop(c);
+    assert!(wait_until(Duration::from_secs(20), || servers
+        .iter()
+        .map(listed)
+        .sum::<usize>()
+        == 0));
+}
+
+/// A 100 MB message: published and delivered as redis-server does with its defaults (Keyway's
+/// `limits.max_bulk_len` is 512 MiB like `proto-max-bulk-len`); with a lower
+/// `max_bulk_len` the publisher gets redis-server's protocol error, as with a lower
+/// `proto-max-bulk-len`.
+#[test]
+fn hundred_megabyte_publish() {
+    // redis-server would cut off any subscriber (Keyway's connection too) that a 100 MB
+    // message puts past its pub/sub output limit (32 MB by default): docs/pubsub.md says to
+    // raise it on the pool's servers.
+    let servers = vec![RedisServer::start_with(&[
+        "--client-output-buffer-limit",
+        "pubsub 512mb 512mb 0",
+    ])];
+    let proxy = three_with(
+        &servers,
+        "timeout = \"10s\"",
+        "max_client_output = 268435456",
+    );
+    let mut sub = RawClient::connect(proxy.addr);
+    sub.call(&["SUBSCRIBE", "big"]);
+    let payload = "y".repeat(100 * 1024 * 1024);
+    let mut p = RawClient::connect(proxy.addr);
+    assert_eq!(p.call(&["PUBLISH", "big", &payload]), b":1\r\n");
+    let m = sub.read_reply().unwrap();
+    let head = format!("*3\r\n$7\r\nmessage\r\n$3\r\nbig\r\n${}\r\n", payload.len());
+    assert_eq!(m.len(), head.len() + payload.len() + 2);
+    assert!(m.starts_with(head.as_bytes()));
+    drop(m);
+    drop(payload);
+
+    // Keyway with a 16 MiB bulk limit against redis-server with the same proto-max-bulk-len.
+    let limited = three_with(&servers, "", "max_bulk_len = 16777216");
+    let direct = RedisServer::start_with(&["--proto-max-bulk-len", "16mb"]);
+    let header = "*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$104857600\r\n";
+    let mut k = RawClient::connect(limited.addr);
+    let mut d = RawClient::connect(direct.addr());
+    k.send(header.as_bytes());
+    d.send(header.as_bytes());
+    assert_eq!(show(&k.read_to_close()), show(&d.read_to_close()));
+}
