@@ -22,7 +22,8 @@
 # invocation; the proxy's CPU time is read from /proc/PID/stat (utime+stime) around it.
 # Last, scripts/bench/client_modes.sh on a pool of its own: RESP3 against RESP2, MULTI/EXEC
 # against a pipeline, two-phase cross-server MULTI against a pipeline under write = "primary";
-# and scripts/bench/blocking.py: BLPOP/RPUSH ping-pong against direct, memory per blocked client.
+# scripts/bench/blocking.py: BLPOP/RPUSH ping-pong against direct, memory per blocked client;
+# scripts/bench/pubsub.py: messages delivered to 1,000 subscribers of one channel against direct.
 # Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3, cargo (or BENCH_KEYWAY_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -350,6 +351,13 @@ blocking_args=(--keyway "$keyway")
 [[ $quick == 1 ]] && blocking_args+=(--seconds 1 --rounds 1 --blocked 500)
 python3 scripts/bench/blocking.py "${blocking_args[@]}" >"$dir/blocking.json" 2>"$dir/blocking.log" ||
   die "blocking bench failed (see $dir/blocking.log)"
+
+# ---- 6. pub/sub fan-out: 1,000 subscribers of one channel, through Keyway against direct
+log "pub/sub fan-out (scripts/bench/pubsub.py)"
+pubsub_args=(--keyway "$keyway")
+[[ $quick == 1 ]] && pubsub_args+=(--seconds 1 --rounds 1 --subscribers 200)
+python3 scripts/bench/pubsub.py "${pubsub_args[@]}" >"$dir/pubsub.json" 2>"$dir/pubsub.log" ||
+  die "pub/sub bench failed (see $dir/pubsub.log)"
 
 python3 scripts/bench/report.py --dir "$dir" --out "$OUT" --command "$cmd"
 log "wrote $OUT"

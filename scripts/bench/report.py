@@ -342,6 +342,15 @@ def main():
         if mem:
             out += ["", "Memory (Keyway's RSS): " + ", ".join(f"{k} = {v}" for k, v in mem.items())
                     + " (target ≤ 2 KiB per blocked client)."]
+    pubsub = os.path.join(a.dir, "pubsub.json")
+    if os.path.exists(pubsub):
+        ps = json.load(open(pubsub))
+        rate, cpu = ps.get("delivered_messages_per_sec", {}), ps.get("cpu_us_per_delivered_message", {})
+        out += ["", "### Pub/sub fan-out", "",
+                f"From `{ps.get('command', 'scripts/bench/pubsub.py')}`, run by `scripts/bench.sh` (docs/pubsub.md).", "",
+                "| measure | direct | keyway | keyway / direct |", "| --- | --- | --- | --- |",
+                f"| messages delivered/s to the subscribers, per round | {rate.get('direct')} | {rate.get('keyway')} | {rate.get('keyway_over_direct')} (target ≥ 0.8) |",
+                f"| CPU µs per delivered message (the serving process) | {cpu.get('direct_redis_server')} | {cpu.get('keyway')} | |"]
     out += ["", END, ""]
     section = "\n".join(out)
 
