@@ -382,20 +382,243 @@ fn write_all_reaches_every_replica_and_reports_partial_failures() {
         .map(|k: redis::RedisResult<String>| k.unwrap())
         .collect();
     assert_eq!(scanned.len(), 70);
-    // One replica down: a write to its slots says how many replicas took it.
-    c.kill();
+    // One replica down: a write to its slots is refused at once, naming it, and nothing is
+    // written on the other replica.
     let key = (0..)
         .map(|i| format!("p:{i}"))
         .find(|k| replica_set(&proxy, k).contains(&2))
         .unwrap();
-    let err = con.set::<_, _, ()>(&key, 1).unwrap_err().to_string();
+    let _: () = con.set(&key, 1).unwrap();
+    c.kill();
+    assert!(wait_until(Duration::from_secs(5), || up(&proxy, "s2") == 0.0));
+    let err = con.set::<_, _, ()>(&key, 2).unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
     assert!(
-        err.contains("acknowledged by 1 of 2 replicas") && err.contains("s2"),
+        err.to_string()
+            .contains("server 's2' holding a replica of these keys is down; write = all needs every replica, so nothing was written"),
         "{err}"
     );
-    // Reads of that key still work from the healthy replica.
+    // Reads of that key still work from the healthy replica, which kept the value.
     let v: i64 = con.get(&key).unwrap();
     assert_eq!(v, 1);
+}
+
+/// Milliseconds since `t`.
+fn ms_since(t: Instant) -> u128 {
+    t.elapsed().as_millis()
+}
+
+/// Three servers, s1 stopped (SIGSTOP) once Keyway (with `pool_extra`, fast health checks and a
+/// 3 s request timeout) has written `keys`; returns once Keyway marks s1 down.
+fn hung_s1(pool_extra: &str) -> (Vec<RedisServer>, Proxy) {
+    let servers = support::servers(3);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(
+        &refs,
+        &pool(&format!("timeout = \"3s\"\n{pool_extra}")),
+    ));
+    servers[1].signal("STOP");
+    assert!(wait_until(Duration::from_secs(5), || up(&proxy, "s1") == 0.0));
+    (servers, proxy)
+}
+
+/// `n` keys whose replica set contains server `index` (`with`) or not.
+fn keys_with(proxy: &Proxy, index: usize, with: bool, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("ff:{i}"))
+        .filter(|k| replica_set(proxy, k).contains(&index) == with)
+        .take(n)
+        .collect()
+}
+
+/// With a server stopped (SIGSTOP) and marked down by the health checks, no write mode and no
+/// read waits for it: every answer comes at once (well under the 3 s request timeout), and
+/// writes that need it are refused with an error naming it, nothing written elsewhere.
+#[test]
+fn writes_and_reads_fail_fast_on_a_hung_server_marked_down_in_every_mode() {
+    // write = all, replicas = 2.
+    let (servers, proxy) = hung_s1("replicas = 2\nwrite = \"all\"");
+    let mut con = proxy.client();
+    let mut slowest = 0;
+    for k in keys_with(&proxy, 1, true, 20) {
+        let t = Instant::now();
+        let err = con.set::<_, _, ()>(&k, "v").unwrap_err();
+        slowest = slowest.max(ms_since(t));
+        assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+        assert!(
+            err.to_string().contains("server 's1' holding a replica"),
+            "{err}"
+        );
+        let other = replica_set(&proxy, &k)
+            .into_iter()
+            .find(|&r| r != 1)
+            .unwrap();
+        assert!(
+            !servers[other].client().exists::<_, bool>(&k).unwrap(),
+            "nothing written"
+        );
+    }
+    for k in keys_with(&proxy, 1, false, 20) {
+        let t = Instant::now();
+        let _: () = con.set(&k, "v").unwrap();
+        slowest = slowest.max(ms_since(t));
+    }
+    // A split write with a part on s1's replica sets is refused whole.
+    let mut mset = redis::cmd("MSET");
+    let (on, off) = (
+        keys_with(&proxy, 1, true, 1),
+        keys_with(&proxy, 1, false, 30),
+    );
+    for k in on.iter().chain(&off[20..]) {
+        mset.arg(k).arg("m");
+    }
+    let err = mset.query::<()>(&mut con).unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    let got: Vec<Option<String>> = con.mget(&off[20..]).unwrap();
+    assert!(got.iter().all(Option::is_none), "nothing written: {got:?}");
+    // Reads of keys whose primary is s1 come from the other replica.
+    for k in keys_with(&proxy, 1, true, 20) {
+        let t = Instant::now();
+        let _: Option<String> = con.get(&k).unwrap();
+        slowest = slowest.max(ms_since(t));
+    }
+    assert!(slowest < 500, "all: slowest {slowest} ms");
+    servers[1].signal("CONT");
+    assert!(wait_until(Duration::from_secs(5), || up(&proxy, "s1") == 1.0));
+    let k = &keys_with(&proxy, 1, true, 1)[0];
+    let _: () = con.set(k, "back").unwrap();
+    drop((proxy, servers));
+
+    // write = quorum, replicas = 3: a majority is up, every write succeeds at once.
+    let (servers, proxy) = hung_s1("replicas = 3\nwrite = \"quorum\"");
+    let mut con = proxy.client();
+    let mut slowest = 0;
+    for i in 0..50 {
+        let t = Instant::now();
+        let _: () = con.set(format!("q:{i}"), i).unwrap();
+        slowest = slowest.max(ms_since(t));
+    }
+    assert!(slowest < 500, "quorum: slowest {slowest} ms");
+    assert_eq!((servers[0].dbsize(), servers[2].dbsize()), (50, 50));
+    servers[1].signal("CONT");
+    drop((proxy, servers));
+
+    // write = primary, replicas = 2: a key whose primary is s1 is refused at once; one whose
+    // secondary is s1 is written.
+    let (servers, proxy) = hung_s1("replicas = 2\nwrite = \"primary\"");
+    let mut con = proxy.client();
+    let t = Instant::now();
+    let on_s1 = key_on(&proxy, 1, "p");
+    let err = con.set::<_, _, ()>(&on_s1, "v").unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("server 's1', the primary of these keys, is down"),
+        "{err}"
+    );
+    let second = (0..)
+        .map(|i| format!("p2:{i}"))
+        .find(|k| replica_set(&proxy, k)[1] == 1)
+        .unwrap();
+    let _: () = con.set(&second, "v").unwrap();
+    assert!(ms_since(t) < 500, "primary: {} ms", ms_since(t));
+    servers[1].signal("CONT");
+    drop((proxy, servers));
+
+    // write = two_phase, replicas = 2: refused at once as before.
+    let (servers, proxy) = hung_s1("replicas = 2\nwrite = \"two_phase\"");
+    let mut con = proxy.client();
+    let t = Instant::now();
+    let k = &keys_with(&proxy, 1, true, 1)[0];
+    let err = con.set::<_, _, ()>(k, "v").unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    assert!(ms_since(t) < 500, "two_phase: {} ms", ms_since(t));
+    servers[1].signal("CONT");
+    drop((proxy, servers));
+
+    // replicas = 1: s1's slots go to the next server (failover = next) at once.
+    let (servers, proxy) = hung_s1("replicas = 1");
+    let mut con = proxy.client();
+    let t = Instant::now();
+    for k in keys_on(&proxy, 1, "r", 20) {
+        let _: () = con.set(&k, "v").unwrap();
+        let v: String = con.get(&k).unwrap();
+        assert_eq!(v, "v");
+    }
+    assert!(ms_since(t) < 1000, "replicas = 1: {} ms", ms_since(t));
+    servers[1].signal("CONT");
+}
+
+/// A write in flight when its replica hangs waits until the health checks mark the server down
+/// and then the probe's timeout, not the 5 s request timeout; its error says that the write's
+/// outcome on that server is unknown.
+#[test]
+fn a_write_waiting_on_a_replica_that_goes_down_fails_without_waiting_the_timeout() {
+    let servers = support::servers(2);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(
+        &refs,
+        &pool("timeout = \"5s\"\nreplicas = 2\nwrite = \"all\""),
+    ));
+    let mut con = proxy.client();
+    let _: () = con.set("k", "before").unwrap();
+    servers[1].signal("STOP");
+    let t = Instant::now();
+    let err = con.set::<_, _, ()>("k", "after").unwrap_err().to_string();
+    let took = t.elapsed();
+    servers[1].signal("CONT");
+    assert!(took < Duration::from_secs(2), "{took:?}: {err}");
+    assert!(
+        err.contains("write acknowledged by 1 of 2 replicas (2 needed); outcome unknown on server 's1' (down by the health checks, no answer within"),
+        "{err}"
+    );
+}
+
+/// After a timeout, the error says the write's outcome on the server that timed out is
+/// unknown, not that it failed there: and indeed the hung server applies it once it resumes.
+#[test]
+fn a_timed_out_replica_is_reported_as_outcome_unknown_and_applies_the_write_later() {
+    let servers = support::servers(2);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    // Health checks too slow to see the hang: the write goes to s1 and times out.
+    let proxy = Proxy::start_toml(&config_toml(
+        &refs,
+        "timeout = \"300ms\"\nreplicas = 2\nwrite = \"all\"\n[pool.health]\ninterval = \"30s\"",
+    ));
+    let mut raw = support::RawClient::connect(proxy.addr);
+    assert_eq!(raw.call(&["SET", "k", "before"]), b"+OK\r\n");
+    servers[1].signal("STOP");
+    let reply = raw.call(&["SET", "k", "after"]);
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "-ERR keyway: write acknowledged by 1 of 2 replicas (2 needed); outcome unknown on server 's1' (did not answer within 300ms): it may have applied the write; replicas may differ until the key is written again\r\n"
+    );
+    servers[1].signal("CONT");
+    assert!(wait_until(Duration::from_secs(5), || {
+        servers[1].client().get::<_, String>("k").unwrap() == "after"
+    }));
+}
+
+/// `quorum` answers once a majority acknowledged: a replica that hangs (not yet marked down)
+/// is not waited for.
+#[test]
+fn quorum_answers_at_a_majority_without_waiting_for_a_hung_replica() {
+    let servers = support::servers(3);
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let proxy = Proxy::start_toml(&config_toml(
+        &refs,
+        "timeout = \"5s\"\nreplicas = 3\nwrite = \"quorum\"\n[pool.health]\ninterval = \"30s\"",
+    ));
+    let mut con = proxy.client();
+    let _: () = con.set("warm", 1).unwrap();
+    servers[1].signal("STOP");
+    let t = Instant::now();
+    for i in 0..20 {
+        let _: () = con.set(format!("q:{i}"), i).unwrap();
+    }
+    let took = t.elapsed();
+    servers[1].signal("CONT");
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
 #[test]

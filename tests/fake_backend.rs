@@ -228,15 +228,16 @@ fn a_malformed_reply_fails_the_request_and_drops_the_connection() {
 }
 
 #[test]
-fn a_reply_cut_by_a_close_fails_the_request_as_unavailable() {
+fn a_reply_cut_by_a_close_fails_the_request_as_lost() {
     let (fake, proxy) = start(Fault::CutAndClose(b"$10\r\nhalf".to_vec()), After::Serve);
     let mut bystander = bystander(&proxy);
     let mut c = client(&proxy);
-    // At the close, not at the request timeout (that would be "did not answer within").
+    // At the close, not at the request timeout (that would be "did not answer within"); as
+    // lost, not unavailable: the request was sent, and the server may have run it.
     assert_eq!(
         get(&mut c, "a"),
         format!(
-            "{}is unavailable: connection closed by server\r\n",
+            "{}lost the connection before replying: connection closed by server\r\n",
             error_prefix(&fake)
         )
     );
@@ -284,7 +285,7 @@ fn a_close_mid_pipeline_answers_the_replies_that_came_and_fails_the_rest_in_orde
     let pipeline: Vec<u8> = keys.iter().flat_map(|k| command(&["GET", k])).collect();
     c.send(&pipeline);
     let lost = format!(
-        "{}is unavailable: connection closed by server\r\n",
+        "{}lost the connection before replying: connection closed by server\r\n",
         error_prefix(&fake)
     );
     for (i, key) in keys.iter().enumerate() {
@@ -303,11 +304,12 @@ fn a_close_mid_pipeline_answers_the_replies_that_came_and_fails_the_rest_in_orde
     // Counted once per request that got no reply (read before Keyway may fail more in backoff).
     assert_eq!(errors(&proxy, "unavailable"), (N - K) as f64);
     let conn = assert_dropped(&fake);
-    // Each request was written once, in order, on the connection that closed; none was retried.
+    // Each request was written once, in order, on the connection that closed (after the
+    // handshake's PING); none was retried.
     let on_conn: Vec<String> = fake
         .requests()
         .into_iter()
-        .filter(|r| r.conn == conn)
+        .filter(|r| r.conn == conn && r.args[0] == "GET")
         .map(|r| r.args[1].clone())
         .collect();
     assert_eq!(on_conn, keys);

@@ -99,13 +99,14 @@ impl Lease {
                     Ok(None) => {}
                     Err(e) => return Err(self.shared.protocol(&e.to_string())),
                 }
+                // The request was written: a failure now leaves its outcome unknown.
                 let n = self
                     .stream
                     .read_buf(&mut self.buf)
                     .await
-                    .map_err(|e| self.shared.unavailable(&e.to_string()))?;
+                    .map_err(|e| self.shared.lost(&e.to_string()))?;
                 if n == 0 {
-                    return Err(self.shared.unavailable("the server closed the connection"));
+                    return Err(self.shared.lost("the server closed the connection"));
                 }
             }
         }

@@ -12,20 +12,26 @@
 //!
 //! The connection task is a small state machine:
 //!
-//! - **Connecting** (`dial`): dial with the request timeout as connect timeout.
+//! - **Connecting** (`dial`): dial with the request timeout as connect timeout. After a
+//!   failure, requests that arrive while the connect runs fail at once, as in Backoff: a dial
+//!   or a handshake to a hung server takes the whole timeout, and nobody waits for it.
 //! - **Handshake** (`handshake`): the commands a connection sends before it serves, pipelined,
 //!   each reply checked: `AUTH [username] password` when the server has credentials (the
-//!   password file is read again here, so a rotated password applies at the next connection).
+//!   password file is read again here, so a rotated password applies at the next connection),
+//!   `HELLO 3` for RESP3, else `PING`: the server has answered on a connection before it takes
+//!   requests (the kernel of a SIGSTOPped server still accepts connections).
 //!   A refused `AUTH` is an authentication failure naming the server: counted, logged, one
 //!   health failure, and Backoff like any failed connect.
 //! - **Connected** (`Connection`, a method per event: replies readable, jobs queued, the oldest
 //!   job's deadline): forward jobs, match replies. If the oldest job waits longer than the
-//!   timeout (a hung or SIGSTOPped server) or the socket fails, every job in flight fails with
+//!   timeout (a hung or SIGSTOPped server), or longer than the health probe's timeout while the
+//!   health checks mark the server down, or the socket fails, every job in flight fails with
 //!   an error naming the server, and the connection is dropped: once a reply is missing, FIFO
-//!   matching can no longer be trusted, so the socket must go.
-//! - **Backoff** (`back_off`): wait before redialling (doubling from 20 ms up to 1 s); jobs
-//!   arriving meanwhile fail at once with "unavailable", so a dead server never makes a client
-//!   wait.
+//!   matching can no longer be trusted, so the socket must go. Those jobs were written: their
+//!   errors say that the server may have run them ([`BackendError::may_have_run`]).
+//! - **Backoff** (`refuse_until` a timer): wait before redialling (doubling from 20 ms up to
+//!   1 s); jobs arriving meanwhile fail at once with "unavailable", so a dead server never makes
+//!   a client wait.
 //!
 //! Nothing here parses commands: a job is opaque bytes (its sender says whether it calls a
 //! script, [`Pool::send_script`]), and a reply is the raw frame the server sent, forwarded as it
@@ -86,6 +92,22 @@ pub enum BackendError {
         addr: Arc<str>,
         timeout: Duration,
     },
+    /// No reply yet after `waited`, and the health checks mark the server down: the
+    /// connection was dropped without waiting for the full timeout.
+    #[error("server '{server}' ({addr}) is down by the health checks and did not answer within {waited:?}")]
+    Down {
+        server: Arc<str>,
+        addr: Arc<str>,
+        waited: Duration,
+    },
+    /// The connection failed (reset, closed by the server) after the request was written and
+    /// before its reply came: the server may have run it.
+    #[error("server '{server}' ({addr}) lost the connection before replying: {reason}")]
+    Lost {
+        server: Arc<str>,
+        addr: Arc<str>,
+        reason: Arc<str>,
+    },
     /// The server sent bytes that are not RESP.
     #[error("server '{server}' ({addr}) sent a malformed reply: {reason}")]
     Protocol {
@@ -93,6 +115,31 @@ pub enum BackendError {
         addr: Arc<str>,
         reason: Arc<str>,
     },
+}
+
+impl BackendError {
+    /// Whether the request may have reached the server and run there: it was written, and no
+    /// reply came (a timeout, a connection lost meanwhile, a reply that was not RESP). False
+    /// only when it was never sent (the server was unreachable, in backoff, reconnecting).
+    pub fn may_have_run(&self) -> bool {
+        !matches!(self, BackendError::Unavailable { .. })
+    }
+
+    /// What happened, without the server's name and address (for a message that names the
+    /// server already): "did not answer within 500ms", "unavailable: connection refused".
+    pub fn detail(&self) -> String {
+        match self {
+            BackendError::Unavailable { reason, .. } => format!("unavailable: {reason}"),
+            BackendError::Timeout { timeout, .. } => format!("did not answer within {timeout:?}"),
+            BackendError::Down { waited, .. } => {
+                format!("down by the health checks, no answer within {waited:?}")
+            }
+            BackendError::Lost { reason, .. } => {
+                format!("connection lost before the reply: {reason}")
+            }
+            BackendError::Protocol { reason, .. } => format!("malformed reply: {reason}"),
+        }
+    }
 }
 
 /// The result of one request: the raw reply frame, or why there is none.
@@ -268,6 +315,31 @@ impl Shared {
             addr: self.addr.clone(),
             reason: Arc::from(reason),
         }
+    }
+
+    /// The connection failed with requests in flight, for `reason`.
+    fn lost(&self, reason: &str) -> BackendError {
+        BackendError::Lost {
+            server: self.name.clone(),
+            addr: self.addr.clone(),
+            reason: Arc::from(reason),
+        }
+    }
+
+    /// No reply after `waited`, and the health checks mark the server down.
+    fn down(&self, waited: Duration) -> BackendError {
+        BackendError::Down {
+            server: self.name.clone(),
+            addr: self.addr.clone(),
+            waited,
+        }
+    }
+
+    /// How long a request may wait for its reply while the health checks mark the server
+    /// down: the probe's own deadline (a probe that waited that long failed), at most the
+    /// request timeout.
+    fn down_wait(&self) -> Duration {
+        self.health.options().timeout.min(self.timeout)
     }
 
     /// No reply within the timeout.
@@ -607,10 +679,24 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>, proto: Proto) {
         shared: &shared,
     };
     let mut backoff = Backoff::default();
+    // Why the last connection or connect failed: once one has, requests that arrive while the
+    // next connect runs fail at once, as during the backoff (a connect or a handshake to a hung
+    // server takes the whole timeout). The first connect holds them: a server starts up.
+    let mut failed: Option<String> = None;
     loop {
         // Connecting -> Handshake -> Connected, or -> Backoff when the dial or the handshake
         // fails.
-        let reason = match connect(&shared, proto).await {
+        let connected = match &failed {
+            None => connect(&shared, proto).await,
+            Some(reason) => {
+                let why = format!("reconnecting after: {reason}");
+                match refuse_until(&shared, &queue, &why, connect(&shared, proto)).await {
+                    ControlFlow::Continue(connected) => connected,
+                    ControlFlow::Break(()) => return,
+                }
+            }
+        };
+        let reason = match connected {
             Ok(stream) => {
                 let connection = Connection::new(&shared, &queue, &mut backoff, stream);
                 match connection.serve().await {
@@ -629,12 +715,14 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>, proto: Proto) {
         let wait = backoff.next_wait();
         tracing::warn!(server = %shared.name, addr = %shared.addr, %reason, retry_in = ?wait, "server connection failed");
         // Backoff -> Connecting once the wait is over; Backoff -> end if the pool goes first.
-        if back_off(&shared, &queue, &reason, Instant::now() + wait)
+        let sleep = tokio::time::sleep_until(Instant::now() + wait);
+        if refuse_until(&shared, &queue, &reason, sleep)
             .await
             .is_break()
         {
             return;
         }
+        failed = Some(reason);
     }
 }
 
@@ -666,11 +754,15 @@ enum Step {
     Auth,
     /// `HELLO 3` (a connection for RESP3 clients): a map, or the server does not speak RESP3.
     Hello3,
+    /// `PING`, when no other step is needed: a connection serves only once the server has
+    /// answered on it (a hung server's kernel still accepts connections).
+    Ping,
 }
 
 /// The Handshake state: sends the commands a connection needs before it serves (`AUTH`, when
-/// the server has credentials; `HELLO 3` for a RESP3 connection), pipelined in one write, and checks each reply in order,
-/// all within the request timeout. Adding a step (`HELLO 3`, `CLIENT SETNAME`) is one more
+/// the server has credentials; `HELLO 3` for a RESP3 connection; else `PING`, so that the
+/// server has answered before the connection takes requests), pipelined in one write, and
+/// checks each reply in order, all within the request timeout. Adding a step (`HELLO 3`, `CLIENT SETNAME`) is one more
 /// command written and one more [`Step`] checked.
 ///
 /// On failure, why (for the health failure, the log line and the errors clients get): names
@@ -695,7 +787,8 @@ async fn handshake(
         steps.push(Step::Hello3);
     }
     if steps.is_empty() {
-        return Ok(stream);
+        write_command(&mut out, &[&b"PING"[..]]);
+        steps.push(Step::Ping);
     }
     let exchange = async {
         stream.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -746,6 +839,19 @@ fn check_step(step: Step, reply: &[u8], shared: &Shared) -> Result<(), String> {
                 "authentication failed: the server answered AUTH with \"{said}\""
             ))
         }
+        // -BUSY: a script runs past busy-reply-threshold; the server lives, and its clients
+        // get its -BUSY until SCRIPT KILL (see the health prober).
+        Step::Ping if reply == b"+PONG\r\n" || reply.starts_with(b"-BUSY") => Ok(()),
+        Step::Ping => {
+            let said = String::from_utf8_lossy(reply);
+            let said: String = said
+                .trim_end()
+                .trim_start_matches('-')
+                .chars()
+                .take(200)
+                .collect();
+            Err(format!("the server answered PING with \"{said}\""))
+        }
         Step::Hello3 if reply.first() == Some(&b'%') => Ok(()),
         Step::Hello3 => {
             let said = String::from_utf8_lossy(reply);
@@ -757,12 +863,19 @@ fn check_step(step: Step, reply: &[u8], shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// The Backoff state: until `until`, every queued request, and every one that arrives, fails at
-/// once with "unavailable" and `reason`, so that a dead server never makes a client wait.
-/// Breaks if the pool goes meanwhile; continues when it is time to dial again.
-async fn back_off(shared: &Shared, queue: &Queue, reason: &str, until: Instant) -> ControlFlow<()> {
+/// The Backoff state, and Connecting after a failure: until `until` completes, every queued
+/// request, and every one that arrives, fails at once with "unavailable" and `reason`, so that
+/// a dead or hung server never makes a client wait. Breaks if the pool goes meanwhile;
+/// continues with `until`'s output.
+async fn refuse_until<T>(
+    shared: &Shared,
+    queue: &Queue,
+    reason: &str,
+    until: impl std::future::Future<Output = T>,
+) -> ControlFlow<(), T> {
     let mut bytes = BytesMut::new();
     let mut jobs = Vec::new();
+    tokio::pin!(until);
     loop {
         let closed = queue.take(&mut bytes, &mut jobs);
         if bytes.capacity() > BUF_KEEP {
@@ -778,7 +891,7 @@ async fn back_off(shared: &Shared, queue: &Queue, reason: &str, until: Instant) 
             return ControlFlow::Break(());
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => return ControlFlow::Continue(()),
+            out = &mut until => return ControlFlow::Continue(out),
             () = queue.notify.notified() => {}
         }
     }
@@ -912,7 +1025,7 @@ impl<'a> Connection<'a> {
             let step = tokio::select! {
                 biased;
                 read = self.rd.read_buf(&mut self.inbuf) => self.on_readable(read),
-                () = &mut timer, if self.armed => self.on_deadline(),
+                () = &mut timer, if self.armed => self.on_deadline(timer.as_mut()),
                 () = &mut notified, if self.takes_more() => self.on_queued(notified.as_mut()).await,
             };
             if let Err(Broken(reason)) = step {
@@ -921,13 +1034,15 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Sets `timer` to the oldest request's deadline, unless it is set already.
+    /// Sets `timer` for the oldest request, unless it is set already: at the time it has
+    /// waited [`Shared::down_wait`] (when the server may turn out to be down), which is its
+    /// deadline when the health checks' timeout is not shorter than the request timeout.
     fn arm(&mut self, timer: Pin<&mut Sleep>) {
         if self.armed {
             return;
         }
         if let Some(front) = self.in_flight.front() {
-            timer.reset(front.sent + self.shared.timeout);
+            timer.reset(front.sent + self.shared.down_wait());
             self.armed = true;
         }
     }
@@ -1014,23 +1129,38 @@ impl<'a> Connection<'a> {
     }
 
     /// The timer fired. If the oldest request is past its deadline (a hung or SIGSTOPped
-    /// server), the connection breaks; otherwise that request was answered since the timer was
-    /// set, and the loop re-arms it for the new oldest one.
-    fn on_deadline(&mut self) -> Result<(), Broken> {
+    /// server), the connection breaks; so it does, sooner, once the oldest request has waited
+    /// [`Shared::down_wait`] while the health checks mark the server down: no request waits the
+    /// whole timeout on a server known to be down. If the oldest request has not waited that
+    /// long, it is a newer one (the one the timer was set for was answered): the loop re-arms
+    /// the timer for it. Otherwise (waiting, the server up) the timer is set again one
+    /// `down_wait` later, at most at the deadline.
+    fn on_deadline(&mut self, timer: Pin<&mut Sleep>) -> Result<(), Broken> {
         self.armed = false;
-        let expired = self
-            .in_flight
-            .front()
-            .is_some_and(|f| f.sent + self.shared.timeout <= Instant::now());
-        if !expired {
+        let Some(sent) = self.in_flight.front().map(|f| f.sent) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let (timeout, down_wait) = (self.shared.timeout, self.shared.down_wait());
+        if sent + timeout <= now {
+            tracing::warn!(server = %self.shared.name, addr = %self.shared.addr, in_flight = self.in_flight.len(), "server request timed out; dropping the connection");
+            self.fail_all(self.shared.timed_out());
+            return Err(Broken(format!("request timed out after {timeout:?}")));
+        }
+        if sent + down_wait > now {
             return Ok(());
         }
-        tracing::warn!(server = %self.shared.name, addr = %self.shared.addr, in_flight = self.in_flight.len(), "server request timed out; dropping the connection");
-        self.fail_all(self.shared.timed_out());
-        Err(Broken(format!(
-            "request timed out after {:?}",
-            self.shared.timeout
-        )))
+        if !self.shared.health.is_up() {
+            let waited = now.saturating_duration_since(sent);
+            tracing::warn!(server = %self.shared.name, addr = %self.shared.addr, in_flight = self.in_flight.len(), ?waited, "server is down and a request waits; dropping the connection");
+            self.fail_all(self.shared.down(waited));
+            return Err(Broken(format!(
+                "no reply within {waited:?} while the server is down"
+            )));
+        }
+        timer.reset((now + down_wait).min(sent + timeout));
+        self.armed = true;
+        Ok(())
     }
 
     /// The queue has requests, or closed (`notified` fired, and waits again from here): takes
@@ -1119,9 +1249,9 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// The socket failed (`reason`): every request in flight fails with "unavailable".
+    /// The socket failed (`reason`): every request in flight fails as lost (it may have run).
     fn broken(&mut self, reason: String) -> Broken {
-        self.fail_all(self.shared.unavailable(&reason));
+        self.fail_all(self.shared.lost(&reason));
         Broken(reason)
     }
 
@@ -1131,8 +1261,8 @@ impl<'a> Connection<'a> {
         let m = &self.shared.metrics;
         let n = self.in_flight.len() as u64;
         match err {
-            BackendError::Unavailable { .. } => m.unavailable.inc_by(n),
-            BackendError::Timeout { .. } => m.timeouts.inc_by(n),
+            BackendError::Unavailable { .. } | BackendError::Lost { .. } => m.unavailable.inc_by(n),
+            BackendError::Timeout { .. } | BackendError::Down { .. } => m.timeouts.inc_by(n),
             BackendError::Protocol { .. } => m.protocol_errors.inc_by(n),
         }
         m.in_flight.sub(n as i64);

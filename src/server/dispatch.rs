@@ -6,7 +6,7 @@
 //! a read retried on another replica, the warm-up GET) are futures here; what they compute from
 //! the replies is in `merge`.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -17,6 +17,7 @@ use super::client::ClientState;
 use super::info;
 use super::local::{self, After, Facts};
 use super::merge;
+use super::merge::Missed;
 use super::multi;
 use super::plan;
 use super::plan::{Plan, Route, Split};
@@ -139,15 +140,34 @@ fn send_route(cx: &Context<'_>, route: Route<'_>, frame: &Bytes, called: &[u8]) 
                 script,
             )))
         }
-        Route::FanOut { targets, need } => {
-            let mut replies = Vec::with_capacity(targets.len());
-            for &t in targets {
-                let name = topo.server(t).map_or_else(String::new, |s| s.name.clone());
-                replies.push((name, send_call(cx, t, frame, called)));
-            }
+        Route::FanOut {
+            targets,
+            need,
+            skip_down,
+        } => {
+            let replies = fan_targets(topo, targets, skip_down, |t| {
+                send_call(cx, t, frame, called)
+            });
             Pending::Merge(Box::pin(fan_out(replies, need)))
         }
     }
+}
+
+/// A fan-out write's replicas, by name, each with its reply to come from `send`; with
+/// `skip_down`, a replica the health checks mark down is not sent the write (`None`).
+fn fan_targets(
+    topo: &Topology,
+    targets: &[u16],
+    skip_down: bool,
+    mut send: impl FnMut(u16) -> Pending,
+) -> Vec<(String, Option<Pending>)> {
+    let mut replies = Vec::with_capacity(targets.len());
+    for &t in targets {
+        let name = topo.server(t).map_or_else(String::new, |s| s.name.clone());
+        let sent = (!skip_down || topo.is_up(t)).then(|| send(t));
+        replies.push((name, sent));
+    }
+    replies
 }
 
 /// Sends a frame to one server; `EVALSHA` and `FCALL` as calls that load the script or library
@@ -554,7 +574,9 @@ fn exec(cx: &mut Context<'_>, m: client::Multi) -> Pending {
     }
     let route = match m.slot {
         // Nothing keyed: the server the client's keyless commands go to.
-        None => Route::One((cx.client.id as usize % topo.servers.len().max(1)) as u16),
+        None => Ok(Route::One(
+            (cx.client.id as usize % topo.servers.len().max(1)) as u16,
+        )),
         Some(slot) => match topo.placement(slot) {
             Ok(placement) => {
                 let write = m.writes && topo.write != crate::config::WriteMode::TwoPhase;
@@ -568,19 +590,16 @@ fn exec(cx: &mut Context<'_>, m: client::Multi) -> Pending {
         None => internal_routing_error(),
     };
     match route {
-        Route::One(server) | Route::Read { server, .. } => send(server),
-        Route::FanOut { targets, need } => {
-            let replies = targets
-                .iter()
-                .map(|&t| {
-                    (
-                        topo.server(t).map_or_else(String::new, |s| s.name.clone()),
-                        send(t),
-                    )
-                })
-                .collect();
+        Ok(Route::One(server) | Route::Read { server, .. }) => send(server),
+        Ok(Route::FanOut {
+            targets,
+            need,
+            skip_down,
+        }) => {
+            let replies = fan_targets(topo, targets, skip_down, send);
             Pending::Merge(Box::pin(fan_out(replies, need)))
         }
+        Err(e) => Pending::Ready(Err(e)),
     }
 }
 
@@ -692,11 +711,15 @@ fn watched_exec(
         };
         let mut all = Vec::with_capacity(set.len());
         let name = |i: u16| topo.server(i).map_or_else(String::new, |s| s.name.clone());
-        all.push((name(held.server), Pending::Ready(first)));
+        all.push((name(held.server), Some(Pending::Ready(first))));
+        // Replicas the health checks mark down are not sent the write (unless all are).
+        let skip_down = set.iter().any(|&t| topo.is_up(t));
         for &t in set.iter().filter(|&&t| t != held.server) {
             if let Some(s) = topo.server(t) {
-                let rx = s.pool.send_transaction(pick, frame.clone(), replies);
-                all.push((name(t), Pending::Forward(rx)));
+                let sent = (!skip_down || topo.is_up(t)).then(|| {
+                    Pending::Forward(s.pool.send_transaction(pick, frame.clone(), replies))
+                });
+                all.push((name(t), sent));
             }
         }
         fan_out(all, need).await
@@ -850,22 +873,27 @@ async fn read_with_retry(
     }
 }
 
-/// A write sent to several replicas: done once `need` of them acknowledged (all for
-/// `write = all`, a majority for `quorum`); the answer is `merge::fan_out`'s.
-async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Reply {
+/// A write sent to several replicas (`None`: not sent, the replica is down): done once `need`
+/// of them acknowledged (all for `write = all`, a majority for `quorum`), without waiting for
+/// the others; the answer is `merge::fan_out`'s.
+async fn fan_out(replies: Vec<(String, Option<Pending>)>, need: usize) -> Reply {
     let total = replies.len();
-    let (names, mut slots): (Vec<String>, Vec<Option<Pending>>) =
-        replies.into_iter().map(|(n, p)| (n, Some(p))).unzip();
     let mut acked: Vec<Bytes> = Vec::new();
-    let mut failed: Vec<(usize, Reply)> = Vec::new();
+    let mut failed: Vec<(usize, Missed)> = Vec::new();
+    let (names, mut slots): (Vec<String>, Vec<Option<Pending>>) = replies.into_iter().unzip();
+    for (i, slot) in slots.iter().enumerate() {
+        if slot.is_none() {
+            failed.push((i, Missed::NotSent("down by the health checks".to_string())));
+        }
+    }
     poll_fn(|cx| {
         for (i, slot) in slots.iter_mut().enumerate() {
             if let Some(p) = slot {
-                if let Poll::Ready(reply) = p.poll_reply(cx) {
+                if let Poll::Ready(ack) = poll_ack(p, cx) {
                     *slot = None;
-                    match reply {
-                        Ok(frame) if !is_error_reply(&frame) => acked.push(frame),
-                        other => failed.push((i, other)),
+                    match ack {
+                        Ok(frame) => acked.push(frame),
+                        Err(missed) => failed.push((i, missed)),
                     }
                 }
             }
@@ -879,11 +907,41 @@ async fn fan_out(replies: Vec<(String, Pending)>, need: usize) -> Reply {
         }
     })
     .await;
+    failed.sort_by_key(|&(i, _)| i);
     let failed = failed
         .into_iter()
-        .map(|(i, r)| (names.get(i).map_or("?", String::as_str), r))
+        .map(|(i, m)| (names.get(i).map_or("?", String::as_str), m))
         .collect();
     merge::fan_out(acked, failed, total, need)
+}
+
+/// One replica's reply to a fan-out write: its acknowledgement, or what is known of the write
+/// there. A server's own failure to answer is read as the backend reported it, which says
+/// whether the write was sent ([`crate::backend::BackendError::may_have_run`]).
+fn poll_ack(p: &mut Pending, cx: &mut std::task::Context<'_>) -> Poll<Result<Bytes, Missed>> {
+    let classify = |frame: Bytes| {
+        if is_error_reply(&frame) {
+            Err(Missed::Refused(frame))
+        } else {
+            Ok(frame)
+        }
+    };
+    match p {
+        Pending::Forward(rx) => std::pin::Pin::new(rx).poll(cx).map(|reply| match reply {
+            Ok(Ok(frame)) => classify(frame),
+            Ok(Err(e)) if e.may_have_run() => Err(Missed::Unknown(e.detail())),
+            Ok(Err(e)) => Err(Missed::NotSent(e.detail())),
+            Err(_) => Err(Missed::Unknown(
+                "its connection ended before the reply".to_string(),
+            )),
+        }),
+        // A call that loaded a script first, or a reply already in: Keyway's error says no
+        // more than its text, so the outcome is taken as unknown.
+        other => other.poll_reply(cx).map(|reply| match reply {
+            Ok(frame) => classify(frame),
+            Err(e) => Err(Missed::Unknown(e.message().to_string())),
+        }),
+    }
 }
 
 /// GET during the warm-up after a swap: a miss on the slot's new primary is tried on its

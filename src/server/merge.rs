@@ -324,14 +324,26 @@ pub(crate) fn scan(reply: Reply, index: usize, topo: &Topology) -> Reply {
     })
 }
 
+/// Why a replica of a fan-out write did not acknowledge it: what is known of the write there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Missed {
+    /// The replica answered an error (`-WRONGTYPE ...`).
+    Refused(Bytes),
+    /// The write was not sent to it (down by the health checks, unreachable): not applied.
+    NotSent(String),
+    /// Sent, and no reply came (a timeout, a lost connection): it may have applied the write.
+    Unknown(String),
+}
+
 /// The answer to a write sent to `total` replicas, of which `acked` acknowledged (their replies)
-/// and `failed` did not (replica name and error), when `need` acknowledgements were needed.
-/// When replicas disagree, the error says how many acknowledged the write, and for each other
-/// replica what is known: an error reply refused it; after a timeout its outcome is unknown (it
-/// may have applied the write), so that the client knows the replicas may differ.
+/// and `failed` did not (replica name and what is known there), when `need` acknowledgements
+/// were needed. When too few acknowledged, the error says how many did and, for each other
+/// replica, what is known: it answered an error; the write was not sent to it; or its outcome
+/// there is unknown (it did not answer in time: it may have applied the write). It says that
+/// replicas may differ whenever one may hold the write and another not.
 pub(crate) fn fan_out(
     acked: Vec<Bytes>,
-    failed: Vec<(&str, Reply)>,
+    failed: Vec<(&str, Missed)>,
     total: usize,
     need: usize,
 ) -> Reply {
@@ -344,37 +356,39 @@ pub(crate) fn fan_out(
     }
     // Every replica refused the same way (WRONGTYPE on all of them): that is the answer.
     if taken == 0 && failed.len() == total {
-        if let Some((_, first)) = failed.first() {
-            if failed.iter().all(|(_, f)| f == first) {
-                return first.clone();
+        if let Some((_, Missed::Refused(first))) = failed.first() {
+            if failed
+                .iter()
+                .all(|(_, f)| matches!(f, Missed::Refused(r) if r == first))
+            {
+                return Ok(first.clone());
             }
         }
     }
-    let detail: Vec<String> = failed
-        .iter()
-        .map(|(name, e)| {
-            let text = match e {
-                Ok(frame) => String::from_utf8_lossy(frame.get(1..).unwrap_or_default())
-                    .trim_end()
-                    .to_string(),
-                Err(e) if e.kind() == ErrorKind::Timeout => {
-                    format!("outcome unknown, it may have applied the write: {e}")
-                }
-                Err(e) => e.to_string(),
-            };
-            format!("{name}: {text}")
-        })
-        .collect();
-    Err(ReplyError::new(
-        ErrorKind::Partial,
-        format!(
-            "keyway: write acknowledged by {} of {} replicas ({} needed); replicas may differ until rewritten ({})",
-            taken,
-            total,
-            need,
-            detail.join("; ")
-        ),
-    ))
+    let mut text =
+        format!("keyway: write acknowledged by {taken} of {total} replicas ({need} needed)");
+    let mut differ = taken > 0;
+    for (name, missed) in &failed {
+        match missed {
+            Missed::Refused(frame) => {
+                let said = String::from_utf8_lossy(frame.get(1..).unwrap_or_default());
+                text.push_str(&format!("; server '{name}' answered: {}", said.trim_end()));
+            }
+            Missed::NotSent(why) => {
+                text.push_str(&format!("; not sent to server '{name}' ({why})"));
+            }
+            Missed::Unknown(why) => {
+                differ = true;
+                text.push_str(&format!(
+                    "; outcome unknown on server '{name}' ({why}): it may have applied the write"
+                ));
+            }
+        }
+    }
+    if differ {
+        text.push_str("; replicas may differ until the key is written again");
+    }
+    Err(ReplyError::new(ErrorKind::Partial, text))
 }
 
 /// Whether a reply failed: Keyway's error or a server's error frame.
@@ -449,34 +463,52 @@ mod tests {
     }
 
     #[test]
-    fn a_write_on_too_few_replicas_says_how_many_took_it() {
+    fn a_write_on_too_few_replicas_says_how_many_took_it_and_what_is_known_elsewhere() {
         let failed = vec![(
             "b",
-            Err(ReplyError::new(
-                ErrorKind::Timeout,
-                "server 'b' did not answer",
-            )),
+            Missed::Unknown("did not answer within 500ms".to_string()),
         )];
         let e = fan_out(vec![Bytes::from_static(b"+OK\r\n")], failed, 2, 2).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Partial);
-        assert!(
-            e.message()
-                .starts_with("keyway: write acknowledged by 1 of 2 replicas (2 needed)"),
-            "{e}"
+        assert_eq!(
+            e.message(),
+            "keyway: write acknowledged by 1 of 2 replicas (2 needed); outcome unknown on server 'b' (did not answer within 500ms): it may have applied the write; replicas may differ until the key is written again"
         );
-        assert!(
-            e.message()
-                .contains("b: outcome unknown, it may have applied the write: ERR server 'b'"),
-            "{e}"
+        // Nothing acknowledged, one refused, one never sent: nothing differs.
+        let failed = vec![
+            (
+                "a",
+                ok(b"-OOM command not allowed\r\n")
+                    .map(Missed::Refused)
+                    .unwrap(),
+            ),
+            (
+                "b",
+                Missed::NotSent("down by the health checks".to_string()),
+            ),
+        ];
+        let e = fan_out(Vec::new(), failed, 2, 2).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "keyway: write acknowledged by 0 of 2 replicas (2 needed); server 'a' answered: OOM command not allowed; not sent to server 'b' (down by the health checks)"
         );
         let same = vec![
-            ("a", ok(b"-WRONGTYPE x\r\n")),
-            ("b", ok(b"-WRONGTYPE x\r\n")),
+            (
+                "a",
+                Missed::Refused(Bytes::from_static(b"-WRONGTYPE x\r\n")),
+            ),
+            (
+                "b",
+                Missed::Refused(Bytes::from_static(b"-WRONGTYPE x\r\n")),
+            ),
         ];
         assert_eq!(fan_out(Vec::new(), same, 2, 2), ok(b"-WRONGTYPE x\r\n"));
         let quorum = fan_out(
             vec![Bytes::from_static(b":1\r\n"), Bytes::from_static(b":1\r\n")],
-            Vec::new(),
+            vec![(
+                "c",
+                Missed::NotSent("down by the health checks".to_string()),
+            )],
             3,
             2,
         );

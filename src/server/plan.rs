@@ -77,8 +77,14 @@ pub(crate) enum Route<'t> {
     One(u16),
     /// A read on `server`, retried once on `alternate` after a connection error.
     Read { server: u16, alternate: u16 },
-    /// A write to every server of `targets`, done once `need` acknowledged.
-    FanOut { targets: &'t [u16], need: usize },
+    /// A write to every server of `targets`, done once `need` acknowledged. With `skip_down`,
+    /// a target the health checks mark down is not sent the write (and counts as not
+    /// acknowledged): some are down, and enough are up.
+    FanOut {
+        targets: &'t [u16],
+        need: usize,
+        skip_down: bool,
+    },
 }
 
 /// A split command: its parts, and for each key (in the client's order) its part and its run of
@@ -353,7 +359,10 @@ fn keyed<'r, 't>(
             return Plan::WarmGet { new, old };
         }
     }
-    let route = route(topo, client, placement, write);
+    let route = match route(topo, client, placement, write) {
+        Ok(route) => route,
+        Err(e) => return Plan::Refuse(e),
+    };
     if !write && topo.write == WriteMode::TwoPhase && !spec.traits.contains(Traits::SCRIPT) {
         return Plan::Guarded(route);
     }
@@ -386,40 +395,94 @@ fn fans_out(topo: &Topology) -> bool {
 }
 
 /// Where a frame for a slot of `placement` goes, by the pool's read and write policies.
+///
+/// # Errors
+///
+/// A write that cannot succeed because replicas it needs are down by the health checks (see
+/// [`write_route`]): refused at once, before anything is sent.
 pub(crate) fn route<'t>(
     topo: &'t Topology,
     client: &mut ClientState,
     placement: Placement<'t>,
     write: bool,
-) -> Route<'t> {
+) -> Result<Route<'t>, ReplyError> {
     let set = match placement {
-        Placement::One(server) => return Route::One(server),
+        Placement::One(server) => return Ok(Route::One(server)),
         Placement::Replicas(set) => set,
     };
     if write {
-        let targets: &[u16] = match topo.write {
-            WriteMode::Primary => set.get(..1).unwrap_or(set),
-            // Two-phase writes are planned as transactions; this is never reached for them.
-            WriteMode::All | WriteMode::Quorum | WriteMode::TwoPhase => set,
-        };
-        if let [only] = targets {
-            return Route::One(*only);
-        }
-        let need = match topo.write {
-            WriteMode::Quorum => targets.len() / 2 + 1,
-            _ => targets.len(),
-        };
-        return Route::FanOut { targets, need };
+        return write_route(topo, set);
     }
     let is_up = |i| topo.is_up(i);
     let load = |i| topo.server(i).map_or(i64::MAX, |s| s.pool.in_flight());
     let server = choose_read(topo.read, set, is_up, load, &mut client.rr);
     // A read that fails on a connection error is retried once on the next healthy replica:
     // reads are idempotent.
-    match alternate(set, server, is_up) {
+    Ok(match alternate(set, server, is_up) {
         Some(alternate) => Route::Read { server, alternate },
         None => Route::One(server),
+    })
+}
+
+/// Where a write to a slot's replica set `set` goes under `primary`, `all` or `quorum`, failing
+/// fast on servers the health checks mark down: none is sent a write, nor waited for. A write
+/// that needs more replicas than are up (`all` with one down, `quorum` without a majority up,
+/// `primary` with its primary down) is refused at once, and nothing is written anywhere, so
+/// that the replicas do not diverge; `quorum` with a majority up goes to the replicas that are
+/// up. The guard: when the whole set looks down, the health view is more likely wrong than every
+/// replica dead, so the write goes out as if all were up (and fails fast if they really are).
+fn write_route<'t>(topo: &'t Topology, set: &'t [u16]) -> Result<Route<'t>, ReplyError> {
+    let targets: &[u16] = match topo.write {
+        WriteMode::Primary => set.get(..1).unwrap_or(set),
+        // Two-phase writes are planned as transactions; this is never reached for them.
+        WriteMode::All | WriteMode::Quorum | WriteMode::TwoPhase => set,
+    };
+    let need = match topo.write {
+        WriteMode::Quorum => targets.len() / 2 + 1,
+        _ => targets.len(),
+    };
+    let down = targets.iter().filter(|&&t| !topo.is_up(t)).count();
+    let skip_down = down > 0 && set.iter().any(|&s| topo.is_up(s));
+    if skip_down && targets.len() - down < need {
+        return Err(write_refused(topo, targets, need));
     }
+    Ok(match targets {
+        [only] => Route::One(*only),
+        _ => Route::FanOut {
+            targets,
+            need,
+            skip_down,
+        },
+    })
+}
+
+/// The error for a write refused because servers it needs are down: names them, says what the
+/// write mode needs, and that nothing was written.
+fn write_refused(topo: &Topology, targets: &[u16], need: usize) -> ReplyError {
+    let down: Vec<String> = targets
+        .iter()
+        .filter(|&&t| !topo.is_up(t))
+        .map(|&t| format!("'{}'", topo.server(t).map_or("?", |s| s.name.as_str())))
+        .collect();
+    let (who, back) = match down.as_slice() {
+        [one] => (format!("server {one}"), "it is"),
+        many => (format!("servers {}", many.join(", ")), "they are"),
+    };
+    let text = match topo.write {
+        WriteMode::Primary => format!(
+            "keyway: {who}, the primary of these keys, is down; write = primary writes there only, so nothing was written; writes to these keys resume when {back} back"
+        ),
+        WriteMode::Quorum => format!(
+            "keyway: {who} holding replicas of these keys {} down; write = quorum needs {need} of {} replicas, so nothing was written; writes to these keys resume when a majority is up",
+            if down.len() == 1 { "is" } else { "are" },
+            targets.len()
+        ),
+        WriteMode::All | WriteMode::TwoPhase => format!(
+            "keyway: {who} holding a replica of these keys {} down; write = all needs every replica, so nothing was written; writes to these keys resume when {back} back",
+            if down.len() == 1 { "is" } else { "are" },
+        ),
+    };
+    ReplyError::new(ErrorKind::TryAgain, text)
 }
 
 /// The index in `parts` of the part that carries a key of `slot`, added if it is new.
@@ -515,7 +578,11 @@ fn split<'r, 't>(
         runs.push((part as u32, run));
     }
     for p in &mut parts {
-        p.route = route(topo, client, p.placement, write);
+        p.route = match route(topo, client, p.placement, write) {
+            Ok(route) => route,
+            // Nothing is sent for any part: a split write is refused whole.
+            Err(e) => return Plan::Refuse(e),
+        };
     }
     if let [only] = &parts[..] {
         return Plan::Route(only.route);

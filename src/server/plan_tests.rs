@@ -309,7 +309,14 @@ fn writes_follow_the_write_policy() {
         let set = topo.replica_set(slot(&topo, "k")).to_vec();
         with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
             match (plan, expect_need) {
-                (Plan::Route(Route::FanOut { targets, need }), Some(n)) => {
+                (
+                    Plan::Route(Route::FanOut {
+                        targets,
+                        need,
+                        skip_down: false,
+                    }),
+                    Some(n),
+                ) => {
                     assert_eq!((targets, need), (&set[..], n), "{write}");
                 }
                 (Plan::Route(Route::One(s)), None) => assert_eq!(s, set[0], "{write}"),
@@ -322,6 +329,145 @@ fn writes_follow_the_write_policy() {
     with_plan(&mut f, &["SPOP", "k"], |_, plan| {
         assert_eq!(refusal(&plan), Ok(ErrorKind::Refused));
     });
+}
+
+/// The error text of a refused plan.
+fn refusal_text(plan: &Plan<'_, '_>) -> String {
+    match plan {
+        Plan::Refuse(e) => e.to_string(),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn writes_fail_fast_on_replicas_that_are_down() {
+    // write = all, one replica down: refused before anything is sent, naming it.
+    let mut f = Fixture::new(3, "replicas = 2\nwrite = \"all\"");
+    let topo = f.topo();
+    let set = topo.replica_set(slot(&topo, "k")).to_vec();
+    f.down(set[1]);
+    let name = |i: u16| topo.server(i).expect("server").name.clone();
+    with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+        assert_eq!(
+            refusal_text(&plan),
+            format!(
+                "TRYAGAIN keyway: server '{}' holding a replica of these keys is down; write = all needs every replica, so nothing was written; writes to these keys resume when it is back",
+                name(set[1])
+            )
+        );
+    });
+    // A split write with one part on that replica set is refused whole.
+    let others: Vec<String> = (0..200)
+        .map(|i| format!("o{i}"))
+        .filter(|k| !topo.replica_set(slot(&topo, k)).contains(&set[1]))
+        .take(3)
+        .collect();
+    let mut args = vec!["MSET", "k", "v"];
+    for k in &others {
+        args.extend([k.as_str(), "v"]);
+    }
+    with_plan(&mut f, &args, |_, plan| {
+        assert_eq!(refusal(&plan), Ok(ErrorKind::TryAgain));
+    });
+    // Keys whose replicas are up are written as before.
+    with_plan(&mut f, &["SET", &others[0], "v"], |_, plan| {
+        assert!(
+            matches!(
+                plan,
+                Plan::Route(Route::FanOut {
+                    skip_down: false,
+                    need: 2,
+                    ..
+                })
+            ),
+            "{plan:?}"
+        );
+    });
+    // The whole set down: the guard sends the write anyway (it fails fast if they are dead).
+    f.down(set[0]);
+    with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+        assert!(
+            matches!(
+                plan,
+                Plan::Route(Route::FanOut {
+                    skip_down: false,
+                    need: 2,
+                    ..
+                })
+            ),
+            "{plan:?}"
+        );
+    });
+
+    // write = quorum over 3: one down, a majority up: sent to the two that are up.
+    let mut f = Fixture::new(3, "replicas = 3\nwrite = \"quorum\"");
+    let topo = f.topo();
+    let set = topo.replica_set(slot(&topo, "k")).to_vec();
+    f.down(set[0]);
+    with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+        assert!(
+            matches!(
+                plan,
+                Plan::Route(Route::FanOut {
+                    skip_down: true,
+                    need: 2,
+                    ..
+                })
+            ),
+            "{plan:?}"
+        );
+    });
+    // Two down: no majority, refused.
+    f.down(set[2]);
+    let name = |i: u16| topo.server(i).expect("server").name.clone();
+    with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+        assert_eq!(
+            refusal_text(&plan),
+            format!(
+                "TRYAGAIN keyway: servers '{}', '{}' holding replicas of these keys are down; write = quorum needs 2 of 3 replicas, so nothing was written; writes to these keys resume when a majority is up",
+                name(set[0]),
+                name(set[2])
+            )
+        );
+    });
+
+    // write = primary: the primary down is refused (a write never moves to another replica);
+    // a secondary down changes nothing.
+    let mut f = Fixture::new(3, "replicas = 2\nwrite = \"primary\"");
+    let topo = f.topo();
+    let set = topo.replica_set(slot(&topo, "k")).to_vec();
+    f.down(set[1]);
+    with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+        assert_eq!(plan_route(&plan), Some(Route::One(set[0])));
+    });
+    // Both down: the guard.
+    f.down(set[0]);
+    with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+        assert_eq!(plan_route(&plan), Some(Route::One(set[0])));
+    });
+    let mut f = Fixture::new(3, "replicas = 2\nwrite = \"primary\"");
+    f.down(set[0]);
+    with_plan(&mut f, &["SET", "k", "v"], |_, plan| {
+        assert_eq!(
+            refusal_text(&plan),
+            format!(
+                "TRYAGAIN keyway: server '{}', the primary of these keys, is down; write = primary writes there only, so nothing was written; writes to these keys resume when it is back",
+                name(set[0])
+            )
+        );
+    });
+    // Reads of that key go to the replica that is up.
+    with_plan(&mut f, &["GET", "k"], |_, plan| {
+        assert_eq!(plan_route(&plan), Some(Route::One(set[1])));
+    });
+}
+
+/// The route of a routed plan.
+fn plan_route<'t>(plan: &Plan<'_, 't>) -> Option<Route<'t>> {
+    match plan {
+        Plan::Route(route) => Some(*route),
+        _ => None,
+    }
 }
 
 #[test]

@@ -86,8 +86,8 @@ pub(crate) async fn resolve(mut p: Pending) -> Reply {
 impl From<BackendError> for ReplyError {
     fn from(e: BackendError) -> ReplyError {
         let kind = match e {
-            BackendError::Unavailable { .. } => ErrorKind::Unavailable,
-            BackendError::Timeout { .. } => ErrorKind::Timeout,
+            BackendError::Unavailable { .. } | BackendError::Lost { .. } => ErrorKind::Unavailable,
+            BackendError::Timeout { .. } | BackendError::Down { .. } => ErrorKind::Timeout,
             BackendError::Protocol { .. } => ErrorKind::BadReply,
         };
         ReplyError::new(kind, e.to_string())

@@ -44,11 +44,10 @@ impl CallError {
     /// The kind of a client error caused by this failure.
     pub(crate) fn kind(&self) -> ErrorKind {
         match self {
-            CallError::Backend(BackendError::Unavailable { .. })
+            CallError::Backend(BackendError::Unavailable { .. } | BackendError::Lost { .. })
             | CallError::ConnectionEnded { .. } => ErrorKind::Unavailable,
-            CallError::Backend(BackendError::Timeout { .. }) | CallError::Late { .. } => {
-                ErrorKind::Timeout
-            }
+            CallError::Backend(BackendError::Timeout { .. } | BackendError::Down { .. })
+            | CallError::Late { .. } => ErrorKind::Timeout,
             CallError::Backend(BackendError::Protocol { .. })
             | CallError::ErrorReply { .. }
             | CallError::Malformed { .. }
