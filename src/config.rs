@@ -450,14 +450,7 @@ impl Config {
     /// Settings that are valid but probably not what was meant, one sentence each: printed by
     /// `keyway check` and logged when Keyway starts.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.pool.write == WriteMode::Quorum && self.pool.replicas == 2 {
-            out.push(
-                "pool.write = \"quorum\" with replicas = 2 needs both replicas (a majority of 2 is 2): it behaves like write = \"all\"; use replicas = 3 for a quorum that keeps taking writes while one replica is down"
-                    .to_string(),
-            );
-        }
-        out
+        self.pool.warnings()
     }
 
     /// Checks what the types cannot: a usable, unambiguous pool.
@@ -556,6 +549,19 @@ pub fn env_password() -> Result<Option<Secret>, ConfigError> {
 }
 
 impl PoolConfig {
+    /// Pool settings that are valid but probably not what was meant, one sentence each (see
+    /// [`Config::warnings`]; also logged when a new topology is swapped in).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.write == WriteMode::Quorum && self.replicas == 2 {
+            out.push(
+                "pool.write = \"quorum\" with replicas = 2 needs both replicas (a majority of 2 is 2): it behaves like write = \"all\", and refuses writes while either replica is down; use replicas = 3 for a quorum that keeps taking writes while one replica is down"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// Where server `s`'s password comes from: its own `password_file`, else the pool's, else
     /// `KEYWAY_POOL__PASSWORD` (a file wins over the environment), else none.
     pub fn password_source(&self, s: &ServerConfig) -> PasswordSource {

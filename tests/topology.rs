@@ -281,6 +281,23 @@ fn sighup_rereads_the_file() {
     );
     assert!(proxy.log().contains("SIGHUP"), "{}", proxy.log());
     assert_eq!(server_names(admin), ["a", "b"]);
+    // A swap to quorum over two replicas is applied, with the warning `keyway check` gives.
+    let quorum = file_config(listen, admin, &[("a", &a), ("b", &b)])
+        .replace("[pool]\n", "[pool]\nreplicas = 2\nwrite = \"quorum\"\n");
+    std::fs::write(&path, quorum).unwrap();
+    proxy.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(5), || version(admin) == 3),
+        "{}",
+        proxy.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy.log().contains(
+            "pool.write = \"quorum\" with replicas = 2 needs both replicas"
+        )),
+        "{}",
+        proxy.log()
+    );
 }
 
 #[test]

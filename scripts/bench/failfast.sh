@@ -28,7 +28,7 @@ read -r -a ports <<<"$(free_ports 5)"
 start_redis_servers "${ports[0]}" "${ports[1]}" "${ports[2]}"
 b_pid=${pids[1]}
 for p in "${ports[@]:0:3}"; do wait_for_ping "$p" 10 || die "redis-server on $p did not start"; done
-echo "# failfast: $("$keyway" --version 2>/dev/null || echo keyway) (git $(git rev-parse --short HEAD 2>/dev/null || echo '?')), server b stopped"
+echo "# failfast: $keyway, server b stopped"
 
 for cell in "${cells[@]}"; do
   mode=${cell%%:*} replicas=${cell##*:}

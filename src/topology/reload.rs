@@ -224,6 +224,9 @@ pub async fn apply(
         Ok(o) if o.applied => {
             metrics.config_reloads.with_label_values(&["applied"]).inc();
             tracing::info!(source, version = o.version, changes = %o.changes.summary(), "topology swapped");
+            for warning in handle.load().config.warnings() {
+                tracing::warn!(source, "{warning}");
+            }
         }
         Ok(_) => {}
         Err(e) => {
