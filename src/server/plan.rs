@@ -458,6 +458,7 @@ fn write_route<'t>(topo: &'t Topology, set: &'t [u16]) -> Result<Route<'t>, Repl
 
 /// The error for a write refused because servers it needs are down: names them, says what the
 /// write mode needs, and that nothing was written.
+#[cold]
 fn write_refused(topo: &Topology, targets: &[u16], need: usize) -> ReplyError {
     let down: Vec<String> = targets
         .iter()
