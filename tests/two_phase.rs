@@ -947,3 +947,58 @@ fn a_lock_without_its_intent_is_released_by_the_next_write() {
         assert!(leftovers(s).is_empty(), "{:?}", leftovers(s));
     }
 }
+
+/// Reads that meet a transaction between its commit point and its other participants' commits
+/// wait for its live coordinator instead of finishing it themselves, so a writer never finds its
+/// own commit done by someone else (which it must report as an unknown outcome).
+#[test]
+fn reads_during_commits_never_fail_the_writers() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let toml = config_toml(
+        &servers,
+        &two_phase("read = \"round_robin\"\n[pool.two_phase]\nretries = 30"),
+    );
+    let proxy = Proxy::start_toml(&toml);
+    let keys: Vec<String> = (0..3).map(|i| format!("hot{i}")).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, keys, stop) = (proxy.url(), keys.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for k in &keys {
+                        let _: Option<String> = con.get(k).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut con = proxy.client();
+    let mut failures = Vec::new();
+    for i in 0..400 {
+        let mut mset = redis::cmd("MSET");
+        for k in &keys {
+            mset.arg(k).arg(i);
+        }
+        if let Err(e) = mset.query::<()>(&mut con) {
+            failures.push(e.to_string());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    for k in &keys {
+        for &r in &replica_set(&proxy, k) {
+            assert_eq!(value(servers[r], k).as_deref(), Some("399"), "{k} on s{r}");
+        }
+    }
+}

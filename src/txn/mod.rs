@@ -1200,13 +1200,23 @@ pub async fn settle(
     for txid in holders {
         let intent = intent_key(&txid);
         let ask = Request::from_args(&[
-            Bytes::from_static(b"HGET"),
+            Bytes::from_static(b"HMGET"),
             intent.clone(),
             Bytes::from_static(b"primary"),
+            Bytes::from_static(b"owner"),
         ]);
-        let primary = match call_command(topo, at, pick, ask.frame().clone()).await {
-            Ok(Value::Bulk(name)) => name,
-            // No intent any more: settled meanwhile.
+        let (primary, owner) = match call_command(topo, at, pick, ask.frame().clone()).await {
+            Ok(Value::Array(fields)) => match (fields.first(), fields.get(1)) {
+                (Some(Value::Bulk(primary)), owner) => (
+                    primary.clone(),
+                    match owner {
+                        Some(Value::Bulk(o)) => Some(o.clone()),
+                        _ => None,
+                    },
+                ),
+                // No intent any more: settled meanwhile.
+                _ => continue,
+            },
             Ok(_) => continue,
             Err(e) => return Err(failed(e)),
         };
@@ -1225,6 +1235,13 @@ pub async fn settle(
             Ok(_) => continue,
             Err(e) => return Err(failed(e)),
         }
+        // Committed. A live coordinator is committing this server right now: wait for it (it
+        // needs this server's results for its client's reply) rather than finish it here.
+        if let Some(owner) = owner {
+            if committed_by_coordinator(topo, pick, at, &intent, &owner).await {
+                continue;
+            }
+        }
         let is_primary = Bytes::from_static(if at == primary_index { b"1" } else { b"0" });
         let frame = eval(
             scripts::COMMIT,
@@ -1238,6 +1255,46 @@ pub async fn settle(
         );
     }
     Ok(())
+}
+
+/// Waits, up to about [`LEASE`], for the intent `intent` on server `at` to go while its
+/// coordinator `owner` holds its lease there: `true` once it went (the coordinator committed
+/// this server), `false` when the coordinator is gone or slower than that.
+async fn committed_by_coordinator(
+    topo: &Topology,
+    pick: Pick,
+    at: u16,
+    intent: &Bytes,
+    owner: &Bytes,
+) -> bool {
+    let ask = Request::from_args(&[
+        Bytes::from_static(b"EXISTS"),
+        intent.clone(),
+        lease_key(&String::from_utf8_lossy(owner)),
+    ]);
+    let mut waited = Duration::ZERO;
+    let mut pause = Duration::from_micros(250);
+    while waited < LEASE {
+        match call_command(topo, at, pick, ask.frame().clone()).await {
+            // Intent and lease both there: the coordinator is at work.
+            Ok(Value::Integer(2)) => {}
+            // Only the lease: the intent went.
+            Ok(Value::Integer(1)) => {
+                let only_intent =
+                    Request::from_args(&[Bytes::from_static(b"EXISTS"), intent.clone()]);
+                return matches!(
+                    call_command(topo, at, pick, only_intent.frame().clone()).await,
+                    Ok(Value::Integer(0))
+                );
+            }
+            Ok(Value::Integer(0)) => return true,
+            _ => return false,
+        }
+        tokio::time::sleep(pause).await;
+        waited += pause;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Renews this process's coordinator lease, every [`LEASE_RENEWAL`] while one of its two-phase
