@@ -1182,8 +1182,8 @@ pub fn lock_holders(reply: &Bytes) -> Vec<String> {
 }
 
 /// Settles, for a read on server `at`, the transactions holding locks there: one whose
-/// decision on its primary participant is `commit` is rolled forward on `at` (as recovery
-/// would); one with no decision (not committed, so acknowledged to nobody) or `abort` is left
+/// decision on its primary participant is `commit` is finished on `at`, by its coordinator
+/// while that one is alive ([`committed_by_coordinator`]), else here (as recovery would); one with no decision (not committed, so acknowledged to nobody) or `abort` is left
 /// to its coordinator or to recovery. Never decides anything itself.
 pub async fn settle(
     topo: &Topology,
