@@ -466,3 +466,138 @@ fn hundred_megabyte_publish() {
     d.send(header.as_bytes());
     assert_eq!(show(&k.read_to_close()), show(&d.read_to_close()));
 }
+
+/// The server (index into `names`) a channel lives on in Keyway's current topology.
+fn channel_home(proxy: &Proxy, channel: &str) -> String {
+    let topo = proxy.shared.topology.load();
+    let slot = keyway::routing::key_slot(channel.as_bytes(), topo.hash_tag);
+    topo.server(topo.table.primary(slot)).unwrap().name.clone()
+}
+
+/// A topology swap that moves channels' slots to other servers (one server removed, one added)
+/// moves their subscriptions: the subscriber does nothing and still gets every message, each
+/// channel is subscribed on its new server and no longer on its old one, the removed server
+/// is left with no subscriber connection, and the new server got the client's pattern.
+#[test]
+fn a_topology_swap_moves_subscriptions() {
+    let servers = servers(4);
+    let by_name = |name: &str| -> &RedisServer {
+        &servers[name.strip_prefix('s').unwrap().parse::<usize>().unwrap()]
+    };
+    let proxy = three_with(&servers[..3], "", "");
+    let channels: Vec<String> = (0..60).map(|i| format!("news{i}")).collect();
+    let shards: Vec<String> = (0..20).map(|i| format!("shard{i}")).collect();
+    let mut sub = RawClient::connect(proxy.addr);
+    let mut args = vec!["SUBSCRIBE"];
+    args.extend(channels.iter().map(String::as_str));
+    sub.send(&encode(&args));
+    for _ in &channels {
+        sub.read_reply().unwrap();
+    }
+    let mut args = vec!["SSUBSCRIBE"];
+    args.extend(shards.iter().map(String::as_str));
+    sub.send(&encode(&args));
+    for _ in &shards {
+        sub.read_reply().unwrap();
+    }
+    sub.call(&["PSUBSCRIBE", "alert*"]);
+    let before: Vec<String> = channels.iter().map(|c| channel_home(&proxy, c)).collect();
+    assert!(before.iter().any(|s| s == "s2"), "some channels live on s2");
+
+    let body = serde_json::json!({
+        "servers": [
+            {"name": "s0", "addr": servers[0].addr_string()},
+            {"name": "s1", "addr": servers[1].addr_string()},
+            {"name": "s3", "addr": servers[3].addr_string()},
+        ]
+    })
+    .to_string();
+    let (status, reply) = http_with(
+        proxy.admin,
+        "PUT",
+        "/topology",
+        &body,
+        &[
+            ("Authorization", &bearer()),
+            ("Content-Type", "application/json"),
+        ],
+    );
+    assert_eq!(status, 200, "{reply}");
+    let after: Vec<String> = channels.iter().map(|c| channel_home(&proxy, c)).collect();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(
+        moved > 0 && after.iter().any(|s| s == "s3"),
+        "channels moved"
+    );
+    // Every channel ends up subscribed on its new server, and only there.
+    for (i, channel) in channels.iter().enumerate() {
+        let home = by_name(&after[i]);
+        assert!(
+            wait_until(Duration::from_secs(10), || numsub(home, channel) == 1),
+            "{channel} subscribed on {}",
+            after[i]
+        );
+        if before[i] != after[i] && before[i] != "s2" {
+            assert!(
+                wait_until(Duration::from_secs(10), || numsub(
+                    by_name(&before[i]),
+                    channel
+                ) == 0),
+                "{channel} unsubscribed from {}",
+                before[i]
+            );
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || subscriber_connections(
+            &servers[2]
+        ) == 0),
+        "the removed server has no subscriber connection left"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let n: i64 = redis::cmd("PUBSUB")
+                .arg("NUMPAT")
+                .query(&mut servers[3].client())
+                .unwrap();
+            n == 1
+        }),
+        "the new server has the pattern"
+    );
+    // Publishing through Keyway reaches the subscriber, which never subscribed again.
+    let mut publisher = RawClient::connect(proxy.addr);
+    let mut shard_publisher = RawClient::connect(proxy.addr);
+    for c in &channels {
+        assert_eq!(
+            publisher.call(&["PUBLISH", c, &format!("m-{c}")]),
+            b":1\r\n"
+        );
+    }
+    for c in &shards {
+        assert_eq!(
+            shard_publisher.call(&["SPUBLISH", c, &format!("m-{c}")]),
+            b":1\r\n"
+        );
+    }
+    let alerts: Vec<String> = (0..20).map(|i| format!("alert{i}")).collect();
+    assert!(alerts.iter().any(|c| channel_home(&proxy, c) == "s3"));
+    for c in &alerts {
+        assert_eq!(
+            publisher.call(&["PUBLISH", c, &format!("m-{c}")]),
+            b":1\r\n"
+        );
+    }
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..channels.len() + shards.len() + alerts.len() {
+        let m = show(&sub.read_reply().unwrap());
+        let payload = m.rsplit("\\r\\n").nth(1).unwrap().to_string();
+        got.insert(payload);
+    }
+    let want: std::collections::BTreeSet<String> = channels
+        .iter()
+        .chain(&shards)
+        .chain(&alerts)
+        .map(|c| format!("m-{c}"))
+        .collect();
+    assert_eq!(got, want);
+}

@@ -32,7 +32,8 @@
 //! up is cut off there (its session disconnects it), and the link never waits for it. A link
 //! whose server goes away reconnects with backoff and subscribes again to everything mapped to
 //! that server; messages published while it was away are lost, as they are for a redis-server
-//! client.
+//! client. A topology swap moves the subscriptions of channels whose slot changed server
+//! ([`Hub::rehome`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -237,9 +238,13 @@ struct Cmd {
     confirm: Option<Arc<Confirm>>,
 }
 
-/// The handle of one server's subscriber connection task.
+/// The handle of one server's subscriber connection task. Dropping it ends the task, whose
+/// connection closes (and the server forgets its subscriptions).
 struct Link {
     tx: mpsc::UnboundedSender<Cmd>,
+    /// The pool it was started on: a swap that gives its server another pool (a new address
+    /// or connection settings) replaces the link.
+    pool: Arc<Pool>,
 }
 
 #[derive(Default)]
@@ -287,13 +292,110 @@ impl Hub {
         limit: usize,
         metrics: Arc<Metrics>,
     ) -> Arc<Hub> {
-        Arc::new_cyclic(|this| Hub {
+        let hub = Arc::new_cyclic(|this| Hub {
             state: Mutex::default(),
-            topology,
+            topology: topology.clone(),
             limit,
             metrics,
             this: this.clone(),
-        })
+        });
+        tokio::spawn(follow_swaps(Arc::downgrade(&hub), topology.watch()));
+        hub
+    }
+
+    /// Brings the subscriptions in line with a new topology: a channel or shard channel whose
+    /// slot now lives on another server is subscribed there, then unsubscribed from the old
+    /// one, so its subscribers keep receiving without subscribing again; links to servers gone
+    /// from the pool (or now at another address) close; a server new to the pool gets every
+    /// pattern. A message published during the move, on the old server after the
+    /// unsubscription or on the new one before the subscription, is lost, as any message
+    /// published while a subscriber is not connected.
+    fn rehome(&self, topo: &Topology) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let current: HashMap<&str, &Arc<Pool>> = topo
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), &s.pool))
+            .collect();
+        let before = state.links.len();
+        state.links.retain(|name, link| {
+            current
+                .get(name.as_ref())
+                .is_some_and(|pool| Arc::ptr_eq(pool, &link.pool))
+        });
+        let closed = before - state.links.len();
+        let mut moved = 0usize;
+        for space in [Space::Channel, Space::Shard] {
+            // (name, old server, new server and its pool)
+            let mut moves: Vec<(Bytes, Option<Arc<str>>, Home)> = Vec::new();
+            for (name, topic) in state.topics(space) {
+                let Some(to) = topo.server(super::plan::channel_server(topo, name)) else {
+                    continue;
+                };
+                if topic.server.as_deref() != Some(to.name.as_str()) {
+                    let to_name: Arc<str> = Arc::from(to.name.as_str());
+                    moves.push((
+                        name.clone(),
+                        topic.server.clone(),
+                        (to_name, to.pool.clone()),
+                    ));
+                }
+            }
+            for (name, from, (to, pool)) in moves {
+                let confirm = Arc::new(Confirm::default());
+                let mut frame = BytesMut::new();
+                write_command(&mut frame, &[space.subscribe(), name.as_ref()]);
+                if let Some(topic) = state.topics_mut(space).get_mut(&name) {
+                    topic.server = Some(to.clone());
+                    topic.confirmed = vec![confirm.clone()];
+                }
+                let link = self.link(state, &to, &pool);
+                let cmd = Cmd {
+                    frame: frame.freeze(),
+                    replies: 1,
+                    confirm: Some(confirm.clone()),
+                };
+                if link.tx.send(cmd).is_err() {
+                    confirm.fire();
+                }
+                if let Some(old) = from.and_then(|from| state.links.get(&from)) {
+                    let mut frame = BytesMut::new();
+                    write_command(&mut frame, &[space.unsubscribe(), name.as_ref()]);
+                    let _ = old.tx.send(Cmd {
+                        frame: frame.freeze(),
+                        replies: 1,
+                        confirm: None,
+                    });
+                }
+                moved += 1;
+            }
+        }
+        // Patterns live on every server; a new link subscribes to them when it connects.
+        if !state.patterns.is_empty() {
+            for server in &topo.servers {
+                self.link(state, &Arc::from(server.name.as_str()), &server.pool);
+            }
+        }
+        // Servers with subscriptions left but no link (their link was replaced): a new one.
+        let homes: HashSet<Arc<str>> = [Space::Channel, Space::Shard]
+            .into_iter()
+            .flat_map(|space| state.topics(space).values())
+            .filter_map(|topic| topic.server.clone())
+            .collect();
+        for home in homes {
+            if let Some(server) = topo.servers.iter().find(|s| s.name.as_str() == &*home) {
+                self.link(state, &home, &server.pool);
+            }
+        }
+        if moved > 0 || closed > 0 {
+            tracing::info!(
+                version = topo.version,
+                channels_moved = moved,
+                links_closed = closed,
+                "pub/sub: subscriptions follow the new topology"
+            );
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -302,13 +404,7 @@ impl Hub {
 
     /// Adds `mailbox` to the subscribers of `name`. When the topic is new, the link(s) of
     /// `servers` subscribe to it; returns what confirms the subscription, if it is not yet.
-    fn join(
-        &self,
-        space: Space,
-        name: &Bytes,
-        mailbox: &Arc<Mailbox>,
-        servers: &[(Arc<str>, Arc<Pool>)],
-    ) -> Vec<Arc<Confirm>> {
+    fn join(&self, space: Space, name: &Bytes, mailbox: &Arc<Mailbox>) -> Vec<Arc<Confirm>> {
         let mut state = self.lock();
         let key = name.clone();
         if let Some(topic) = state.topics_mut(space).get_mut(&key) {
@@ -320,11 +416,14 @@ impl Hub {
                 .cloned()
                 .collect();
         }
+        // The topology is read under the hub's lock, so a swap's [`Hub::rehome`] either comes
+        // after (and moves this topic if it must) or came before (and this reads its snapshot).
+        let servers = homes(&self.topology.load(), space, name);
         let mut frame = BytesMut::new();
         write_command(&mut frame, &[space.subscribe(), name.as_ref()]);
         let frame = frame.freeze();
         let mut confirmed = Vec::with_capacity(servers.len());
-        for (server, pool) in servers {
+        for (server, pool) in &servers {
             let confirm = Arc::new(Confirm::default());
             let link = self.link(&mut state, server, pool);
             let cmd = Cmd {
@@ -397,7 +496,10 @@ impl Hub {
                 pool.clone(),
                 rx,
             ));
-            Link { tx }
+            Link {
+                tx,
+                pool: pool.clone(),
+            }
         })
     }
 
@@ -439,6 +541,34 @@ impl Hub {
                 .pubsub_delivered
                 .inc_by(topic.clients.len() as u64);
         }
+    }
+}
+
+/// A server's name and pool.
+type Home = (Arc<str>, Arc<Pool>);
+
+/// The server(s) a topic is subscribed on: every server for a pattern, the channel's server
+/// (by its slot) for a channel or shard channel.
+fn homes(topo: &Topology, space: Space, name: &[u8]) -> Vec<Home> {
+    match space {
+        Space::Pattern => topo
+            .servers
+            .iter()
+            .map(|s| (Arc::<str>::from(s.name.as_str()), s.pool.clone()))
+            .collect(),
+        Space::Channel | Space::Shard => topo
+            .server(super::plan::channel_server(topo, name))
+            .map(|s| vec![(Arc::<str>::from(s.name.as_str()), s.pool.clone())])
+            .unwrap_or_default(),
+    }
+}
+
+/// Moves the hub's subscriptions after each topology swap, for as long as the hub lives.
+async fn follow_swaps(hub: Weak<Hub>, mut swaps: tokio::sync::watch::Receiver<u64>) {
+    while swaps.changed().await.is_ok() {
+        let Some(hub) = hub.upgrade() else { return };
+        let topo = hub.topology.load();
+        hub.rehome(&topo);
     }
 }
 
@@ -776,20 +906,7 @@ pub(crate) fn subscribe(
     for name in args.iter().skip(1) {
         let name = Bytes::copy_from_slice(name);
         if !subs.set(space).contains(&name) {
-            let servers = match space {
-                Space::Pattern => topo
-                    .servers
-                    .iter()
-                    .map(|s| (Arc::<str>::from(s.name.as_str()), s.pool.clone()))
-                    .collect(),
-                Space::Channel | Space::Shard => {
-                    match topo.server(super::plan::channel_server(topo, &name)) {
-                        Some(s) => vec![(Arc::<str>::from(s.name.as_str()), s.pool.clone())],
-                        None => Vec::new(),
-                    }
-                }
-            };
-            waits.extend(hub.join(space, &name, &subs.mailbox, &servers));
+            waits.extend(hub.join(space, &name, &subs.mailbox));
             subs.set(space).insert(name.clone());
         }
         put_ack(

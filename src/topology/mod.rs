@@ -193,6 +193,9 @@ pub struct TopologyHandle {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// One swap at a time, so that versions increase by exactly one.
     swapping: tokio::sync::Mutex<()>,
+    /// The version of the snapshot last swapped in, for whoever must act on a swap (the pub/sub
+    /// hub moves channel subscriptions whose slot changed server).
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl TopologyHandle {
@@ -215,12 +218,18 @@ impl TopologyHandle {
             metrics,
             pools,
             swapping: tokio::sync::Mutex::new(()),
+            swapped: tokio::sync::watch::Sender::new(1),
         })
     }
 
     /// The metrics the pools report into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Notified after each swap, with the new snapshot's version.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 
     /// The current snapshot. Load it once and use it to the end of the request.
@@ -254,6 +263,7 @@ impl TopologyHandle {
         }
         let next = Arc::new(next);
         self.current.store(next.clone());
+        self.swapped.send_replace(version);
         self.metrics
             .topology_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
