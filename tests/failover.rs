@@ -786,3 +786,38 @@ fn a_split_command_with_a_part_on_a_hung_server_answers_that_servers_error() {
             .is_ok()
     }));
 }
+
+/// Commands for every server (DBSIZE, KEYS, FLUSHALL, SCRIPT LOAD) while one is marked down are
+/// refused at once with an error naming it, and sent to none (FLUSHALL deletes nothing on the
+/// servers that are up); once it is back they run again.
+#[test]
+fn whole_pool_commands_fail_fast_on_a_server_marked_down() {
+    let (servers, proxy) = hung_s1("");
+    let mut con = proxy.client();
+    let key = key_on(&proxy, 0, "kept");
+    let _: () = con.set(&key, "v").unwrap();
+    for (cmd, args) in [
+        ("DBSIZE", vec![]),
+        ("KEYS", vec!["*"]),
+        ("FLUSHALL", vec![]),
+        ("SCRIPT", vec!["LOAD", "return 1"]),
+    ] {
+        let err = redis::cmd(cmd)
+            .arg(&args)
+            .query::<redis::Value>(&mut con)
+            .unwrap_err();
+        assert_eq!(err.code(), Some("TRYAGAIN"), "{cmd}: {err}");
+        assert!(
+            err.to_string().contains("server 's1' is down")
+                && err
+                    .to_string()
+                    .contains("needs every server, so it was sent to none"),
+            "{cmd}: {err}"
+        );
+    }
+    assert_eq!(servers[0].dbsize(), 1, "FLUSHALL was sent nowhere");
+    servers[1].signal("CONT");
+    assert!(wait_until(Duration::from_secs(5), || up(&proxy, "s1") == 1.0));
+    let n: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(n, 1);
+}

@@ -265,7 +265,7 @@ fn plan_command<'r, 't>(
         Kind::Local(local) => Plan::Local(local),
         Kind::Keyed => keyed(spec, args, topo, client, keys),
         Kind::Split { merge, group } => split(spec, args, topo, client, merge, group),
-        Kind::AllServers(merge) => Plan::All(merge),
+        Kind::AllServers(merge) => all_servers(spec, topo, merge),
         Kind::AnyServer => any_server(topo),
         Kind::RandomKey => Plan::RandomKey {
             start: rand::random_range(0..topo.servers.len().max(1)),
@@ -454,6 +454,40 @@ fn write_route<'t>(topo: &'t Topology, set: &'t [u16]) -> Result<Route<'t>, Repl
             skip_down,
         },
     })
+}
+
+/// A command for every server (KEYS, DBSIZE, FLUSHALL, SCRIPT LOAD, ...): refused at once,
+/// sent nowhere, while the health checks mark a server down, since its answer would lack that
+/// server's part (or, for a write, leave the servers different). SCRIPT KILL and FUNCTION KILL
+/// still go everywhere (each server answers for itself). As for writes, when every server looks
+/// down the health view is more likely wrong: the command goes out.
+fn all_servers<'r, 't>(spec: &'static CommandSpec, topo: &Topology, merge: Merge) -> Plan<'r, 't> {
+    let n = u16::try_from(topo.servers.len()).unwrap_or(u16::MAX);
+    let up = (0..n).filter(|&t| topo.is_up(t)).count();
+    if merge == Merge::AnyKilled || up == usize::from(n) || up == 0 {
+        return Plan::All(merge);
+    }
+    Plan::Refuse(all_refused(spec, topo))
+}
+
+/// The error for a command for every server refused because some are down.
+#[cold]
+fn all_refused(spec: &CommandSpec, topo: &Topology) -> ReplyError {
+    let down: Vec<String> = (0..u16::try_from(topo.servers.len()).unwrap_or(u16::MAX))
+        .filter(|&t| !topo.is_up(t))
+        .map(|t| format!("'{}'", topo.server(t).map_or("?", |s| s.name.as_str())))
+        .collect();
+    let (who, back) = match down.as_slice() {
+        [one] => (format!("server {one} is"), "it is"),
+        many => (format!("servers {} are", many.join(", ")), "they are"),
+    };
+    ReplyError::new(
+        ErrorKind::TryAgain,
+        format!(
+            "keyway: {who} down; '{}' needs every server, so it was sent to none; retry when {back} back",
+            spec.name.to_ascii_lowercase()
+        ),
+    )
 }
 
 /// The error for a write refused because servers it needs are down: names them, says what the
