@@ -501,3 +501,49 @@ fn replicas_follow_the_write_policy() {
         b"*-1\r\n"
     );
 }
+
+/// Under `quorum` with `replicas = 3`, a pop whose slot has a replica stopped and marked down is
+/// answered from the primary, its removal replayed on the replica that is up and not sent to
+/// the stopped one (counted as a failed replay: that replica keeps the element until it is
+/// resynced).
+#[test]
+fn a_pop_is_not_replayed_on_a_replica_marked_down() {
+    let (servers, proxy) = three_with(
+        "replicas = 3\nwrite = \"quorum\"\ntimeout = \"3s\"\n[pool.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 2",
+        "",
+    );
+    let key = "{d}q";
+    let set = replica_set(&proxy, key);
+    let mut c = RawClient::connect(proxy.addr);
+    assert_eq!(c.call(&["RPUSH", key, "a", "b"]), b":2\r\n");
+    let stopped = set[2];
+    servers[stopped].signal("STOP");
+    let series = format!("keyway_server_up{{server=\"s{stopped}\"}}");
+    assert!(wait_until(Duration::from_secs(5), || metric(
+        &proxy.metrics(),
+        &series
+    ) == Some(0.0)));
+    assert_eq!(
+        show(&c.call(&["BLPOP", key, "0"])),
+        "*2\\r\\n$4\\r\\n{d}q\\r\\n$1\\r\\na\\r\\n"
+    );
+    let list: Vec<String> = redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut servers[set[1]].client())
+        .unwrap();
+    assert_eq!(list, ["b"], "the replica that is up took the removal");
+    assert_eq!(
+        metric(&proxy.metrics(), "keyway_blocking_replays_failed_total"),
+        Some(1.0)
+    );
+    servers[stopped].signal("CONT");
+    let list: Vec<String> = redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut servers[stopped].client())
+        .unwrap();
+    assert_eq!(list, ["a", "b"], "the stopped replica was sent nothing");
+}
