@@ -31,7 +31,10 @@ macro_rules! held {
         "local function held(h, k)\n\
            local rec = redis.call('HMGET', '__keyway:tx:' .. h, 'created', 'owner')\n\
            local age = -1\n\
-           if rec[1] then age = now - tonumber(rec[1]) end\n\
+           if rec[1] then\n\
+             local t = redis.call('TIME')\n\
+             age = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(rec[1])\n\
+           end\n\
            local alive = 1\n\
            if rec[2] and redis.call('EXISTS', '__keyway:lease:' .. rec[2]) == 0 then alive = 0 end\n\
            return {0, h, age, alive, k}\n\
@@ -90,10 +93,10 @@ pub const COMMIT: &str = concat!(
        if d == 'abort' then return {-1} end\n\
        if not d then redis.call('SET', KEYS[3], 'commit', 'EX', 86400) end\n\
      end\n\
-     local packed = redis.call('HGET', KEYS[1], 'steps')\n\
-     if not packed then return {0} end\n\
-     local steps = cmsgpack.unpack(packed)\n\
-     local locks = cmsgpack.unpack(redis.call('HGET', KEYS[1], 'locks'))\n\
+     local rec = redis.call('HMGET', KEYS[1], 'steps', 'locks')\n\
+     if not rec[1] then return {0} end\n\
+     local steps = cmsgpack.unpack(rec[1])\n\
+     local locks = cmsgpack.unpack(rec[2])\n\
      local resp = ARGV[3]\n",
     apply_steps!(),
     "for _, l in ipairs(locks) do\n\
@@ -111,7 +114,6 @@ pub const COMMIT: &str = concat!(
 /// Its keys need no lock between the others' prepares and this script: nothing is staged here,
 /// and this script checks and applies at once.
 pub const COMMIT_PRIMARY: &str = concat!(
-    now_ms!(),
     held!(),
     "local d = redis.call('GET', KEYS[1])\n\
      if d == 'abort' then return {-1} end\n\
@@ -175,7 +177,6 @@ pub const SWEEP: &str = concat!(
 /// Applies the steps atomically unless a key is locked: `{1, results}` or the no vote of
 /// [`held!`]. Exactly as safe as two phases: one server, one script.
 pub const ONE_PHASE: &str = concat!(
-    now_ms!(),
     held!(),
     "for i = 1, #KEYS do\n\
        local h = redis.call('GET', KEYS[i])\n\
