@@ -661,8 +661,8 @@ fn scripts_flushed_on_the_servers_are_loaded_again() {
     let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "1")).collect();
     let _: () = con.mset(&pairs).unwrap();
     // Keyway calls its scripts by SHA1: the servers have them now. Its bookkeeping keys go
-    // once the transaction is over (the decision record just after the reply, the lease at
-    // its next renewal).
+    // once the transaction is over (the decision record's DEL is sent, not awaited, before
+    // the reply; the lease goes at its next renewal).
     assert!(
         support::wait_until(Duration::from_secs(5), || servers[0]
             .client()
