@@ -313,6 +313,15 @@ pub struct LimitsConfig {
     /// error. Default 1024.
     #[serde(default = "default_max_blocked_per_server")]
     pub max_blocked_per_server: usize,
+    /// Most bytes buffered for all clients together (their read and reply buffers); past it
+    /// the client buffering the most is disconnected, with an error if it takes one. `0`
+    /// disables the bound. Default 1 GiB.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: usize,
+}
+
+fn default_max_memory() -> usize {
+    1024 * 1024 * 1024
 }
 
 fn default_max_transactions() -> usize {
@@ -335,6 +344,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::ZERO,
             max_transactions: default_max_transactions(),
             max_blocked_per_server: default_max_blocked_per_server(),
+            max_memory: default_max_memory(),
         }
     }
 }

@@ -95,6 +95,9 @@ pub struct Metrics {
     /// `keyway_blocked_clients`: clients whose blocking command (BLPOP, XREAD BLOCK, ...) waits
     /// on a server connection of its own.
     pub blocked_clients: IntGauge,
+    /// `keyway_client_buffered_bytes`: bytes held by the buffers of all clients (measured
+    /// under `limits.max_memory`).
+    pub client_buffered_bytes: IntGauge,
     /// `keyway_blocking_replays_failed_total`: a blocking pop's removal that a replica did not
     /// take (write = all|quorum).
     pub blocking_replays_failed: IntCounter,
@@ -226,6 +229,11 @@ impl Metrics {
                 "keyway_blocked_clients",
                 "Clients whose blocking command waits on a server connection of its own.",
             ),
+            client_buffered_bytes: gauge(
+                &r,
+                "keyway_client_buffered_bytes",
+                "Bytes held by the read and reply buffers of all clients (measured when limits.max_memory is set).",
+            ),
             blocking_replays_failed: counter(
                 &r,
                 "keyway_blocking_replays_failed_total",
@@ -249,7 +257,7 @@ impl Metrics {
             client_disconnects: counter_vec(
                 &r,
                 "keyway_client_disconnects_total",
-                "Client connections closed by Keyway, by reason (protocol_error, output_limit, idle_timeout, drain, cross_protocol).",
+                "Client connections closed by Keyway, by reason (protocol_error, output_limit, idle_timeout, drain, cross_protocol, killed, max_memory).",
                 &["reason"],
             ),
             errors: {
@@ -373,6 +381,8 @@ impl Metrics {
             "idle_timeout",
             "drain",
             "cross_protocol",
+            "killed",
+            "max_memory",
         ] {
             metrics.client_disconnects.with_label_values(&[reason]);
         }

@@ -16,6 +16,7 @@ mod client;
 mod dispatch;
 mod info;
 mod local;
+mod memory;
 mod merge;
 mod multi;
 mod plan;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -33,8 +33,14 @@ pub(crate) struct Entry {
     pub(crate) active_ms: AtomicU64,
     /// Commands queued in its MULTI, or -1 outside one.
     pub(crate) multi: AtomicI64,
-    /// Cancelled by `CLIENT KILL`.
+    /// Cancelled by `CLIENT KILL`, or to free memory (see `evicted`).
     pub(crate) kill: CancellationToken,
+    /// Bytes its buffers hold while it is active (measured only under `limits.max_memory`).
+    pub(crate) memory: AtomicUsize,
+    /// Disconnected because `limits.max_memory` was reached and it buffered the most.
+    pub(crate) evicted: AtomicBool,
+    /// What it held when told to go, counted in the budget's `freeing` until it closes.
+    pub(crate) freeing: AtomicUsize,
     about: Mutex<About>,
 }
 
@@ -53,6 +59,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
+    /// The client whose buffers hold the most now, of those not already told to go for it.
+    pub(crate) fn largest(&self) -> Option<Arc<Entry>> {
+        lock(&self.clients)
+            .values()
+            .filter(|e| !e.evicted.load(Ordering::Relaxed))
+            .max_by_key(|e| e.memory.load(Ordering::Relaxed))
+            .cloned()
+    }
+
     /// Registers client `id`; it is removed when the returned guard drops.
     pub(crate) fn add(
         self: &Arc<Self>,
@@ -70,6 +85,9 @@ impl Registry {
             active_ms: AtomicU64::new(0),
             multi: AtomicI64::new(-1),
             kill: CancellationToken::new(),
+            memory: AtomicUsize::new(0),
+            evicted: AtomicBool::new(false),
+            freeing: AtomicUsize::new(0),
             about: Mutex::new(About {
                 resp: 2,
                 ..About::default()

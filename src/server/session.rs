@@ -156,6 +156,8 @@ enum Disconnect {
     CrossProtocol,
     /// `CLIENT KILL`.
     Killed,
+    /// `limits.max_memory` reached, and this client buffered the most.
+    MaxMemory,
 }
 
 impl Disconnect {
@@ -167,6 +169,7 @@ impl Disconnect {
             Disconnect::Drain => "drain",
             Disconnect::CrossProtocol => "cross_protocol",
             Disconnect::Killed => "killed",
+            Disconnect::MaxMemory => "max_memory",
         }
     }
 }
@@ -518,6 +521,8 @@ struct Active<'s> {
     /// they are in, so that it runs after them on the server as in redis-server (it goes on
     /// a connection of its own, which would otherwise overtake them).
     held: Option<(Request, Instant)>,
+    /// What the buffers hold, charged to `limits.max_memory`.
+    charge: super::memory::Charge<'s>,
 }
 
 impl<'s> Active<'s> {
@@ -528,6 +533,12 @@ impl<'s> Active<'s> {
         kit: Kit,
     ) -> Active<'s> {
         let (rd, wr) = stream.split();
+        let charge = super::memory::Charge::new(
+            &shared.memory,
+            &shared.metrics.client_buffered_bytes,
+            &shared.registry,
+            client.entry.as_ref(),
+        );
         Active {
             rd,
             wr,
@@ -544,6 +555,7 @@ impl<'s> Active<'s> {
             draining: shared.is_draining(),
             idle_timer: None,
             held: None,
+            charge,
         }
     }
 
@@ -616,6 +628,10 @@ impl<'s> Active<'s> {
                     false
                 }
             };
+            // What the buffers hold now, against `limits.max_memory` (a comparison when
+            // nothing grew): past it, the client buffering the most is disconnected.
+            self.charge
+                .set(self.kit.inbuf.capacity() + self.kit.out.capacity());
             // `CLIENT KILL` closes at once, as redis-server does: an atomic load per event.
             let killed_now = self
                 .client
@@ -624,8 +640,7 @@ impl<'s> Active<'s> {
                 .is_some_and(|e| e.kill.is_cancelled());
             if ended || killed_now {
                 if killed_now {
-                    count_disconnect(&self.shared.metrics, Disconnect::Killed);
-                    let _ = self.wr.shutdown().await;
+                    self.killed().await;
                 }
                 return Ok(End::Closed);
             }
@@ -644,6 +659,30 @@ impl<'s> Active<'s> {
                 return Ok(End::Closed);
             }
         }
+    }
+
+    /// Closes a session cancelled by `CLIENT KILL`, or disconnected for `limits.max_memory`
+    /// (told why if its socket takes the error at once).
+    #[cold]
+    async fn killed(&mut self) {
+        let evicted = self
+            .client
+            .entry
+            .as_ref()
+            .is_some_and(|e| e.evicted.load(std::sync::atomic::Ordering::Relaxed));
+        if evicted {
+            count_disconnect(&self.shared.metrics, Disconnect::MaxMemory);
+            self.kit.inbuf = BytesMut::new();
+            self.kit.out = BytesMut::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(10),
+                self.wr.write_all(super::memory::EVICTED),
+            )
+            .await;
+        } else {
+            count_disconnect(&self.shared.metrics, Disconnect::Killed);
+        }
+        let _ = self.wr.shutdown().await;
     }
 
     /// Plans and dispatches every whole frame already buffered, up to the pipeline limit.

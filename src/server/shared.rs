@@ -43,6 +43,8 @@ pub struct Shared {
     pub(crate) scripts: super::scripts::ScriptCache,
     /// Every pub/sub subscription of this Keyway's clients, and the subscriber connections.
     pub(crate) hub: Arc<super::pubsub::Hub>,
+    /// `limits.max_memory`: what all clients' buffers may hold together.
+    pub(crate) memory: super::memory::Budget,
 }
 
 /// 40 random hex digits. Not a secret: an identity that differs between processes and restarts,
@@ -102,6 +104,7 @@ impl Shared {
             port: std::sync::OnceLock::new(),
             leases: Arc::new(tokio::sync::Semaphore::new(config.limits.max_transactions)),
             scripts: super::scripts::ScriptCache::default(),
+            memory: super::memory::Budget::new(config.limits.max_memory),
         }))
     }
 
