@@ -189,7 +189,7 @@ const BULLMQ_JOBS: usize = 10_000;
 /// by a second, 200 failing their first attempt with `attempts: 2`), two worker processes
 /// (concurrency 16 each), QueueEvents following the events stream. Every job completes exactly
 /// once (the ids the workers completed, together, are each job once) with its result stored;
-/// a queue without a hash tag gets Keyway's CROSSSLOT error.
+/// a queue without a hash tag gets Keyway's CROSSSLOT error. Then BullMQ's other features.
 #[test]
 fn bullmq_ten_thousand_jobs_two_workers() {
     if skipped("bullmq", &["npm:bullmq"]) {
@@ -270,6 +270,15 @@ fn bullmq_ten_thousand_jobs_two_workers() {
         Duration::from_secs(60),
     );
     assert!(crossslot.contains("CROSSSLOT"), "{crossslot}");
+    // Flows, job schedulers, the rate limiter, pause/resume, getWorkers, a queue tagged by its
+    // name; a flow over two tags is refused.
+    let features = run(
+        "node",
+        &["bullmq.mjs", &port, "features"],
+        &[],
+        Duration::from_secs(90),
+    );
+    assert!(features.contains("EXECABORT"), "{features}");
     eprintln!(
         "bullmq: {BULLMQ_JOBS} jobs completed once each (workers {per_worker:?}), 0 lost, {:.1} s",
         started.elapsed().as_secs_f64()

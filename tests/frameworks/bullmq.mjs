@@ -4,10 +4,13 @@
 //   node bullmq.mjs PORT produce TOTAL               add TOTAL jobs (addBulk), follow QueueEvents
 //                                                    until all completed, check delayed and retried jobs
 //   node bullmq.mjs PORT crossslot                   a queue without a hash tag: the clear error
+//   node bullmq.mjs PORT features                    flows, job schedulers, the rate limiter,
+//                                                    pause/resume, getWorkers, obliterate, a
+//                                                    queue tagged by its name, a flow over two tags
 // The queue's prefix is the hash tag `{bull}`, so every key of the queue is in one slot and
 // BullMQ's Lua scripts run whole on one server. Prints `ok` last on success.
 import { writeFileSync } from 'node:fs';
-import { Queue, QueueEvents, Worker } from 'bullmq';
+import { FlowProducer, Queue, QueueEvents, Worker } from 'bullmq';
 
 const [port, mode, ...rest] = process.argv.slice(2);
 const connection = { host: '127.0.0.1', port: Number(port), maxRetriesPerRequest: null };
@@ -121,7 +124,84 @@ async function crossslot() {
   console.log('ok');
 }
 
-if (mode === 'worker') await worker(rest[0], rest[1], Number(rest[2]));
+async function features() {
+  const q = new Queue('extra', { connection, prefix });
+  const events = new QueueEvents('extra', { connection, prefix });
+  const w = new Worker(
+    'extra',
+    async (job) => {
+      if (job.name !== 'parent') return job.data.v ?? 1;
+      const children = await job.getChildrenValues();
+      return Object.values(children).reduce((a, b) => a + b, 0);
+    },
+    { connection, prefix, name: 'features-worker' },
+  );
+  await w.waitUntilReady();
+  await events.waitUntilReady();
+  // getWorkers reads CLIENT LIST: Keyway lists its own clients with their names.
+  const workers = (await q.getWorkers()).map((x) => x.rawname);
+  if (!workers.some((n) => n.endsWith(':w:features-worker'))) fail(`getWorkers: ${JSON.stringify(workers)}`);
+  await q.pause();
+  if (!(await q.isPaused())) fail('pause');
+  await q.resume();
+  // A flow whose queues share the tag: the parent gets its children's results.
+  const flows = new FlowProducer({ connection, prefix });
+  const flow = await flows.add({
+    name: 'parent',
+    queueName: 'extra',
+    children: [
+      { name: 'child', queueName: 'extra', data: { v: 2 } },
+      { name: 'child', queueName: 'extra', data: { v: 5 } },
+    ],
+  });
+  const sum = await flow.job.waitUntilFinished(events, 30_000);
+  if (sum !== 7) fail(`flow parent returned ${sum}`);
+  // A job scheduler (repeatable job) runs twice.
+  let repeated = 0;
+  const twice = new Promise((resolve) =>
+    w.on('completed', (job) => {
+      if (job.name === 'repeat' && ++repeated === 2) resolve();
+    }),
+  );
+  await q.upsertJobScheduler('every-300ms', { every: 300 }, { name: 'repeat', data: { v: 9 } });
+  await twice;
+  await q.removeJobScheduler('every-300ms');
+  // The rate limiter: 12 jobs at 5 per 500 ms take at least 1 s.
+  const limited = new Queue('limited', { connection, prefix });
+  const lw = new Worker('limited', async () => 1, { connection, prefix, limiter: { max: 5, duration: 500 } });
+  const t0 = Date.now();
+  let done = 0;
+  const all = new Promise((resolve) => lw.on('completed', () => ++done === 12 && resolve()));
+  await limited.addBulk(Array.from({ length: 12 }, () => ({ name: 'l', data: {} })));
+  await all;
+  const limitedMs = Date.now() - t0;
+  if (limitedMs < 900) fail(`12 rate-limited jobs took ${limitedMs} ms`);
+  await lw.close();
+  await w.close();
+  await limited.obliterate({ force: true });
+  await q.obliterate({ force: true });
+  // A queue tagged by its name rather than its prefix (one server per queue).
+  const tagged = new Queue('{emails}', { connection, prefix: 'bull' });
+  const tw = new Worker('{emails}', async () => 'sent', { connection, prefix: 'bull' });
+  const te = new QueueEvents('{emails}', { connection, prefix: 'bull' });
+  await te.waitUntilReady();
+  const sent = await (await tagged.add('mail', {})).waitUntilFinished(te, 30_000);
+  if (sent !== 'sent') fail(`tagged queue: ${sent}`);
+  // A flow over queues of two tags cannot be one transaction on one server.
+  let crossError = null;
+  try {
+    await flows.add({ name: 'p', queueName: 'extra', children: [{ name: 'c', queueName: 'other', prefix: '{other}' }] });
+  } catch (e) {
+    crossError = e.message;
+  }
+  if (!crossError) fail('a flow over two hash tags was accepted');
+  for (const x of [tw, te, tagged, flows, events, q, limited]) await x.close();
+  console.log(`features: getWorkers, pause/resume, flow (7), scheduler (2 runs), limiter (${limitedMs} ms), tagged queue name; flow over two tags: ${crossError}`);
+  console.log('ok');
+}
+
+if (mode === 'features') await features();
+else if (mode === 'worker') await worker(rest[0], rest[1], Number(rest[2]));
 else if (mode === 'produce') await produce(Number(rest[0]));
 else if (mode === 'crossslot') await crossslot();
 else fail(`unknown mode ${mode}`);
