@@ -369,7 +369,8 @@ const CELERY_TASKS: usize = 2_000;
 /// Celery with the broker's keys under `{celery}` (kombu's `global_keyprefix`) and the result
 /// backend's keys as they are: a prefork worker (concurrency 2, events on) runs 2,000 tasks,
 /// every result comes back (the backend's pub/sub), every task-succeeded event arrives, and
-/// `inspect ping`/`stats` are answered; without the prefix the broker gets CROSSSLOT.
+/// `inspect ping`/`stats` are answered; without the prefix the broker gets CROSSSLOT. Then a
+/// group and a chord with the results under `{celery-results}`.
 #[test]
 fn celery_two_thousand_tasks() {
     if skipped(
@@ -413,6 +414,33 @@ fn celery_two_thousand_tasks() {
         Duration::from_secs(60),
     );
     assert!(crossslot.contains("same slot"), "{crossslot}");
+    // Canvas: a group, and a chord, whose counters in several result keys need the results
+    // under one tag too.
+    let results_tagged = [
+        ("KEYWAY_PORT", port.as_str()),
+        ("CELERY_RESULT_KEYPREFIX", "{celery-results}"),
+    ];
+    let worker = Run::start(
+        "celery",
+        &[
+            "-A",
+            "celery_app",
+            "worker",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "WARNING",
+        ],
+        &results_tagged,
+    );
+    run(
+        "python3",
+        &["celery_client.py", "canvas"],
+        &results_tagged,
+        Duration::from_secs(90),
+    );
+    worker.terminate(Duration::from_secs(60));
+    assert_eq!(holders(&servers, "{celery-results}*").len(), 1);
     eprintln!(
         "celery: {CELERY_TASKS} tasks, results all returned, 0 lost, {:.1} s",
         started.elapsed().as_secs_f64()

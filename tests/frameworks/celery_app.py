@@ -8,6 +8,9 @@ url = f"redis://127.0.0.1:{os.environ['KEYWAY_PORT']}/0"
 app = Celery("keyway_tests", broker=url, backend=url)
 app.conf.update(
     broker_transport_options={"global_keyprefix": os.environ.get("CELERY_KEYPREFIX", "{celery}")},
+    # Results are keyed by task id and spread over the servers, unless chords need them under
+    # one tag (CELERY_RESULT_KEYPREFIX, see docs/frameworks/celery.md).
+    result_backend_transport_options={"global_keyprefix": os.environ.get("CELERY_RESULT_KEYPREFIX", "")},
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     task_serializer="json",
@@ -19,3 +22,8 @@ app.conf.update(
 @app.task
 def triple_plus_one(i):
     return i * 3 + 1
+
+
+@app.task
+def total(values):
+    return sum(values)

@@ -4,12 +4,16 @@ task-succeeded events (pub/sub fanout) and pings the worker (`inspect ping`, pid
 
   python3 celery_client.py N          (KEYWAY_PORT set; prints `ok` last)
   python3 celery_client.py crossslot  (CELERY_KEYPREFIX="" : the broker's keys on several slots)
+  python3 celery_client.py canvas     a group and a chord (with CELERY_RESULT_KEYPREFIX set: a
+                                      chord's counters live in several result keys)
 """
 import sys
 import threading
 import time
 
-from celery_app import app, triple_plus_one
+from celery import chord, group
+
+from celery_app import app, total, triple_plus_one
 
 
 def fail(msg):
@@ -26,6 +30,15 @@ def main():
             print(f"error: {type(e).__name__}: {e}")
             if "same slot" not in str(e):
                 fail("not the CROSSSLOT error")
+        print("ok")
+        return
+    if sys.argv[1] == "canvas":
+        g = group(triple_plus_one.s(i) for i in range(20))().get(timeout=60)
+        c = chord(triple_plus_one.s(i) for i in range(20))(total.s()).get(timeout=60)
+        want = sum(i * 3 + 1 for i in range(20))
+        if sum(g) != want or c != want:
+            fail(f"group {sum(g)}, chord {c}, want {want}")
+        print(f"group of 20: {sum(g)}; chord of 20: {c}")
         print("ok")
         return
     n = int(sys.argv[1])
