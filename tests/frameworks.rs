@@ -154,6 +154,16 @@ impl Run {
     }
 }
 
+/// A test that fails midway does not leave its framework processes running.
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn run(program: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) -> String {
     Run::start(program, args, env).finish(limit)
 }
