@@ -276,9 +276,11 @@ fn publish_in_transaction_with_replicas() {
         let mut sub = RawClient::connect(proxy.addr);
         sub.call(&["SUBSCRIBE", &channel]);
         let mut c = RawClient::connect(proxy.addr);
-        // Alone (a transaction that writes no key) and beside a write, a few times: round-robin
-        // reads would reach the other replica on every second one.
-        for i in 0..4 {
+        // Alone (a transaction that writes no key) and beside a write, 20 times: round-robin
+        // reads would reach the other replica on every second one, and under `all`/`quorum`
+        // the receiver count must be the primary's (the other replica's is 0), whichever
+        // replica answers first.
+        for i in 0..20 {
             c.call(&["MULTI"]);
             if i % 2 == 1 {
                 c.call(&["SET", &format!("{{{channel}}}.k"), "v"]);
