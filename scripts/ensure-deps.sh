@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Keyway's scripts and tests run against, when missing (Debian/Ubuntu):
-# redis-server, redis-tools (redis-cli, redis-benchmark), prometheus for promtool, redis-py, and
-# (where node and npm are) the npm packages of tests/clients.
+# redis-server, redis-tools (redis-cli, redis-benchmark), prometheus for promtool, redis-py, RQ
+# and Celery, and (where node and npm are) the npm packages of tests/clients and tests/frameworks.
 # `scripts/ensure-deps.sh redis` installs only the Redis packages.
 set -euo pipefail
 want=(redis-server redis-tools)
@@ -15,17 +15,26 @@ if [ "${1:-all}" = all ] && ! python3 -c 'import redis, sys; sys.exit(redis.__ve
   python3 -m pip install --quiet --disable-pip-version-check "redis==8.2.0" >&2 ||
     echo "warning: could not install redis-py 8.2.0; its tests will be skipped" >&2
 fi
-# node-redis and ioredis for tests/clients.rs, at the versions of tests/clients/package-lock.json:
-# `npm ci` when node_modules is missing or was installed from another lock file.
+# RQ and Celery (with kombu's Redis transport), pinned, for tests/frameworks.rs.
+frameworks_py='import sys, rq, celery, kombu, kombu.transport.redis; sys.exit((rq.__version__, celery.__version__, kombu.__version__) != ("3.0.0", "5.7.0", "5.7.0"))'
+if [ "${1:-all}" = all ] && ! python3 -c "$frameworks_py" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "redis==8.2.0" "rq==3.0.0" "celery[redis]==5.7.0" "kombu[redis]==5.7.0" >&2 ||
+    echo "warning: could not install RQ 3.0.0 and Celery 5.7.0; their tests will be skipped" >&2
+fi
+# node-redis and ioredis for tests/clients.rs, BullMQ (with them) for tests/frameworks.rs, at the
+# versions of each directory's package-lock.json: `npm ci` when node_modules is missing or was
+# installed from another lock file.
 if [ "${1:-all}" = all ] && command -v node >/dev/null && command -v npm >/dev/null; then
-  clients="$(dirname "$0")/../tests/clients"
-  if ! cmp -s "$clients/package-lock.json" "$clients/node_modules/.keyway-installed-lock"; then
-    if npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >&2; then
-      cp "$clients/package-lock.json" "$clients/node_modules/.keyway-installed-lock"
-    else
-      echo "warning: npm ci failed in tests/clients; the node-redis and ioredis tests will be skipped" >&2
+  for dir in clients frameworks; do
+    pkgs="$(dirname "$0")/../tests/$dir"
+    if ! cmp -s "$pkgs/package-lock.json" "$pkgs/node_modules/.keyway-installed-lock"; then
+      if npm ci --prefix "$pkgs" --no-audit --no-fund --loglevel=error >&2; then
+        cp "$pkgs/package-lock.json" "$pkgs/node_modules/.keyway-installed-lock"
+      else
+        echo "warning: npm ci failed in tests/$dir; its node tests will be skipped" >&2
+      fi
     fi
-  fi
+  done
 fi
 have && exit 0
 SUDO=""

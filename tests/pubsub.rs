@@ -216,11 +216,96 @@ fn publish_placement_and_listings() {
         show(&c.call(&["PUBSUB", "SHARDNUMSUB", &b])),
         show(format!("*2\r\n${}\r\n{b}\r\n:1\r\n", b.len()).as_bytes())
     );
-    // In a transaction: refused with a clear error.
+    // In a transaction: the channel counts as a key of the transaction's slot.
+    let mut sub = RawClient::connect(proxy.addr);
+    sub.call(&["SUBSCRIBE", &a]);
+    assert_eq!(c.call(&["MULTI"]), b"+OK\r\n");
+    assert_eq!(
+        c.call(&["SET", &format!("{{{a}}}.result"), "42"]),
+        b"+QUEUED\r\n"
+    );
+    assert_eq!(c.call(&["PUBLISH", &a, "in-multi"]), b"+QUEUED\r\n");
+    assert_eq!(c.call(&["EXEC"]), b"*2\r\n+OK\r\n:2\r\n");
+    assert_eq!(
+        show(&sub.read_reply().unwrap()),
+        show(
+            format!(
+                "*3\r\n$7\r\nmessage\r\n${}\r\n{a}\r\n$8\r\nin-multi\r\n",
+                a.len()
+            )
+            .as_bytes()
+        )
+    );
+    assert_eq!(c.call(&["MULTI"]), b"+OK\r\n");
+    assert_eq!(c.call(&["SPUBLISH", &b, "s"]), b"+QUEUED\r\n");
+    assert_eq!(c.call(&["EXEC"]), b"*1\r\n:1\r\n");
+    // A channel of another slot than the transaction's keys: CROSSSLOT, and EXEC aborts.
     c.call(&["MULTI"]);
-    let queued = c.call(&["PUBLISH", &a, "m"]);
+    c.call(&["SET", &format!("{{{a}}}.result"), "43"]);
+    let queued = c.call(&["PUBLISH", &b, "m"]);
+    assert!(show(&queued).starts_with("-CROSSSLOT"), "{}", show(&queued));
+    assert!(show(&c.call(&["EXEC"])).starts_with("-EXECABORT"));
+    assert_eq!(
+        c.call(&["GET", &format!("{{{a}}}.result")]),
+        b"$2\r\n42\r\n"
+    );
+    // Subscribing stays outside transactions.
+    c.call(&["MULTI"]);
+    let queued = c.call(&["SUBSCRIBE", &a]);
     assert!(
-        show(&queued).contains("cannot queue 'publish'"),
+        show(&queued).contains("cannot queue 'subscribe'"),
+        "{}",
+        show(&queued)
+    );
+    c.call(&["DISCARD"]);
+}
+
+/// PUBLISH in a transaction with replicas: the transaction runs on the channel's server (the
+/// slot's primary, where Keyway subscribes), not on a read replica, under every write policy
+/// but two_phase, which refuses it.
+#[test]
+fn publish_in_transaction_with_replicas() {
+    let servers = servers(3);
+    for write in ["primary", "all", "quorum"] {
+        let proxy = three_with(
+            &servers,
+            &format!("replicas = 2\nread = \"round_robin\"\nwrite = \"{write}\""),
+            "",
+        );
+        let channel = format!("jobs-{write}");
+        let mut sub = RawClient::connect(proxy.addr);
+        sub.call(&["SUBSCRIBE", &channel]);
+        let mut c = RawClient::connect(proxy.addr);
+        // Alone (a transaction that writes no key) and beside a write, 20 times: round-robin
+        // reads would reach the other replica on every second one, and under `all`/`quorum`
+        // the receiver count must be the primary's (the other replica's is 0), whichever
+        // replica answers first.
+        for i in 0..20 {
+            c.call(&["MULTI"]);
+            if i % 2 == 1 {
+                c.call(&["SET", &format!("{{{channel}}}.k"), "v"]);
+            }
+            c.call(&["PUBLISH", &channel, &format!("m{i}")]);
+            let exec = c.call(&["EXEC"]);
+            assert!(
+                show(&exec).ends_with(":1\\r\\n"),
+                "{write}: {}",
+                show(&exec)
+            );
+            let got = sub.read_reply().unwrap();
+            assert!(
+                show(&got).contains(&format!("m{i}")),
+                "{write}: {}",
+                show(&got)
+            );
+        }
+    }
+    let proxy = three_with(&servers, "replicas = 2\nwrite = \"two_phase\"", "");
+    let mut c = RawClient::connect(proxy.addr);
+    c.call(&["MULTI"]);
+    let queued = c.call(&["PUBLISH", "ch", "m"]);
+    assert!(
+        show(&queued).contains("cannot queue 'publish' in a transaction under write = two_phase"),
         "{}",
         show(&queued)
     );

@@ -878,7 +878,10 @@ async fn read_with_retry(
 /// the others; the answer is `merge::fan_out`'s.
 async fn fan_out(replies: Vec<(String, Option<Pending>)>, need: usize) -> Reply {
     let total = replies.len();
-    let mut acked: Vec<Bytes> = Vec::new();
+    // (replica index, reply): the reply given is the first replica's in the set's order among
+    // those that acknowledged (the primary's under `all`), not the fastest one's, so a reply
+    // that differs per server (PUBLISH's receiver count in a transaction) is the primary's.
+    let mut acked: Vec<(usize, Bytes)> = Vec::new();
     let mut failed: Vec<(usize, Missed)> = Vec::new();
     let (names, mut slots): (Vec<String>, Vec<Option<Pending>>) = replies.into_iter().unzip();
     for (i, slot) in slots.iter().enumerate() {
@@ -892,7 +895,7 @@ async fn fan_out(replies: Vec<(String, Option<Pending>)>, need: usize) -> Reply 
                 if let Poll::Ready(ack) = poll_ack(p, cx) {
                     *slot = None;
                     match ack {
-                        Ok(frame) => acked.push(frame),
+                        Ok(frame) => acked.push((i, frame)),
                         Err(missed) => failed.push((i, missed)),
                     }
                 }
@@ -908,6 +911,8 @@ async fn fan_out(replies: Vec<(String, Option<Pending>)>, need: usize) -> Reply 
     })
     .await;
     failed.sort_by_key(|&(i, _)| i);
+    acked.sort_by_key(|&(i, _)| i);
+    let acked = acked.into_iter().map(|(_, frame)| frame).collect();
     let failed = failed
         .into_iter()
         .map(|(i, m)| (names.get(i).map_or("?", String::as_str), m))

@@ -6,7 +6,11 @@
 //! transaction share one slot, or the command that breaks it gets `CROSSSLOT`, as Redis Cluster
 //! answers. At EXEC the whole transaction (`MULTI`, the commands, `EXEC`) is written to the
 //! slot's server at once, on the client's pipelined connection: nothing of another client comes
-//! between, and the server runs it atomically. With `replicas > 1` and `write = all|quorum` a
+//! between, and the server runs it atomically. `PUBLISH`/`SPUBLISH` are queued too: a channel
+//! lives on the server of its slot, so its channel counts as the command's key for that rule,
+//! and the transaction runs where that slot's writes go (job queues such as Celery's result
+//! backend store a result and announce it in one transaction). With `replicas > 1` and
+//! `write = all|quorum` a
 //! transaction that writes runs on each replica of its slot and the reply follows the write
 //! policy. Under `write = "two_phase"`, a transaction's keys may span servers: its commands are
 //! staged as one two-phase transaction (`txn::plan::transaction`), atomic across servers and
@@ -15,7 +19,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::client::Multi;
-use crate::command::{self, CommandSpec, Kind, Local, Tx};
+use crate::command::{self, CommandSpec, Kind, Local, PubSub, Tx};
 use crate::config::WriteMode;
 use crate::error::{ErrorKind, ReplyError};
 use crate::protocol::{Args, Request};
@@ -31,7 +35,10 @@ pub(crate) const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 pub(crate) enum Step {
     /// `MULTI`: start queuing.
     Begin,
-    /// Queue the request; its keys are in `slot` (none for a keyless command).
+    /// Queue the request; its keys (or a PUBLISH's channel) are in `slot` (none for a keyless
+    /// command). `write`: it changes the server's state, so the transaction goes where the
+    /// slot's writes go. A PUBLISH counts as one: its channel is subscribed on the slot's
+    /// primary, never on a read replica.
     Queue { slot: Option<Slot>, write: bool },
     /// Refuse the request and mark the transaction dirty.
     Dirty(ReplyError),
@@ -184,6 +191,16 @@ fn check(
                 ),
             ))
         }
+        Kind::PubSub(PubSub::Publish) if !two_phase => return publish(spec, args, topo, multi),
+        Kind::PubSub(PubSub::Publish) => {
+            return Err(ReplyError::new(
+                ErrorKind::Refused,
+                format!(
+                    "keyway cannot queue '{}' in a transaction under write = two_phase: a two-phase transaction applies on every replica, and a message must be published once",
+                    spec.name
+                ),
+            ))
+        }
         Kind::PubSub(_) => {
             return Err(ReplyError::new(
                 ErrorKind::Refused,
@@ -255,6 +272,28 @@ fn check(
         }
     }
     Ok(Step::Queue { slot, write })
+}
+
+/// `PUBLISH channel message` or `SPUBLISH shardchannel message` in a transaction: the channel
+/// takes the place of a key. It must share the transaction's slot (else `CROSSSLOT`), so that
+/// the message is published on the server where Keyway subscribes to that channel.
+fn publish(
+    spec: &'static CommandSpec,
+    args: Args<'_>,
+    topo: &Topology,
+    multi: &Multi,
+) -> Result<Step, ReplyError> {
+    let channel = args
+        .get(1)
+        .ok_or(command::CommandError::Arity { name: spec.name })?;
+    let slot = key_slot(channel, topo.hash_tag);
+    match multi.slot {
+        Some(first) if first != slot => Err(err(ErrorKind::CrossSlot, super::plan::CROSSSLOT)),
+        _ => Ok(Step::Queue {
+            slot: Some(slot),
+            write: true,
+        }),
+    }
 }
 
 /// `MULTI`, as the first bytes of a transaction's frame.
