@@ -899,6 +899,7 @@ weight = 2
         let c = parse(GOOD).unwrap();
         assert_eq!(c.pool.timeout, Duration::from_millis(250));
         assert_eq!(c.pool.connections, 1);
+        assert_eq!(c.pool.resync_keys_per_second, 5_000);
         assert_eq!(c.pool.hash_tag, "{}");
         assert_eq!(c.pool.servers[1].weight, 2.0);
         assert_eq!(c.admin, "127.0.0.1:9380");
@@ -931,6 +932,11 @@ weight = 2
             ("timeout = \"250ms\"", "timeout = \"soon\"", "timeout"),
             ("replicas = 1", "hash_tag = \"{\"", "hash_tag"),
             ("[pool]", "threads = 0\n[pool]", "threads"),
+            (
+                "replicas = 1",
+                "replicas = 1\nresync_keys_per_second = 0",
+                "pool.resync_keys_per_second",
+            ),
         ] {
             let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(key), "{to}: {e}");

@@ -455,7 +455,9 @@ impl Metrics {
             recovering: self.server_recovering.with_label_values(&[name]),
             resync_keys: self.server_resync_keys.with_label_values(&[name]),
             resyncs_completed: self.server_resyncs.with_label_values(&[name, "completed"]),
-            resyncs_interrupted: self.server_resyncs.with_label_values(&[name, "interrupted"]),
+            resyncs_interrupted: self
+                .server_resyncs
+                .with_label_values(&[name, "interrupted"]),
         }
     }
 

@@ -352,7 +352,8 @@ impl Resync<'_> {
                 let keys: Vec<Vec<u8>> = keys
                     .into_iter()
                     .filter(|k| {
-                        !k.starts_with(RESERVED_PREFIX) && self.source_of(&sources, k) == Some(source)
+                        !k.starts_with(RESERVED_PREFIX)
+                            && self.source_of(&sources, k) == Some(source)
                     })
                     .collect();
                 self.sync(&mut cons, source, keys, 0).await?;
@@ -425,7 +426,10 @@ impl Resync<'_> {
     }
 
     async fn connect(&self, index: u16) -> Result<MultiplexedConnection, ResyncError> {
-        let server = self.topo.server(index).ok_or(ResyncError::TopologyChanged)?;
+        let server = self
+            .topo
+            .server(index)
+            .ok_or(ResyncError::TopologyChanged)?;
         let pool = &server.pool;
         crate::health::control_connection(
             &server.name,
@@ -599,7 +603,11 @@ impl Resync<'_> {
 
     /// Checks the synced keys whose sync has settled (`pool.timeout` ago); with `wait`, waits
     /// for the oldest to settle first.
-    async fn check_settled(&mut self, cons: &mut Connections, wait: bool) -> Result<(), ResyncError> {
+    async fn check_settled(
+        &mut self,
+        cons: &mut Connections,
+        wait: bool,
+    ) -> Result<(), ResyncError> {
         let settle = self.topo.config.timeout;
         if wait {
             if let Some((at, _)) = self.checks.front() {
@@ -620,7 +628,11 @@ impl Resync<'_> {
 
     /// Compares the DUMP of each key on its source and on the target; syncs again those that
     /// differ.
-    async fn check(&mut self, cons: &mut Connections, batch: Vec<Check>) -> Result<(), ResyncError> {
+    async fn check(
+        &mut self,
+        cons: &mut Connections,
+        batch: Vec<Check>,
+    ) -> Result<(), ResyncError> {
         let mut by_source: HashMap<u16, Vec<Check>> = HashMap::new();
         for c in batch {
             by_source.entry(c.source).or_default().push(c);
@@ -632,8 +644,14 @@ impl Resync<'_> {
             }
             // Both servers are asked at about the same time.
             let target = self.target;
-            let mut con_s = cons.get(&source).cloned().ok_or(ResyncError::TopologyChanged)?;
-            let mut con_t = cons.get(&target).cloned().ok_or(ResyncError::TopologyChanged)?;
+            let mut con_s = cons
+                .get(&source)
+                .cloned()
+                .ok_or(ResyncError::TopologyChanged)?;
+            let mut con_t = cons
+                .get(&target)
+                .cloned()
+                .ok_or(ResyncError::TopologyChanged)?;
             let timeout = self.deadline();
             let (s, t) = tokio::join!(
                 tokio::time::timeout(timeout, pipe.query_async::<Vec<Value>>(&mut con_s)),
