@@ -221,6 +221,7 @@ async fn resync_task(topo: Arc<Topology>, handle: Arc<TopologyHandle>, target: u
         counts: Counts::default(),
         checks: VecDeque::new(),
         budget: Budget::new(topo.config.resync_keys_per_second),
+        sources: Vec::new(),
     };
     match resync.run().await {
         Ok(()) => {
@@ -262,6 +263,8 @@ enum ResyncError {
     Restarted(String),
     #[error("the topology changed")]
     TopologyChanged,
+    #[error("source server '{0}' went down or is recovering itself")]
+    SourceLost(String),
     #[error("no readable replica to copy slot {0} from")]
     NoSource(u16),
     #[error("server '{server}': {message}")]
@@ -327,6 +330,8 @@ struct Resync<'a> {
     /// Synced keys waiting for their check, oldest first, with when they were synced.
     checks: VecDeque<(Instant, Vec<Check>)>,
     budget: Budget,
+    /// The servers copied from: each must stay readable (a source that restarted is no source).
+    sources: Vec<u16>,
 }
 
 /// Connections by server index.
@@ -334,7 +339,7 @@ type Connections = HashMap<u16, MultiplexedConnection>;
 
 impl Resync<'_> {
     async fn run(&mut self) -> Result<(), ResyncError> {
-        let sources = self.sources()?;
+        let sources = self.slot_sources()?;
         let mut cons = Connections::new();
         cons.insert(self.target, self.connect(self.target).await?);
         let mut by_source: Vec<u16> = sources.iter().flatten().copied().collect();
@@ -343,6 +348,7 @@ impl Resync<'_> {
         for &s in &by_source {
             cons.insert(s, self.connect(s).await?);
         }
+        self.sources = by_source.clone();
         self.wipe(&sources, &mut cons).await?;
         for &source in &by_source {
             let mut cursor: u64 = 0;
@@ -372,7 +378,7 @@ impl Resync<'_> {
     }
 
     /// Per slot, the server the target copies it from: `None` for slots it does not replicate.
-    fn sources(&self) -> Result<Vec<Option<u16>>, ResyncError> {
+    fn slot_sources(&self) -> Result<Vec<Option<u16>>, ResyncError> {
         let topo = self.topo;
         let mut sources = vec![None; SLOTS];
         for slot in Slot::all() {
@@ -417,6 +423,9 @@ impl Resync<'_> {
         }
         if !health.is_up() {
             return Err(ResyncError::Down(target.name.clone()));
+        }
+        if let Some(&gone) = self.sources.iter().find(|&&s| !self.topo.is_readable(s)) {
+            return Err(ResyncError::SourceLost(self.name(gone)));
         }
         Ok(())
     }
