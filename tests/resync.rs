@@ -306,3 +306,33 @@ fn with_one_replica_a_restart_is_served_as_it_is() {
     ) == 0.0));
     assert_eq!(completed(&proxy, "s0"), 0.0);
 }
+
+#[test]
+fn a_keyway_that_starts_while_a_replica_is_empty_resyncs_it() {
+    let (mut a, b) = (RedisServer::start(), RedisServer::start());
+    let toml = config_toml(
+        &[&a, &b],
+        &format!("replicas = 2\nwrite = \"all\"\ntimeout = \"500ms\"\n{FAST_HEALTH}"),
+    );
+    let keys: Vec<String> = (0..200).map(|i| format!("first:{i}")).collect();
+    {
+        let proxy = Proxy::start_toml(&toml);
+        let mut con = proxy.client();
+        for k in &keys {
+            let () = redis::cmd("SET").arg(k).arg("v").query(&mut con).unwrap();
+        }
+    }
+    // s0 restarts empty while no Keyway runs: no run_id to compare with, only its emptiness.
+    a.restart();
+    assert_eq!(a.dbsize(), 0);
+    let proxy = Proxy::start_toml(&toml);
+    assert!(
+        wait_until(Duration::from_secs(60), || completed(&proxy, "s0") >= 1.0),
+        "no resync completed: {}",
+        proxy.metrics()
+    );
+    assert_eq!(a.dbsize(), 200);
+    assert_replicas_equal(&proxy, &[&a, &b], &keys);
+    // s1 was never empty: it was not resynced.
+    assert_eq!(completed(&proxy, "s1"), 0.0);
+}

@@ -38,7 +38,7 @@ for rate in "${rates[@]}"; do
     printf '\n[pool.health]\ninterval = "100ms"\nfall = 2\n'
   } >"$dir/keyway.toml"
   log="$dir/keyway-$rate.log"
-  RUST_LOG=info "$keyway" serve --config "$dir/keyway.toml" >"$log" 2>&1 &
+  RUST_LOG=info "$keyway" --log-format json serve --config "$dir/keyway.toml" >"$log" 2>&1 &
   kpid=$!
   pids+=("$kpid")
   wait_for_ping "${ports[3]}" 10 || die "keyway did not start: $(tail -5 "$log")"
@@ -61,7 +61,7 @@ for i in range($keys):
   python3 - "$rate" "$held" "$line" <<'PY'
 import re, sys
 rate, held, line = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-f = dict(re.findall(r"(\w+)=([\d.]+)", line))
+f = dict(re.findall(r"\"(\w+)\":([\d.]+)", line))
 copied, seconds = int(f["copied"]), float(f["seconds"])
 print(f"rate cap {rate}: a held {held} keys; copied {copied} (checked {f['checked']}, recopied {f['recopied']}) in {seconds:.2f} s: {copied / seconds:,.0f} keys/s")
 PY
