@@ -31,6 +31,10 @@
 //! 4. **Check**: every synced key is checked again once `pool.timeout` has passed since its
 //!    sync: `DUMP` on both servers; a difference is synced again and checked again, up to
 //!    [`ROUNDS`] times.
+//! 5. Under `write = two_phase`, a key locked by a transaction (`__keyway:lock:<key>` on the
+//!    source or on T) is neither copied nor judged, but looked at again after the next settle:
+//!    a transaction committed on the source and rolled forward on T later would otherwise be
+//!    applied twice on T.
 //!
 //! Why the check: writes go on to both servers during the copy, each in its own time. A write
 //! the source applied before the DUMP and T after the RESTORE is applied twice on T (an INCR
@@ -54,6 +58,7 @@ use redis::Value;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::config::WriteMode;
 use crate::health::Health;
 use crate::routing::{key_slot, Slot, SLOTS};
 use crate::topology::{Topology, TopologyHandle};
@@ -238,6 +243,7 @@ async fn resync_task(topo: Arc<Topology>, handle: Arc<TopologyHandle>, target: u
                 removed = counts.removed,
                 checked = counts.checked,
                 recopied = counts.recopied,
+                deferred = counts.deferred,
                 unsettled = counts.unsettled,
                 seconds = elapsed.as_secs_f64(),
                 "resync completed: the server serves reads again"
@@ -284,7 +290,9 @@ struct Counts {
     checked: u64,
     /// Keys synced again because a check found them different.
     recopied: u64,
-    /// Keys still different after [`ROUNDS`] checks.
+    /// Keys put off because a two-phase transaction held them (`write = two_phase`).
+    deferred: u64,
+    /// Keys still different (or still locked) after [`ROUNDS`] checks.
     unsettled: u64,
 }
 
@@ -564,6 +572,11 @@ impl Resync<'_> {
         if keys.is_empty() {
             return Ok(());
         }
+        let (keys, locked) = self.split_locked(cons, source, keys).await?;
+        self.defer(source, locked, round);
+        if keys.is_empty() {
+            return Ok(());
+        }
         self.budget.spend(keys.len()).await;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -610,6 +623,60 @@ impl Resync<'_> {
         Ok(())
     }
 
+    /// Under `write = two_phase`, splits `keys` into those no open transaction holds and those
+    /// locked (`__keyway:lock:<key>`) on the source or the target. A locked key is not copied
+    /// nor judged: a transaction committed on the source and still to be rolled forward on the
+    /// target would be applied there on top of the source's value (twice); it is looked at
+    /// again after the next settle, once recovery or its coordinator has finished it.
+    async fn split_locked(
+        &self,
+        cons: &mut Connections,
+        source: u16,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), ResyncError> {
+        if self.topo.write != WriteMode::TwoPhase {
+            return Ok((keys, Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("EXISTS").arg(crate::txn::lock_key(k).as_ref());
+        }
+        let on_source = self.query(cons, source, &pipe).await?;
+        let on_target = self.query(cons, self.target, &pipe).await?;
+        let mut free = Vec::with_capacity(keys.len());
+        let mut locked = Vec::new();
+        for ((k, s), t) in keys.into_iter().zip(on_source).zip(on_target) {
+            if matches!((s, t), (Value::Int(0), Value::Int(0))) {
+                free.push(k);
+            } else {
+                locked.push(k);
+            }
+        }
+        Ok((free, locked))
+    }
+
+    /// Queues locked keys for another look after the next settle (a round spent), or gives up
+    /// on those out of rounds.
+    fn defer(&mut self, source: u16, keys: Vec<Vec<u8>>, round: u32) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut checks = Vec::with_capacity(keys.len());
+        for key in keys {
+            if round + 1 >= ROUNDS {
+                self.counts.unsettled += 1;
+            } else {
+                checks.push(Check {
+                    key,
+                    source,
+                    round: round + 1,
+                });
+            }
+        }
+        self.counts.deferred += checks.len() as u64;
+        self.checks.push_back((Instant::now(), checks));
+    }
+
     /// Checks the synced keys whose sync has settled (`pool.timeout` ago); with `wait`, waits
     /// for the oldest to settle first.
     async fn check_settled(
@@ -647,6 +714,28 @@ impl Resync<'_> {
             by_source.entry(c.source).or_default().push(c);
         }
         for (source, checks) in by_source {
+            let checks = if self.topo.write == WriteMode::TwoPhase {
+                let rounds: HashMap<Vec<u8>, u32> =
+                    checks.iter().map(|c| (c.key.clone(), c.round)).collect();
+                let keys = checks.into_iter().map(|c| c.key).collect();
+                let (free, locked) = self.split_locked(cons, source, keys).await?;
+                for key in locked {
+                    let round = rounds.get(&key).copied().unwrap_or(0);
+                    self.defer(source, vec![key], round);
+                }
+                free.into_iter()
+                    .map(|key| Check {
+                        round: rounds.get(&key).copied().unwrap_or(0),
+                        key,
+                        source,
+                    })
+                    .collect()
+            } else {
+                checks
+            };
+            if checks.is_empty() {
+                continue;
+            }
             let mut pipe = redis::pipe();
             for c in &checks {
                 pipe.cmd("DUMP").arg(&c.key);
