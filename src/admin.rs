@@ -359,6 +359,7 @@ fn topology_json(state: &AdminState) -> serde_json::Value {
                 "weight": s.weight,
                 "connections": s.pool.open_connections(),
                 "up": s.pool.health().is_up(),
+                "recovering": s.pool.health().is_recovering(),
                 "last_error": s.pool.last_failure().as_deref(),
                 "user": user,
                 "password": password,
@@ -376,6 +377,7 @@ fn topology_json(state: &AdminState) -> serde_json::Value {
             "read": topo.config.read,
             "write": topo.config.write,
             "warmup": humantime::format_duration(topo.config.warmup).to_string(),
+            "resync_keys_per_second": topo.config.resync_keys_per_second,
             "health": {
                 "interval": humantime::format_duration(topo.config.health.interval).to_string(),
                 "timeout": humantime::format_duration(topo.config.health.timeout).to_string(),

@@ -109,6 +109,11 @@ pub struct PoolConfig {
     /// on its previous primary, and a hit is copied over with its TTL. `0s` disables.
     #[serde(default, with = "humantime_serde")]
     pub warmup: Duration,
+    /// With `replicas > 1`, the most keys per second a resync copies onto a server that
+    /// restarted or came back empty (DUMP on a healthy replica, RESTORE on it; see
+    /// `docs/failover.md`). Between 1 and 1,000,000. Default 5,000.
+    #[serde(default = "default_resync_keys_per_second")]
+    pub resync_keys_per_second: u32,
     /// How a read picks one replica of its slot.
     #[serde(default)]
     pub read: ReadPolicy,
@@ -366,6 +371,9 @@ fn default_hash_tag() -> String {
 }
 fn default_connections() -> usize {
     1
+}
+fn default_resync_keys_per_second() -> u32 {
+    5_000
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(1)
@@ -690,6 +698,16 @@ impl PoolConfig {
                 format!("must be between 1 and 64, got {}", self.connections),
             ));
         }
+        if !(1..=1_000_000).contains(&self.resync_keys_per_second) {
+            return Err(invalid(
+                "pool.resync_keys_per_second".into(),
+                Some("resync_keys_per_second".into()),
+                format!(
+                    "must be between 1 and 1000000, got {}",
+                    self.resync_keys_per_second
+                ),
+            ));
+        }
         // Shorter than these, a setting is a typo ("1ns" for "1s"): probes or sweeps in a busy
         // loop, or deadlines no server can meet.
         let at_least = [
@@ -891,6 +909,7 @@ weight = 2
         let c = parse(GOOD).unwrap();
         assert_eq!(c.pool.timeout, Duration::from_millis(250));
         assert_eq!(c.pool.connections, 1);
+        assert_eq!(c.pool.resync_keys_per_second, 5_000);
         assert_eq!(c.pool.hash_tag, "{}");
         assert_eq!(c.pool.servers[1].weight, 2.0);
         assert_eq!(c.admin, "127.0.0.1:9380");
@@ -923,6 +942,11 @@ weight = 2
             ("timeout = \"250ms\"", "timeout = \"soon\"", "timeout"),
             ("replicas = 1", "hash_tag = \"{\"", "hash_tag"),
             ("[pool]", "threads = 0\n[pool]", "threads"),
+            (
+                "replicas = 1",
+                "replicas = 1\nresync_keys_per_second = 0",
+                "pool.resync_keys_per_second",
+            ),
         ] {
             let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(key), "{to}: {e}");

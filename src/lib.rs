@@ -18,6 +18,8 @@
 //! - [`health`]: the up/down state machine of each server, active probes.
 //! - [`backend`]: pipelined, multiplexed connections to each server, FIFO reply matching.
 //! - [`txn`]: two-phase commit on plain Redis servers, and its recovery.
+//! - [`resync`]: a replica that restarted or came back empty is copied its slots from healthy
+//!   replicas before it serves reads again.
 //! - [`server`]: the listener, the per-client session, the planner that splits and merges.
 //! - [`metrics`]: every metric, in Keyway's own registry.
 //! - [`admin`]: the admin HTTP server: metrics, health, readiness, topology.
@@ -38,6 +40,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod protocol;
+pub mod resync;
 pub mod routing;
 pub mod server;
 pub mod topology;

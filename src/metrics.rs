@@ -56,6 +56,13 @@ pub struct ServerMetrics {
     pub went_up: IntCounter,
     /// Connections (data or probe) whose authentication the server refused.
     pub auth_failures: IntCounter,
+    /// 1 while the server is recovering (no reads until its resync ends), 0 otherwise.
+    pub recovering: IntGauge,
+    /// Keys a resync restored on the server (copied, and copied again after a check).
+    pub resync_keys: IntCounter,
+    /// Resyncs of the server that ended, by outcome.
+    pub resyncs_completed: IntCounter,
+    pub resyncs_interrupted: IntCounter,
 }
 
 /// Keyway's registry and every metric in it.
@@ -83,6 +90,9 @@ pub struct Metrics {
     server_up: IntGaugeVec,
     server_transitions: IntCounterVec,
     server_auth_failures: IntCounterVec,
+    server_recovering: IntGaugeVec,
+    server_resync_keys: IntCounterVec,
+    server_resyncs: IntCounterVec,
     /// `keyway_topology_version`.
     pub topology_version: IntGauge,
     /// `keyway_config_reloads_total{outcome}`.
@@ -317,6 +327,24 @@ impl Metrics {
                 "Connections to a server (data or health probe) whose AUTH the server refused, by server.",
                 &["server"],
             ),
+            server_recovering: gauge_vec(
+                &r,
+                "keyway_server_recovering",
+                "1 while a server is recovering (restarted or came back empty: it takes writes, serves no reads until resynced), by server.",
+                &["server"],
+            ),
+            server_resync_keys: counter_vec(
+                &r,
+                "keyway_resync_keys_total",
+                "Keys a resync restored on a recovering server (DUMP from a healthy replica, RESTORE there), by server.",
+                &["server"],
+            ),
+            server_resyncs: counter_vec(
+                &r,
+                "keyway_resyncs_total",
+                "Resyncs of a recovering server that ended, by server and outcome (completed, interrupted).",
+                &["server", "outcome"],
+            ),
             topology_version: gauge(
                 &r,
                 "keyway_topology_version",
@@ -434,6 +462,12 @@ impl Metrics {
             went_down: self.server_transitions.with_label_values(&[name, "down"]),
             went_up: self.server_transitions.with_label_values(&[name, "up"]),
             auth_failures: self.server_auth_failures.with_label_values(&[name]),
+            recovering: self.server_recovering.with_label_values(&[name]),
+            resync_keys: self.server_resync_keys.with_label_values(&[name]),
+            resyncs_completed: self.server_resyncs.with_label_values(&[name, "completed"]),
+            resyncs_interrupted: self
+                .server_resyncs
+                .with_label_values(&[name, "interrupted"]),
         }
     }
 
@@ -479,6 +513,11 @@ impl Metrics {
             let _ = self.server_transitions.remove_label_values(&[name, state]);
         }
         let _ = self.server_auth_failures.remove_label_values(&[name]);
+        let _ = self.server_recovering.remove_label_values(&[name]);
+        let _ = self.server_resync_keys.remove_label_values(&[name]);
+        for outcome in ["completed", "interrupted"] {
+            let _ = self.server_resyncs.remove_label_values(&[name, outcome]);
+        }
     }
 
     /// Everything in Prometheus's text format.

@@ -495,6 +495,16 @@ impl Pool {
         self.shared.metrics.in_flight.get()
     }
 
+    /// The server's metrics.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.shared.metrics
+    }
+
+    /// What the pool's connections authenticate with.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.shared.credentials
+    }
+
     /// The server's name.
     pub fn name(&self) -> &str {
         &self.shared.name

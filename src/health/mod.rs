@@ -28,11 +28,19 @@
 //! A server starts Up, so that a proxy serves at once after a restart; a dead server is found
 //! by its first failed connects and probes.
 //!
+//! **Recovering** is a flag beside the state machine, not a state of it: a server that is up
+//! but may hold less than its peers (it restarted, or came back empty) takes writes and serves
+//! no reads until `crate::resync` has copied its slots from a healthy replica. The prober reads
+//! the server's identity at each new control connection (a restart always breaks the old one):
+//! `run_id` from `INFO server`, and whether its keyspace holds any key that is not Keyway's own
+//! bookkeeping (`__keyway:*`). A `run_id` other than the one seen before is a restart: the
+//! flag is set at once, before the probe's success can bring the server back Up.
+//!
 //! The state lives with the server's connection pool, which is keyed by name and address and
 //! reused across topology versions, so a swap does not forget that a server is down.
 //! Routing reads it with one atomic load.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +81,23 @@ pub struct Health {
     /// The server's clock minus this process's, in ms, as a lower bound (TIME after each PING:
     /// the server read its clock before the reply arrived); [`NO_OFFSET`] until measured.
     clock_offset_ms: AtomicI64,
+    /// What the prober last learnt of the server's identity.
+    identity: Mutex<Identity>,
+    /// Up but possibly behind its peers: no reads until a resync ends (see the module docs).
+    recovering: AtomicBool,
+    /// Restarts seen (a `run_id` that changed); a resync started before the latest one is stale.
+    restarts: AtomicU64,
+}
+
+/// The server's identity as the prober last read it (at each new control connection).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// `run_id` from `INFO server`; a new one means the process restarted.
+    pub run_id: Option<Arc<str>>,
+    /// Whether it holds keys other than Keyway's own (`__keyway:*`); `None` until read.
+    pub has_data: Option<bool>,
+    /// Identities read so far (0: never reached).
+    pub reads: u64,
 }
 
 /// [`Health::clock_offset_ms`] before the first measure.
@@ -109,7 +134,65 @@ impl Health {
             metrics,
             version: Mutex::new(None),
             clock_offset_ms: AtomicI64::new(NO_OFFSET),
+            identity: Mutex::new(Identity::default()),
+            recovering: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
         }
+    }
+
+    /// Whether reads may go to this server: up, and not recovering.
+    #[inline]
+    pub fn is_readable(&self) -> bool {
+        self.is_up() && !self.recovering.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server is recovering (up or not): it takes writes, serves no reads.
+    #[inline]
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(Ordering::Relaxed)
+    }
+
+    /// Marks the server recovering (a resync is due) or done recovering.
+    pub fn set_recovering(&self, recovering: bool) {
+        if self.recovering.swap(recovering, Ordering::Relaxed) != recovering {
+            self.metrics.recovering.set(i64::from(recovering));
+        }
+    }
+
+    /// Restarts seen so far (see [`Health::set_identity`]).
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// What the prober last read of the server's identity.
+    pub fn identity(&self) -> Identity {
+        self.identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The prober read the server's identity on a new connection. A `run_id` other than the
+    /// one seen before is a restart: the server is marked recovering at once (before this
+    /// probe's success may bring it Up), and the restart is counted.
+    pub fn set_identity(&self, run_id: Option<Arc<str>>, has_data: Option<bool>) {
+        let mut identity = self
+            .identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let restarted = matches!((&identity.run_id, &run_id), (Some(old), Some(new)) if old != new);
+        if restarted {
+            self.restarts.fetch_add(1, Ordering::Relaxed);
+            self.set_recovering(true);
+            tracing::warn!(server = %self.name, has_data = ?has_data, "server restarted (new run_id): it serves no reads until it is resynced");
+        }
+        if run_id.is_some() {
+            identity.run_id = run_id;
+        }
+        if has_data.is_some() {
+            identity.has_data = has_data;
+        }
+        identity.reads += 1;
     }
 
     /// Whether routing should send this server traffic.
@@ -287,7 +370,11 @@ async fn ping(
             let c = con.insert(connect(addr, auth, &health.options).await?);
             let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(c).await;
             match info {
-                Ok(info) => version = redis_version(&info),
+                Ok(info) => {
+                    version = redis_version(&info);
+                    let has_data = has_data(c).await;
+                    health.set_identity(info_field(&info, "run_id"), has_data);
+                }
                 // Busy running a script: alive; the version is read at the next connection.
                 Err(e) if is_busy(&e) => {}
                 Err(e) if e.code() == Some("NOAUTH") => return Err(ProbeError::Auth(e)),
@@ -330,9 +417,67 @@ fn is_busy(e: &redis::RedisError) -> bool {
 
 /// `redis_version` of an `INFO server` text.
 fn redis_version(info: &str) -> Option<Arc<str>> {
+    info_field(info, "redis_version")
+}
+
+/// A field of an `INFO` text.
+fn info_field(info: &str, field: &str) -> Option<Arc<str>> {
     info.lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| Arc::from(v.trim()))
+}
+
+/// Keys a keyspace may hold and still count as empty when they are all Keyway's own.
+const FEW_KEYS: u64 = 64;
+
+/// Whether the server holds keys other than Keyway's own bookkeeping (`__keyway:*`): DBSIZE,
+/// and when it is small, a look at the keys themselves. `None` when it cannot be told.
+async fn has_data(c: &mut redis::aio::MultiplexedConnection) -> Option<bool> {
+    let size: u64 = redis::cmd("DBSIZE").query_async(c).await.ok()?;
+    if size == 0 || size > FEW_KEYS {
+        return Some(size > 0);
+    }
+    let mut cursor: u64 = 0;
+    // Bounded: at most FEW_KEYS keys, so a few rounds; a keyspace that grows meanwhile is data.
+    for _ in 0..16 {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(FEW_KEYS)
+            .query_async(c)
+            .await
+            .ok()?;
+        if keys.iter().any(|k| !k.starts_with(b"__keyway:")) {
+            return Some(true);
+        }
+        if next == 0 {
+            return Some(false);
+        }
+        cursor = next;
+    }
+    Some(true)
+}
+
+/// A control connection to server `name` at `addr` (redis-rs, authenticated with
+/// `credentials`), for background work beside the data path (resync).
+///
+/// # Errors
+///
+/// [`ProbeError`] when it cannot connect or authenticate; its text names no secret.
+pub(crate) async fn control_connection(
+    name: &str,
+    addr: &str,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<redis::aio::MultiplexedConnection, ProbeError> {
+    let auth = credentials.current(name).map_err(ProbeError::Credentials)?;
+    let options = HealthOptions {
+        interval: timeout,
+        timeout,
+        fall: 1,
+        rise: 1,
+    };
+    connect(addr, auth, &options).await
 }
 
 /// Opens the prober's control connection to `addr` (`host:port`), authenticated with `auth`.

@@ -194,3 +194,41 @@ async fn the_prober_probes_every_interval_and_fall_timeouts_take_a_silent_server
     tokio::time::sleep(ms(10_000)).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 4, "no probe once stopped");
 }
+
+#[test]
+fn a_new_run_id_marks_the_server_recovering_before_it_is_back_up() {
+    let (h, m) = health(1, 1);
+    h.set_identity(Some(Arc::from("run-1")), Some(true));
+    assert!(!h.is_recovering(), "the first identity is no restart");
+    h.failure("killed");
+    h.set_identity(Some(Arc::from("run-1")), Some(true));
+    assert!(!h.is_recovering(), "the same run_id is the same process");
+    assert_eq!(h.restarts(), 0);
+    // Restarted: recovering as the identity is read, before the probe's success.
+    h.set_identity(Some(Arc::from("run-2")), Some(false));
+    assert!(h.is_recovering());
+    assert_eq!(h.restarts(), 1);
+    assert_eq!(m.recovering.get(), 1);
+    h.success();
+    assert!(h.is_up());
+    assert!(!h.is_readable(), "up, but no reads until resynced");
+    h.set_recovering(false);
+    assert!(h.is_readable());
+    assert_eq!(m.recovering.get(), 0);
+    let id = h.identity();
+    assert_eq!(id.run_id.as_deref(), Some("run-2"));
+    assert_eq!(id.has_data, Some(false));
+    assert_eq!(id.reads, 3);
+    // A probe that could not read the run_id forgets nothing.
+    h.set_identity(None, None);
+    assert_eq!(h.identity().run_id.as_deref(), Some("run-2"));
+    assert!(!h.is_recovering());
+}
+
+#[test]
+fn info_fields_are_read_by_exact_name() {
+    let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:abc123\r\nrun_id_extra:no\r\n";
+    assert_eq!(info_field(info, "run_id").as_deref(), Some("abc123"));
+    assert_eq!(redis_version(info).as_deref(), Some("7.0.15"));
+    assert_eq!(info_field(info, "run").as_deref(), None);
+}

@@ -237,6 +237,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shared.topology.clone(),
         shared.drain.child_token(),
     ));
+    tokio::spawn(crate::resync::run(
+        shared.topology.clone(),
+        shared.drain.child_token(),
+    ));
     tokio::spawn(crate::txn::lease(
         shared.topology.clone(),
         shared.drain.child_token(),

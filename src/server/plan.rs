@@ -413,12 +413,21 @@ pub(crate) fn route<'t>(
     if write {
         return write_route(topo, set);
     }
-    let is_up = |i| topo.is_up(i);
+    // Reads skip a recovering replica (restarted or back empty, not yet resynced) while another
+    // member is readable; with none readable, any member that is up serves (the guard).
+    let readable = set.iter().any(|&i| topo.is_readable(i));
+    let serves = |i| {
+        if readable {
+            topo.is_readable(i)
+        } else {
+            topo.is_up(i)
+        }
+    };
     let load = |i| topo.server(i).map_or(i64::MAX, |s| s.pool.in_flight());
-    let server = choose_read(topo.read, set, is_up, load, &mut client.rr);
+    let server = choose_read(topo.read, set, serves, load, &mut client.rr);
     // A read that fails on a connection error is retried once on the next healthy replica:
     // reads are idempotent.
-    Ok(match alternate(set, server, is_up) {
+    Ok(match alternate(set, server, serves) {
         Some(alternate) => Route::Read { server, alternate },
         None => Route::One(server),
     })

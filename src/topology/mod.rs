@@ -99,6 +99,14 @@ impl Topology {
         self.server(index).is_some_and(|s| s.pool.health().is_up())
     }
 
+    /// Whether reads may go to the server at `index`: up, and not recovering (see
+    /// [`crate::health`]).
+    #[inline]
+    pub fn is_readable(&self, index: u16) -> bool {
+        self.server(index)
+            .is_some_and(|s| s.pool.health().is_readable())
+    }
+
     /// The slot's replica set, primary first: fixed by the topology, never by health, so that
     /// proxies that disagree about health never disagree about where data lives.
     #[inline]
@@ -159,12 +167,13 @@ impl Topology {
     }
 
     /// The server whose copy of `slot` a whole-pool listing (KEYS, SCAN) reports: the first
-    /// healthy member of its replica set, so that each key is listed once.
+    /// readable member of its replica set (else the first up), so that each key is listed once.
     pub fn owner(&self, slot: Slot) -> u16 {
         let set = self.replica_set(slot);
         set.iter()
             .copied()
-            .find(|&i| self.is_up(i))
+            .find(|&i| self.is_readable(i))
+            .or_else(|| set.iter().copied().find(|&i| self.is_up(i)))
             .unwrap_or_else(|| self.table.primary(slot))
     }
 }

@@ -188,7 +188,9 @@ pub struct Plan {
     pub reply: ReplyShape,
 }
 
-fn lock_key(key: &[u8]) -> Bytes {
+/// The two-phase lock of `key` (`__keyway:lock:<key>`): while it exists a transaction that may
+/// still change the key is open on that server.
+pub(crate) fn lock_key(key: &[u8]) -> Bytes {
     let mut k = BytesMut::with_capacity(key.len() + 14);
     k.put_slice(b"__keyway:lock:");
     k.put_slice(key);

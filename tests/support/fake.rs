@@ -8,7 +8,8 @@
 //! - `PING` with `+PONG`, and `CLIENT ...` with `+OK`: Keyway's health prober (redis-rs) opens
 //!   a control connection of its own, sends `CLIENT SETINFO LIB-NAME redis-rs` and
 //!   `CLIENT SETINFO LIB-VER <version>` (pipelined, no `HELLO`), then `INFO server` (Keyway
-//!   reads the server's version from it, answered here with `redis_version` only) and `PING`
+//!   reads the server's version from it, answered here with `redis_version` only), `DBSIZE`
+//!   (whether the keyspace is empty, for resync: answered `:0`) and `PING`
 //!   then `TIME` (answered with this machine's clock) every interval, and
 //!   marks the server down unless it gets `+PONG`. So the server stays up, and a test isolates
 //!   a data-path fault;
@@ -351,6 +352,9 @@ fn control_answer(args: &[Vec<u8>]) -> Option<std::borrow::Cow<'static, [u8]>> {
         Some(b"+OK\r\n"[..].into())
     } else if name.eq_ignore_ascii_case(b"INFO") {
         Some(b"$22\r\nredis_version:7.0.15\r\n\r\n"[..].into())
+    } else if name.eq_ignore_ascii_case(b"DBSIZE") {
+        // The prober asks at each new connection whether the keyspace is empty.
+        Some(b":0\r\n"[..].into())
     } else if name.eq_ignore_ascii_case(b"TIME") {
         // The prober reads the server's clock after each PING (two-phase prepare deadlines).
         let now = std::time::SystemTime::now()
