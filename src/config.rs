@@ -627,8 +627,7 @@ impl Config {
             (None, Some(_)) => Err(invalid(
                 "tls",
                 "[tls]",
-                "[tls] is set but tls_listen is not: set the address TLS clients connect to"
-                    .into(),
+                "[tls] is set but tls_listen is not: set the address TLS clients connect to".into(),
             )),
             (Some(addr), Some(tls)) => {
                 check_addr(addr).map_err(|m| invalid("tls_listen", "tls_listen", m))?;
@@ -765,10 +764,10 @@ impl PoolConfig {
         &self,
         s: &ServerConfig,
     ) -> Result<rustls::pki_types::ServerName<'static>, ConfigError> {
-        let configured = s.tls_server_name.as_deref().or(self
-            .tls
-            .as_ref()
-            .and_then(|t| t.server_name.as_deref()));
+        let configured = s
+            .tls_server_name
+            .as_deref()
+            .or(self.tls.as_ref().and_then(|t| t.server_name.as_deref()));
         crate::tls::server_name(configured, &s.addr).map_err(|e| ConfigError::Invalid {
             key: format!("pool.servers '{}' tls server name", s.name),
             location: String::new(),

@@ -144,7 +144,9 @@ fn key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsErr
 fn roots(what: &'static str, path: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     let mut store = rustls::RootCertStore::empty();
     for cert in certs(what, path)? {
-        store.add(cert).map_err(|source| TlsError::Rustls { what, source })?;
+        store
+            .add(cert)
+            .map_err(|source| TlsError::Rustls { what, source })?;
     }
     Ok(Arc::new(store))
 }
@@ -305,7 +307,10 @@ fn build_server(
     let key = key("tls.key_file", key_file)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Rustls { what: "tls", source })?;
+        .map_err(|source| TlsError::Rustls {
+            what: "tls",
+            source,
+        })?;
     let builder = match client_ca_file {
         Some(ca) => {
             let roots = roots("tls.client_ca_file", ca)?;
@@ -441,9 +446,10 @@ fn build_client(
     } else {
         let ca = ca_file.ok_or_else(|| TlsError::Settings("pool.tls: no ca_file".into()))?;
         let roots = roots("pool.tls.ca_file", ca)?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
-            .build()
-            .map_err(|e| TlsError::Settings(format!("pool.tls.ca_file: {e}")))?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| TlsError::Settings(format!("pool.tls.ca_file: {e}")))?;
         builder.with_webpki_verifier(verifier)
     };
     match (cert_file, key_file) {
@@ -517,10 +523,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 /// # Errors
 ///
 /// The name is not a valid DNS name or IP address.
-pub fn server_name(
-    server_name: Option<&str>,
-    addr: &str,
-) -> Result<ServerName<'static>, TlsError> {
+pub fn server_name(server_name: Option<&str>, addr: &str) -> Result<ServerName<'static>, TlsError> {
     let host = match server_name {
         Some(name) => name,
         None => addr
@@ -570,7 +573,11 @@ impl ServerTls {
 /// Why it failed, for logs, health reasons and client errors: a refused or timed-out connect,
 /// a certificate not trusted, expired or for another name (rustls's words, prefixed with
 /// `TLS handshake failed`).
-pub async fn dial(addr: &str, timeout: std::time::Duration, tls: Option<&ServerTls>) -> Result<Conn, String> {
+pub async fn dial(
+    addr: &str,
+    timeout: std::time::Duration,
+    tls: Option<&ServerTls>,
+) -> Result<Conn, String> {
     let open = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
@@ -859,8 +866,13 @@ mod tests {
 
     #[test]
     fn a_connector_needs_a_ca_or_an_explicit_skip() {
-        let e = Connector::new(None, None, None, false).unwrap_err().to_string();
-        assert!(e.contains("ca_file") && e.contains("insecure_skip_verify"), "{e}");
+        let e = Connector::new(None, None, None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ca_file") && e.contains("insecure_skip_verify"),
+            "{e}"
+        );
         let e = Connector::new(None, Some("c".into()), None, true)
             .unwrap_err()
             .to_string();

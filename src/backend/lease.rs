@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::tls::Conn;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::tls::Conn;
 
 use super::{connect, BackendError, Pool, Reply, Shared};
 use crate::protocol::{Limits, Proto, ReplyDecoder};

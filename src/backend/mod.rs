@@ -765,11 +765,7 @@ enum Step {
 ///
 /// On failure, why (for the health failure, the log line and the errors clients get): names
 /// no secret. A refused `AUTH` is counted in `keyway_server_auth_failures_total`.
-async fn handshake(
-    mut stream: Conn,
-    shared: &Shared,
-    proto: Proto,
-) -> Result<Conn, String> {
+async fn handshake(mut stream: Conn, shared: &Shared, proto: Proto) -> Result<Conn, String> {
     let mut out = BytesMut::new();
     let mut steps = Vec::new();
     if let Some(auth) = shared.credentials.current(&shared.name)? {

@@ -366,15 +366,16 @@ async fn connect(
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(options.timeout))
         .set_response_timeout(Some(options.timeout));
-    let (con, driver) = redis::aio::MultiplexedConnection::new_with_config(&settings, stream, config)
-        .await
-        .map_err(|e| {
-            if e.kind() == redis::ErrorKind::AuthenticationFailed {
-                ProbeError::Auth(e)
-            } else {
-                ProbeError::Connect(e)
-            }
-        })?;
+    let (con, driver) =
+        redis::aio::MultiplexedConnection::new_with_config(&settings, stream, config)
+            .await
+            .map_err(|e| {
+                if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                    ProbeError::Auth(e)
+                } else {
+                    ProbeError::Connect(e)
+                }
+            })?;
     // Ends when the connection is dropped.
     tokio::spawn(driver);
     Ok(con)

@@ -19,10 +19,10 @@ pub mod reload;
 use crate::backend::{Pool, PoolOptions};
 use crate::config::{Failover, PoolConfig, ReadPolicy, WriteMode};
 use crate::credentials::Credentials;
-use crate::tls::ServerTls;
 use crate::health::HealthOptions;
 use crate::metrics::Metrics;
 use crate::routing::{HashTag, Slot, SlotTable};
+use crate::tls::ServerTls;
 
 /// Servers ranked per slot beyond the replicas, so that failover can find the next server of a
 /// slot's ranking without recomputing it.
