@@ -633,3 +633,58 @@ fn a_server_certificate_for_another_name_or_expired_marks_the_server_down_with_t
         assert!(e.to_string().contains("s0"), "{what}: {e}");
     }
 }
+
+/// An address of this machine other than loopback (where the route to a public address
+/// leaves; no packet is sent), if it has one.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe
+        .connect("192.0.2.200:9")
+        .or_else(|_| probe.connect("8.8.8.8:53"))
+        .ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn protected_mode_admits_a_remote_client_by_its_certificate_only() {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: this machine has no address other than loopback");
+        return;
+    };
+    let pki = Pki::new("keyway");
+    let (cert, key, _) = pki.leaf("keyway", &["127.0.0.1"], Validity::Now);
+    let (ccert, ckey, _) = pki.leaf("client", &["client.test"], Validity::Now);
+    let s0 = RedisServer::start();
+    let remote = |proxy: &Proxy| SocketAddr::new(ip, proxy.tls_addr.unwrap().port());
+    let toml = |extra: &str| {
+        format!(
+            "tls_listen = \"0.0.0.0:0\"\n{}\n[tls]\n{}",
+            support::config_toml(&[&s0], ""),
+            tls_section(&cert, &key, extra)
+        )
+    };
+    // Mutual TLS: a certificate admits a client from a non-loopback address; no certificate,
+    // no handshake.
+    let client_ca = format!("client_ca_file = \"{}\"", toml_path(&pki.ca_file()));
+    let proxy = Proxy::start_toml(&toml(&client_ca));
+    let mut admitted =
+        tls_connect(client_config(&pki, Some((&ccert, &ckey))), remote(&proxy)).unwrap();
+    assert_eq!(call(&mut admitted, b"PING\r\n").unwrap(), b"+PONG\r\n");
+    let refused = tls_connect(client_config(&pki, None), remote(&proxy))
+        .and_then(|mut tls| call(&mut tls, b"PING\r\n"));
+    assert!(refused.is_err(), "{refused:?}");
+    drop(proxy);
+    // Without client_ca_file, TLS alone does not lift protected mode: -DENIED over TLS.
+    let proxy = Proxy::start_toml(&toml(""));
+    let mut denied = tls_connect(client_config(&pki, None), remote(&proxy)).unwrap();
+    let reply = call(&mut denied, b"PING\r\n").unwrap();
+    assert!(
+        reply.starts_with(b"-DENIED "),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    // From loopback it serves.
+    let mut local = tls_connect(client_config(&pki, None), proxy.tls_addr.unwrap()).unwrap();
+    assert_eq!(call(&mut local, b"PING\r\n").unwrap(), b"+PONG\r\n");
+}
