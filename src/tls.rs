@@ -880,6 +880,50 @@ mod tests {
         assert!(Connector::new(None, None, None, true).is_ok());
     }
 
+    /// A certificate for 127.0.0.1 and its key, self-signed, written to `cert` and `key`.
+    fn write_self_signed(cert: &Path, key: &Path, name: &str) {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&pair).unwrap().pem();
+        std::fs::write(key, pair.serialize_pem()).unwrap();
+        std::fs::write(cert, pem).unwrap();
+    }
+
+    #[test]
+    fn changed_files_are_reloaded_and_broken_ones_keep_the_last_good_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        write_self_signed(&cert, &key, "one");
+        let acceptor = Acceptor::new(cert.clone(), key.clone(), None).unwrap();
+        let first = acceptor.current();
+        // Unchanged files: the same configuration, nothing rebuilt.
+        assert!(Arc::ptr_eq(&first, &acceptor.current()));
+        // New files (a rename, as a Secret's symlink swap gives a new inode).
+        let (cert2, key2) = (dir.path().join("c2.pem"), dir.path().join("k2.pem"));
+        write_self_signed(&cert2, &key2, "two");
+        std::fs::rename(&key2, &key).unwrap();
+        std::fs::rename(&cert2, &cert).unwrap();
+        let second = acceptor.current();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // A broken certificate (half written): the last good configuration stays.
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert!(Arc::ptr_eq(&second, &acceptor.current()));
+        // A key that does not match its certificate: refused at load, kept at reload.
+        write_self_signed(&cert2, &key2, "three");
+        std::fs::rename(&cert2, &cert).unwrap();
+        assert!(Arc::ptr_eq(&second, &acceptor.current()));
+        let e = Acceptor::new(cert.clone(), key.clone(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.cert_file and tls.key_file"), "{e}");
+        // Once the pair matches again, it is taken.
+        std::fs::rename(&key2, &key).unwrap();
+        assert!(!Arc::ptr_eq(&second, &acceptor.current()));
+    }
+
     #[test]
     fn files_that_are_not_pem_are_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
