@@ -23,8 +23,10 @@
 # Last, scripts/bench/client_modes.sh on a pool of its own: RESP3 against RESP2, MULTI/EXEC
 # against a pipeline, two-phase cross-server MULTI against a pipeline under write = "primary";
 # scripts/bench/blocking.py: BLPOP/RPUSH ping-pong against direct, memory per blocked client;
-# scripts/bench/pubsub.py: messages delivered to 1,000 subscribers of one channel against direct.
-# Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3, cargo (or BENCH_KEYWAY_BIN).
+# scripts/bench/pubsub.py: messages delivered to 1,000 subscribers of one channel against direct;
+# scripts/bench/tls.sh: GET and SET over Keyway's tls_listen against its plain listen.
+# Needs: redis-server, redis-benchmark, redis-cli, nutcracker, python3, openssl, cargo (or
+# BENCH_KEYWAY_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -358,6 +360,13 @@ pubsub_args=(--keyway "$keyway")
 [[ $quick == 1 ]] && pubsub_args+=(--seconds 1 --rounds 1 --subscribers 200)
 python3 scripts/bench/pubsub.py "${pubsub_args[@]}" >"$dir/pubsub.json" 2>"$dir/pubsub.log" ||
   die "pub/sub bench failed (see $dir/pubsub.log)"
+
+# ---- 7. TLS on the client side against plaintext, one Keyway (a pool of its own)
+log "TLS against plaintext (scripts/bench/tls.sh)"
+tls_env=(BENCH_KEYWAY_BIN="$keyway" BENCH_OUT="$dir/tls.md" REPS="$REPS")
+[[ $quick == 1 ]] && tls_env+=(BENCH_N=50000)
+env "${tls_env[@]}" scripts/bench/tls.sh >"$dir/tls.log" 2>&1 ||
+  die "TLS bench failed (see $dir/tls.log)"
 
 python3 scripts/bench/report.py --dir "$dir" --out "$OUT" --command "$cmd"
 log "wrote $OUT"

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what Keyway's scripts and tests run against, when missing (Debian/Ubuntu):
-# redis-server, redis-tools (redis-cli, redis-benchmark), prometheus for promtool, redis-py, RQ
-# and Celery, and (where node and npm are) the npm packages of tests/clients and tests/frameworks.
+# redis-server, redis-tools (redis-cli, redis-benchmark; Debian's are built with TLS, which
+# tests/tls.rs uses), openssl (certificates for scripts/bench/tls.sh), prometheus for promtool,
+# redis-py, RQ and Celery, and (where node and npm are) the npm packages of tests/clients and
+# tests/frameworks.
 # `scripts/ensure-deps.sh redis` installs only the Redis packages.
 set -euo pipefail
-want=(redis-server redis-tools)
-have() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null; }
+want=(redis-server redis-tools openssl)
+have() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null && command -v openssl >/dev/null; }
 if [ "${1:-all}" = all ]; then
   want+=(prometheus)
-  have() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null && command -v promtool >/dev/null; }
+  have() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null && command -v openssl >/dev/null && command -v promtool >/dev/null; }
 fi
 # redis-py, pinned: the client whose defaults (RESP3, MULTI/EXEC pipelines) the tests check.
 if [ "${1:-all}" = all ] && ! python3 -c 'import redis, sys; sys.exit(redis.__version__ != "8.2.0")' 2>/dev/null; then

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
@@ -79,6 +80,13 @@ pub struct Config {
     /// use tokio's work-stealing scheduler.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// A second client address that speaks TLS (`host:port`), beside the plain `listen`.
+    /// Needs `[tls]`. Default none.
+    #[serde(default)]
+    pub tls_listen: Option<String>,
+    /// The TLS settings of `tls_listen` (docs/security.md). Default none.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// The pool of redis-servers and how keys are spread over it.
     pub pool: PoolConfig,
     /// Limits on what clients may make Keyway hold.
@@ -146,6 +154,62 @@ pub struct PoolConfig {
     /// The servers. Order does not matter: keys follow names, not positions.
     #[serde(default)]
     pub servers: Vec<ServerConfig>,
+    /// TLS towards the servers: every connection to them (forwarding, health probes,
+    /// two-phase, sweeps, blocking and pub/sub) speaks TLS when this is set. Default none.
+    #[serde(default)]
+    pub tls: Option<PoolTlsConfig>,
+}
+
+/// `[tls]`: Keyway's TLS server side, on `tls_listen`. The files are re-read when they change:
+/// new handshakes use the new certificate, established connections keep theirs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Keyway's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that clients' certificates must chain to: with it, a client
+    /// without a valid certificate is refused during the handshake (mutual TLS), and a client
+    /// with one is admitted from any address under `protected_mode`. Default none.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// A client that has not finished its handshake this long after connecting is closed.
+    /// Default `10s`.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[pool.tls]`: Keyway's TLS client side towards the servers. The files are re-read when they
+/// change (new connections use them).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTlsConfig {
+    /// CA certificates (PEM) the servers' certificates must chain to. Required unless
+    /// `insecure_skip_verify`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The name the servers' certificates must carry. Default: the host part of each
+    /// server's address (an IP address must be in the certificate's IP SANs). Overridable per
+    /// server (`tls_server_name`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM) for servers that require one (`tls-auth-clients yes`).
+    /// Goes with `key_file`. Default none.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM). Default none.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Verify nothing about the servers' certificates (encrypted, not authenticated: anyone in
+    /// the path can read and change the traffic). Logged as a warning at start and at every
+    /// reload. Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 pub use crate::routing::ReadPolicy;
@@ -278,6 +342,10 @@ pub struct ServerConfig {
     /// `KEYWAY_POOL__PASSWORD`. Default: the pool's.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// The name this server's certificate must carry, instead of `pool.tls.server_name`.
+    /// Default: the pool's, else the host part of `addr`.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// `[limits]`: protocol limits applied to client input.
@@ -509,6 +577,13 @@ impl Config {
         }
         self.pool.validate(text)?;
         self.pool.check_password_files(text)?;
+        self.check_tls(text)?;
+        if self.pool.tls.is_some() {
+            self.pool.tls_connector()?;
+            for s in &self.pool.servers {
+                self.pool.tls_server_name(s)?;
+            }
+        }
         if let Some(path) = &self.admin_token_file {
             // Only whether a token is there: the token itself is never shown.
             let usable =
@@ -545,6 +620,58 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `tls_listen` and `[tls]` go together, and `[tls]`'s files load (a certificate and the
+    /// key that matches it, a client CA).
+    fn check_tls(&self, text: Option<&str>) -> Result<(), ConfigError> {
+        let invalid = |key: &str, needle: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            location: text
+                .and_then(|t| line_of(t, needle))
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default(),
+            message,
+        };
+        match (&self.tls_listen, &self.tls) {
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(invalid(
+                "tls_listen",
+                "tls_listen",
+                "needs a [tls] section with cert_file and key_file".into(),
+            )),
+            (None, Some(_)) => Err(invalid(
+                "tls",
+                "[tls]",
+                "[tls] is set but tls_listen is not: set the address TLS clients connect to".into(),
+            )),
+            (Some(addr), Some(tls)) => {
+                check_addr(addr).map_err(|m| invalid("tls_listen", "tls_listen", m))?;
+                if !addr.ends_with(":0") && (*addr == self.listen || *addr == self.admin) {
+                    return Err(invalid(
+                        "tls_listen",
+                        "tls_listen",
+                        format!("must differ from listen and admin ({addr})"),
+                    ));
+                }
+                if tls.handshake_timeout.is_zero() {
+                    return Err(invalid(
+                        "tls.handshake_timeout",
+                        "handshake_timeout",
+                        "must be more than 0s".into(),
+                    ));
+                }
+                crate::tls::Acceptor::new(
+                    tls.cert_file.clone(),
+                    tls.key_file.clone(),
+                    tls.client_ca_file.clone(),
+                )
+                .map(drop)
+                .map_err(|e| invalid("tls", "cert_file", e.to_string()))
+            }
+        }
     }
 }
 
@@ -619,6 +746,50 @@ impl PoolConfig {
             message: format!(
                 "a password is not taken from the configuration (whoever reads it would see it): put it in a file named by pool.password_file, or in the environment variable {PASSWORD_ENV}"
             ),
+        })
+    }
+
+    /// The TLS client side towards the servers, loaded from `[pool.tls]`'s files (`None`:
+    /// plain TCP).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when a file does not load or the settings do not go together.
+    pub fn tls_connector(&self) -> Result<Option<Arc<crate::tls::Connector>>, ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let connector = crate::tls::Connector::new(
+            tls.ca_file.clone(),
+            tls.cert_file.clone(),
+            tls.key_file.clone(),
+            tls.insecure_skip_verify,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: "pool.tls".into(),
+            location: String::new(),
+            message: e.to_string(),
+        })?;
+        Ok(Some(Arc::new(connector)))
+    }
+
+    /// The name server `s`'s certificate must carry (see [`crate::tls::server_name`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] when it is not a DNS name or an IP address.
+    pub fn tls_server_name(
+        &self,
+        s: &ServerConfig,
+    ) -> Result<rustls::pki_types::ServerName<'static>, ConfigError> {
+        let configured = s
+            .tls_server_name
+            .as_deref()
+            .or(self.tls.as_ref().and_then(|t| t.server_name.as_deref()));
+        crate::tls::server_name(configured, &s.addr).map_err(|e| ConfigError::Invalid {
+            key: format!("pool.servers '{}' tls server name", s.name),
+            location: String::new(),
+            message: e.to_string(),
         })
     }
 

@@ -14,6 +14,8 @@
 //! - [`config`]: the configuration file, its layering (defaults < file < `KEYWAY_*`) and checks.
 //! - [`credentials`]: what Keyway authenticates to a server with; the `Secret` type that shows
 //!   nowhere.
+//! - [`tls`]: rustls both ways: the client listener's and the server connections' TLS, certificate
+//!   files re-read when they change.
 //! - [`topology`]: the immutable snapshot the request path reads, behind one `ArcSwap`.
 //! - [`health`]: the up/down state machine of each server, active probes.
 //! - [`backend`]: pipelined, multiplexed connections to each server, FIFO reply matching.
@@ -43,5 +45,6 @@ pub mod protocol;
 pub mod resync;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod topology;
 pub mod txn;

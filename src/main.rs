@@ -204,6 +204,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 let running = keyway::server::start(&c).await?;
                 tracing::info!(
                     listen = %running.addr,
+                    tls_listen = ?running.tls_addr,
                     admin = %running.admin_addr,
                     servers = c.pool.servers.len(),
                     "keyway is serving"

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub client_accepted: IntCounter,
     /// `keyway_client_connections_refused_total` (over `max_clients`).
     pub client_refused: IntCounter,
+    /// `keyway_client_tls_handshake_failures_total`.
+    pub client_tls_failures: IntCounter,
     /// `keyway_client_disconnects_total{reason}`.
     pub client_disconnects: IntCounterVec,
     /// `keyway_errors_total{kind}`, one handle per [`ErrorKind`], in [`ErrorKind::ALL`] order.
@@ -263,6 +265,11 @@ impl Metrics {
                 &r,
                 "keyway_client_connections_refused_total",
                 "Client connections refused: limits.max_clients reached, or a non-loopback address under protected mode.",
+            ),
+            client_tls_failures: counter(
+                &r,
+                "keyway_client_tls_handshake_failures_total",
+                "TLS handshakes on tls_listen that failed or did not finish within tls.handshake_timeout (plaintext, a client certificate missing or not trusted, no common protocol).",
             ),
             client_disconnects: counter_vec(
                 &r,

@@ -452,6 +452,7 @@ impl Resync<'_> {
             &server.name,
             pool.addr(),
             pool.credentials(),
+            pool.tls(),
             self.deadline(),
         )
         .await

@@ -351,6 +351,13 @@ def main():
                 "| measure | direct | keyway | keyway / direct |", "| --- | --- | --- | --- |",
                 f"| messages delivered/s to the subscribers, per round | {rate.get('direct')} | {rate.get('keyway')} | {rate.get('keyway_over_direct')} (target ≥ 0.8) |",
                 f"| CPU µs per delivered message (the serving process) | {cpu.get('direct_redis_server')} | {cpu.get('keyway')} | |"]
+    tls = os.path.join(a.dir, "tls.md")
+    if os.path.exists(tls):
+        out += ["", "### TLS on the client side", "",
+                "From `scripts/bench/tls.sh`, run by `scripts/bench.sh`: one Keyway, its plain `listen` "
+                "and its `tls_listen` measured alternately (redis-benchmark `--tls`, whose own TLS work "
+                "shares the machine).", ""]
+        out += open(tls).read().rstrip("\n").split("\n")
     out += ["", END, ""]
     section = "\n".join(out)
 

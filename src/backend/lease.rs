@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::tls::Conn;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{connect, BackendError, Pool, Reply, Shared};
 use crate::protocol::{Limits, Proto, ReplyDecoder};
@@ -15,7 +15,7 @@ use crate::protocol::{Limits, Proto, ReplyDecoder};
 /// A connection of one server's, held by one client.
 pub struct Lease {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Conn,
     decoder: ReplyDecoder,
     buf: BytesMut,
     /// A request failed on it: its replies can no longer be matched.
@@ -58,7 +58,7 @@ impl Pool {
     /// # Errors
     ///
     /// [`BackendError::Unavailable`] when the server cannot be reached.
-    pub async fn subscriber(&self) -> Result<TcpStream, BackendError> {
+    pub async fn subscriber(&self) -> Result<Conn, BackendError> {
         connect(&self.shared, Proto::Resp2)
             .await
             .map_err(|reason| self.shared.unavailable(&reason))
@@ -120,7 +120,7 @@ impl Lease {
 #[derive(Default)]
 pub(super) struct Blocking {
     /// Connections that carried a blocking command to its end, ready for the next.
-    idle: std::sync::Mutex<Vec<(Proto, TcpStream)>>,
+    idle: std::sync::Mutex<Vec<(Proto, Conn)>>,
     /// Blocked clients at most, set by the first blocking command (`limits.max_blocked_per_server`).
     permits: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
 }
@@ -129,7 +129,7 @@ pub(super) struct Blocking {
 pub const IDLE_BLOCKING_KEPT: usize = 64;
 
 impl Blocking {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Proto, TcpStream)>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(Proto, Conn)>> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -193,11 +193,8 @@ impl Pool {
             let Some(stream) = next else { break None };
             // A kept connection must be quiet: readable means the server closed it (or sent
             // what no request asked for), and it goes.
-            let mut probe = [0u8; 1];
-            if let Err(e) = stream.try_read(&mut probe) {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    break Some(stream);
-                }
+            if stream.is_quiet() {
+                break Some(stream);
             }
         };
         let stream = match kept {

@@ -48,8 +48,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use prometheus::local::LocalHistogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
@@ -58,6 +56,7 @@ use crate::credentials::Credentials;
 use crate::health::{Health, HealthOptions};
 use crate::metrics::ServerMetrics;
 use crate::protocol::{write_command, Limits, Proto, ReplyDecoder};
+use crate::tls::{Conn, ConnRead, ConnWrite, ServerTls};
 
 /// Requests written and not yet answered on one connection past which it takes no more from its
 /// queue until replies come. A soft limit: a take moves everything queued, which is bounded
@@ -290,6 +289,8 @@ struct Shared {
     health: Arc<Health>,
     /// What the handshake authenticates with (shared with the prober).
     credentials: Arc<Credentials>,
+    /// TLS towards this server (`[pool.tls]`), or plain TCP.
+    tls: Option<ServerTls>,
     /// Why the last connection attempt or connection failed, until one is established again
     /// (for `/readyz` and `/topology`). Never holds a secret.
     last_failure: std::sync::Mutex<Option<Arc<str>>>,
@@ -434,7 +435,7 @@ impl Pool {
     /// Opens `options.connections` connection tasks to `addr` on the current tokio runtime.
     ///
     /// Also starts the server's health prober (see [`crate::health`]). Every connection, the
-    /// prober's too, authenticates with `credentials`.
+    /// prober's too, authenticates with `credentials`, and speaks TLS with `tls` when set.
     pub fn spawn(
         name: &str,
         addr: &str,
@@ -442,6 +443,7 @@ impl Pool {
         health: HealthOptions,
         metrics: ServerMetrics,
         credentials: Arc<Credentials>,
+        tls: Option<ServerTls>,
     ) -> Pool {
         let name: Arc<str> = Arc::from(name);
         let addr: Arc<str> = Arc::from(addr);
@@ -451,6 +453,7 @@ impl Pool {
             health.clone(),
             addr.clone(),
             credentials.clone(),
+            tls.clone(),
             stop.clone(),
         ));
         let shared = Arc::new(Shared {
@@ -461,6 +464,7 @@ impl Pool {
             metrics,
             health,
             credentials,
+            tls,
             last_failure: std::sync::Mutex::new(None),
             #[cfg(test)]
             dials: std::sync::Mutex::default(),
@@ -503,6 +507,11 @@ impl Pool {
     /// What the pool's connections authenticate with.
     pub fn credentials(&self) -> &Arc<Credentials> {
         &self.shared.credentials
+    }
+
+    /// TLS towards this server (`[pool.tls]`), if any.
+    pub(crate) fn tls(&self) -> Option<&ServerTls> {
+        self.shared.tls.as_ref()
     }
 
     /// The server's name.
@@ -736,23 +745,17 @@ async fn connection_task(shared: Arc<Shared>, queue: Arc<Queue>, proto: Proto) {
     }
 }
 
-/// The Connecting state: dials the server, with the request timeout as connect timeout.
-/// On failure, why (for the health failure and the log line).
-async fn dial(shared: &Shared) -> Result<TcpStream, String> {
+/// The Connecting state: dials the server (TCP, then TLS when the pool has `[pool.tls]`),
+/// with the request timeout as connect timeout. On failure, why (for the health failure and
+/// the log line).
+async fn dial(shared: &Shared) -> Result<Conn, String> {
     #[cfg(test)]
     shared.record_dial();
-    match tokio::time::timeout(shared.timeout, TcpStream::connect(shared.addr.as_ref())).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("connect timed out after {:?}", shared.timeout)),
-    }
+    crate::tls::dial(&shared.addr, shared.timeout, shared.tls.as_ref()).await
 }
 
 /// Dials the server and readies the connection for `proto` (see [`handshake`]).
-async fn connect(shared: &Shared, proto: Proto) -> Result<TcpStream, String> {
+async fn connect(shared: &Shared, proto: Proto) -> Result<Conn, String> {
     let stream = dial(shared).await?;
     handshake(stream, shared, proto).await
 }
@@ -777,11 +780,7 @@ enum Step {
 ///
 /// On failure, why (for the health failure, the log line and the errors clients get): names
 /// no secret. A refused `AUTH` is counted in `keyway_server_auth_failures_total`.
-async fn handshake(
-    mut stream: TcpStream,
-    shared: &Shared,
-    proto: Proto,
-) -> Result<TcpStream, String> {
+async fn handshake(mut stream: Conn, shared: &Shared, proto: Proto) -> Result<Conn, String> {
     let mut out = BytesMut::new();
     let mut steps = Vec::new();
     if let Some(auth) = shared.credentials.current(&shared.name)? {
@@ -953,8 +952,8 @@ struct Connection<'a> {
     queue: &'a Queue,
     /// Reset by every reply: a server that answers is back.
     backoff: &'a mut Backoff,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ConnRead,
+    wr: ConnWrite,
     in_flight: VecDeque<InFlight>,
     decoder: ReplyDecoder,
     inbuf: BytesMut,
@@ -987,7 +986,7 @@ impl<'a> Connection<'a> {
         shared: &'a Shared,
         queue: &'a Queue,
         backoff: &'a mut Backoff,
-        stream: TcpStream,
+        stream: Conn,
     ) -> Connection<'a> {
         shared.open.fetch_add(1, Ordering::Relaxed);
         shared.metrics.connections.inc();

@@ -34,6 +34,7 @@ fn requests_fail_at_once_once_the_connection_task_is_gone() {
             health,
             metrics.server("s"),
             Arc::new(Credentials::none()),
+            None,
         );
         // Let the task connect and take one request; the next stays queued.
         let written = pool.send(0, Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"));
@@ -83,6 +84,7 @@ fn pool(addr: &str, timeout: Duration, metrics: &Metrics) -> Pool {
         health,
         metrics.server("s"),
         Arc::new(Credentials::none()),
+        None,
     )
 }
 
@@ -248,6 +250,7 @@ fn pool_probed(addr: &str, timeout: Duration, probe_timeout: Duration, metrics: 
         health,
         metrics.server("s"),
         Arc::new(Credentials::none()),
+        None,
     )
 }
 

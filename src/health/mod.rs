@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use crate::credentials::{Auth, Credentials};
 use crate::metrics::ServerMetrics;
+use crate::tls::ServerTls;
 
 /// Settings of the state machine and of the prober.
 #[derive(Clone, Debug, PartialEq)]
@@ -281,7 +282,11 @@ impl Health {
 /// change.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProbeError {
-    /// No control connection: a bad address, a refused or unreachable server.
+    /// No control connection: a bad address, a refused or unreachable server, a failed TLS
+    /// handshake (a certificate expired, not trusted or for another name).
+    #[error("health probe failed: {0}")]
+    Dial(String),
+    /// Connected, but the connection's set-up failed.
     #[error("health probe failed: {0}")]
     Connect(redis::RedisError),
     /// The server refused the credentials (its words are redis-rs's, which never quote them).
@@ -307,6 +312,7 @@ pub async fn probe(
     health: Arc<Health>,
     addr: Arc<str>,
     credentials: Arc<Credentials>,
+    tls: Option<ServerTls>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let options = health.options().clone();
@@ -318,7 +324,7 @@ pub async fn probe(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match probe_once(&mut con, &addr, &credentials, &health).await {
+        match probe_once(&mut con, &addr, &credentials, tls.as_ref(), &health).await {
             Ok(version) => {
                 if let Some(v) = version {
                     health.set_version(v);
@@ -343,10 +349,11 @@ async fn probe_once(
     con: &mut Option<redis::aio::MultiplexedConnection>,
     addr: &str,
     credentials: &Credentials,
+    tls: Option<&ServerTls>,
     health: &Health,
 ) -> Result<Option<Arc<str>>, ProbeError> {
     let options = &health.options;
-    let ping = ping(con, addr, credentials, health);
+    let ping = ping(con, addr, credentials, tls, health);
     match tokio::time::timeout(options.timeout, ping).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::Timeout(options.timeout)),
@@ -358,6 +365,7 @@ async fn ping(
     con: &mut Option<redis::aio::MultiplexedConnection>,
     addr: &str,
     credentials: &Credentials,
+    tls: Option<&ServerTls>,
     health: &Health,
 ) -> Result<Option<Arc<str>>, ProbeError> {
     let mut version = None;
@@ -367,7 +375,7 @@ async fn ping(
             let auth = credentials
                 .current(&health.name)
                 .map_err(ProbeError::Credentials)?;
-            let c = con.insert(connect(addr, auth, &health.options).await?);
+            let c = con.insert(connect(addr, auth, tls, &health.options).await?);
             let info: Result<String, _> = redis::cmd("INFO").arg("server").query_async(c).await;
             match info {
                 Ok(info) => {
@@ -459,7 +467,7 @@ async fn has_data(c: &mut redis::aio::MultiplexedConnection) -> Option<bool> {
 }
 
 /// A control connection to server `name` at `addr` (redis-rs, authenticated with
-/// `credentials`), for background work beside the data path (resync).
+/// `credentials`, over TLS with `tls`), for background work beside the data path (resync).
 ///
 /// # Errors
 ///
@@ -468,6 +476,7 @@ pub(crate) async fn control_connection(
     name: &str,
     addr: &str,
     credentials: &Credentials,
+    tls: Option<&ServerTls>,
     timeout: Duration,
 ) -> Result<redis::aio::MultiplexedConnection, ProbeError> {
     let auth = credentials.current(name).map_err(ProbeError::Credentials)?;
@@ -477,27 +486,22 @@ pub(crate) async fn control_connection(
         fall: 1,
         rise: 1,
     };
-    connect(addr, auth, &options).await
+    connect(addr, auth, tls, &options).await
 }
 
-/// Opens the prober's control connection to `addr` (`host:port`), authenticated with `auth`.
-/// The credentials go into redis-rs's `RedisConnectionInfo`, never into a URL string (which
-/// its errors and `Debug` could show).
+/// Opens the prober's control connection to `addr` (`host:port`), authenticated with `auth`,
+/// over TLS when the pool has `[pool.tls]` (dialled by [`crate::tls::dial`], as every server
+/// connection is). The credentials go into redis-rs's `RedisConnectionInfo`, never into a URL
+/// string (which its errors and `Debug` could show).
 async fn connect(
     addr: &str,
     auth: Option<Auth>,
+    tls: Option<&ServerTls>,
     options: &HealthOptions,
 ) -> Result<redis::aio::MultiplexedConnection, ProbeError> {
-    use redis::IntoConnectionInfo;
-    let bad_addr = || {
-        ProbeError::Connect(redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "not a host:port address",
-        )))
-    };
-    let (host, port) = addr.rsplit_once(':').ok_or_else(bad_addr)?;
-    let port: u16 = port.parse().map_err(|_| bad_addr())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = crate::tls::dial(addr, options.timeout, tls)
+        .await
+        .map_err(ProbeError::Dial)?;
     let mut settings = redis::RedisConnectionInfo::default();
     if let Some(auth) = auth {
         if let Some(user) = auth.username {
@@ -505,24 +509,22 @@ async fn connect(
         }
         settings = settings.set_password(auth.password.expose());
     }
-    let info = redis::ConnectionAddr::Tcp(host.to_string(), port)
-        .into_connection_info()
-        .map_err(ProbeError::Connect)?
-        .set_redis_settings(settings);
-    let client = redis::Client::open(info).map_err(ProbeError::Connect)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(options.timeout))
         .set_response_timeout(Some(options.timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| {
-            if e.kind() == redis::ErrorKind::AuthenticationFailed {
-                ProbeError::Auth(e)
-            } else {
-                ProbeError::Connect(e)
-            }
-        })
+    let (con, driver) =
+        redis::aio::MultiplexedConnection::new_with_config(&settings, stream, config)
+            .await
+            .map_err(|e| {
+                if e.kind() == redis::ErrorKind::AuthenticationFailed {
+                    ProbeError::Auth(e)
+                } else {
+                    ProbeError::Connect(e)
+                }
+            })?;
+    // Ends when the connection is dropped.
+    tokio::spawn(driver);
+    Ok(con)
 }
 
 #[cfg(test)]

@@ -173,6 +173,7 @@ async fn the_prober_probes_every_interval_and_fall_timeouts_take_a_silent_server
         h.clone(),
         addr,
         Arc::new(Credentials::none()),
+        None,
         stop.clone(),
     ));
     // Probes at 0, 1000, 2000, 3000 ms, each failing 200 ms later.

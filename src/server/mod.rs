@@ -26,6 +26,7 @@ mod reply;
 mod scripts;
 mod session;
 mod shared;
+mod stream;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,10 +44,35 @@ pub use shared::Shared;
 /// A client over `limits.max_clients` gets `-ERR max number of clients reached` (redis-server's
 /// words) and is closed at once.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let max_clients = shared.client_limits.max_clients as u64;
     if let Ok(addr) = listener.local_addr() {
         let _ = shared.port.set(addr.port());
     }
+    accept_loop(listener, shared, None).await;
+}
+
+/// Accepts TLS clients on `listener` (`tls_listen`), as [`serve`] does plain ones: each
+/// session starts once its handshake is done, and a handshake not done within `timeout` is
+/// cut. Under protected mode, a client from a non-loopback address is admitted when it
+/// presented a certificate that `tls.client_ca_file` verified (mutual TLS), and refused with
+/// `-DENIED` (over TLS) otherwise.
+pub async fn serve_tls(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    acceptor: Arc<crate::tls::Acceptor>,
+    timeout: std::time::Duration,
+) {
+    accept_loop(listener, shared, Some(TlsListener { acceptor, timeout })).await;
+}
+
+/// What a TLS listener adds to the accept loop.
+#[derive(Clone)]
+struct TlsListener {
+    acceptor: Arc<crate::tls::Acceptor>,
+    timeout: std::time::Duration,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsListener>) {
+    let max_clients = shared.client_limits.max_clients as u64;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -57,26 +83,43 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                if !admitted(shared.protected_mode, peer) {
+                let loopback = admitted(shared.protected_mode, peer);
+                // A TLS client with a verified certificate may come from anywhere: decided
+                // once its handshake is done.
+                let by_certificate = tls.as_ref().is_some_and(|t| t.acceptor.mutual());
+                if !loopback && !by_certificate {
                     shared.metrics.client_refused.inc();
                     tracing::warn!(%peer, "client refused: protected mode (a non-loopback address; see protected_mode)");
-                    tokio::spawn(refuse_with(stream, DENIED));
+                    match &tls {
+                        None => drop(tokio::spawn(refuse_with(stream, DENIED))),
+                        Some(t) => drop(tokio::spawn(refuse_tls(stream, t.clone(), DENIED))),
+                    }
                     continue;
                 }
                 if shared.clients.load(Ordering::Relaxed) >= max_clients {
                     shared.metrics.client_refused.inc();
                     tracing::warn!(%peer, max_clients, "client refused: max_clients reached");
-                    tokio::spawn(refuse(stream));
+                    match &tls {
+                        None => drop(tokio::spawn(refuse(stream))),
+                        Some(t) => drop(tokio::spawn(refuse_tls(stream, t.clone(), MAX_CLIENTS))),
+                    }
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
                 let id = shared.next_client_id();
+                // Counted from the accept, so that handshakes in progress count against
+                // max_clients too.
                 shared.clients.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.client_accepted.inc();
                 shared.metrics.client_connections.inc();
                 let shared = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = session::run(stream, shared.clone(), id).await {
+                    let result = match tls {
+                        None => session::run(stream, shared.clone(), id).await,
+                        Some(t) => tls_session(stream, &shared, id, peer, loopback, &t).await,
+                    };
+                    if let Err(e) = result {
                         tracing::info!(client = id, %peer, error = %e, "client connection error");
                     }
                     shared.clients.fetch_sub(1, Ordering::Relaxed);
@@ -92,8 +135,69 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// A TLS client: the handshake (bounded by the listener's timeout), the protected-mode check
+/// that needed it, then the session.
+async fn tls_session(
+    stream: tokio::net::TcpStream,
+    shared: &Arc<Shared>,
+    id: u64,
+    peer: std::net::SocketAddr,
+    loopback: bool,
+    tls: &TlsListener,
+) -> std::io::Result<()> {
+    let Some(stream) = handshake(stream, tls, shared, peer).await else {
+        return Ok(());
+    };
+    if !loopback && !stream.peer_verified() {
+        shared.metrics.client_refused.inc();
+        tracing::warn!(%peer, "client refused: protected mode (a non-loopback address without a client certificate)");
+        finish_refusal(stream, DENIED).await;
+        return Ok(());
+    }
+    tracing::debug!(client = id, %peer, version = ?stream.version(), "TLS client connected");
+    session::run(stream, shared.clone(), id).await
+}
+
+/// The server side of a TLS handshake within the listener's timeout; a failure is logged
+/// (without any secret: rustls's reason) and counted, and the connection closed.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    tls: &TlsListener,
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+) -> Option<crate::tls::Stream> {
+    let error = match tokio::time::timeout(tls.timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("not finished within {:?}", tls.timeout),
+    };
+    shared.metrics.client_tls_failures.inc();
+    tracing::info!(%peer, %error, "client TLS handshake failed; connection closed");
+    None
+}
+
+/// Refuses a TLS client: its handshake, then `reply` over TLS, then the close.
+async fn refuse_tls(stream: tokio::net::TcpStream, tls: TlsListener, reply: &'static [u8]) {
+    let peer = stream.peer_addr().ok();
+    let acceptor = tls.acceptor.clone();
+    if let Ok(Ok(stream)) = tokio::time::timeout(tls.timeout, acceptor.accept(stream)).await {
+        finish_refusal(stream, reply).await;
+    } else {
+        tracing::debug!(?peer, "refused TLS client did not finish its handshake");
+    }
+}
+
+async fn finish_refusal(mut stream: crate::tls::Stream, reply: &'static [u8]) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream.write_all(reply).await;
+    let _ = stream.shutdown().await;
+}
+
+/// What a client over `limits.max_clients` reads before its connection closes.
+const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
+
 async fn refuse(stream: tokio::net::TcpStream) {
-    refuse_with(stream, b"-ERR max number of clients reached\r\n").await;
+    refuse_with(stream, MAX_CLIENTS).await;
 }
 
 /// What a client refused by protected mode reads before its connection closes: redis-server's
@@ -154,6 +258,8 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     /// State shared by the sessions (topology, limits, counters).
     pub shared: Arc<Shared>,
+    /// The TLS client address (`tls_listen`, resolved), if there is one.
+    pub tls_addr: Option<std::net::SocketAddr>,
     /// The admin HTTP address.
     pub admin_addr: std::net::SocketAddr,
     /// The accept loop; ends when Keyway drains.
@@ -166,6 +272,9 @@ pub enum StartError {
     /// The topology could not be built.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// The TLS files of `[tls]` do not load.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The client port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -219,6 +328,27 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         addr: config.listen.clone(),
         source,
     })?;
+    let tls = match (&config.tls_listen, &config.tls) {
+        (Some(tls_listen), Some(tls)) => {
+            let acceptor = crate::tls::Acceptor::new(
+                tls.cert_file.clone(),
+                tls.key_file.clone(),
+                tls.client_ca_file.clone(),
+            )?;
+            let listener = listen(tls_listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: tls_listen.clone(),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Listen {
+                addr: tls_listen.clone(),
+                source,
+            })?;
+            Some((listener, addr, Arc::new(acceptor), tls.handshake_timeout))
+        }
+        _ => None,
+    };
     let (admin, admin_addr) =
         crate::admin::bind(&config.admin)
             .await
@@ -245,9 +375,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shared.topology.clone(),
         shared.drain.child_token(),
     ));
+    let tls_addr = tls.map(|(listener, addr, acceptor, timeout)| {
+        tokio::spawn(serve_tls(listener, shared.clone(), acceptor, timeout));
+        addr
+    });
     let task = tokio::spawn(serve(listener, shared.clone()));
     Ok(Running {
         addr,
+        tls_addr,
         admin_addr,
         shared,
         task,

@@ -634,7 +634,7 @@ async fn link_task(
 async fn serve_link(
     hub: &Weak<Hub>,
     server: &Arc<str>,
-    mut stream: tokio::net::TcpStream,
+    mut stream: crate::tls::Conn,
     rx: &mut mpsc::UnboundedReceiver<Cmd>,
 ) -> Result<(), String> {
     // Replies awaited, in order: how many each command still has coming, and what to fire.

@@ -21,9 +21,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use tokio::io::AsyncRead;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use super::client::{ClientState, Replies};
@@ -34,6 +33,7 @@ use super::plan;
 use super::reply::Pending;
 use super::scripts::Role;
 use super::shared::Shared;
+use super::stream::ClientStream;
 use crate::command::{Local, Traits};
 use crate::error::{ErrorKind, Reply, ReplyError};
 use crate::metrics::Metrics;
@@ -199,16 +199,16 @@ enum Stretch {
 /// # Errors
 ///
 /// The I/O error that ended the connection, if any.
-pub(crate) async fn run(
-    mut stream: TcpStream,
+pub(crate) async fn run<S: ClientStream>(
+    mut stream: S,
     shared: Arc<Shared>,
     id: u64,
 ) -> std::io::Result<()> {
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream.tcp());
     let listed = shared.registry.add(
         id,
-        stream.peer_addr().ok(),
-        stream.local_addr().ok(),
+        stream.tcp().peer_addr().ok(),
+        stream.tcp().local_addr().ok(),
         i64::from(fd),
     );
     let mut client = ClientState::new(id);
@@ -337,8 +337,8 @@ pub(crate) async fn run(
 
 /// Parked: waits for the client to speak, a drain, `CLIENT KILL`, or the idle timeout (which
 /// exists only when one is configured, and only while parked).
-async fn parked(
-    stream: &mut TcpStream,
+async fn parked<S: ClientStream>(
+    stream: &mut S,
     shared: &Shared,
     idle: std::time::Duration,
     mut drain: Pin<&mut WaitForCancellationFuture<'_>>,
@@ -373,8 +373,8 @@ async fn parked(
 
 /// An active stretch: the [`Active`] state is made inside the (boxed) future, not moved into
 /// it, since it is large and a move is a copy per stretch (one per request at -P 1).
-async fn active(
-    stream: &mut TcpStream,
+async fn active<S: ClientStream>(
+    stream: &mut S,
     shared: &Arc<Shared>,
     client: ClientState,
     drain: Pin<&mut WaitForCancellationFuture<'_>>,
@@ -486,9 +486,9 @@ enum Next {
 /// the client sent more ([`Active::on_read`]). Reading stops while `max_pipeline` replies are
 /// pending; a client whose untaken replies would pass `max_client_output` bytes is
 /// disconnected.
-struct Active<'s> {
-    rd: ReadHalf<'s>,
-    wr: WriteHalf<'s>,
+struct Active<'s, S: ClientStream> {
+    rd: S::Rd<'s>,
+    wr: S::Wr<'s>,
     shared: &'s Arc<Shared>,
     /// The snapshot requests are planned on (see `fresh`).
     topo: Arc<Topology>,
@@ -525,14 +525,14 @@ struct Active<'s> {
     charge: super::memory::Charge<'s>,
 }
 
-impl<'s> Active<'s> {
+impl<'s, S: ClientStream> Active<'s, S> {
     fn new(
-        stream: &'s mut TcpStream,
+        stream: &'s mut S,
         shared: &'s Arc<Shared>,
         client: ClientState,
         kit: Kit,
-    ) -> Active<'s> {
-        let (rd, wr) = stream.split();
+    ) -> Active<'s, S> {
+        let (rd, wr) = stream.halves();
         let charge = super::memory::Charge::new(
             &shared.memory,
             &shared.metrics.client_buffered_bytes,
@@ -797,8 +797,10 @@ impl<'s> Active<'s> {
         if last == 0 || now.saturating_sub(last) > 60 {
             LOGGED.store(now, std::sync::atomic::Ordering::Relaxed);
             let peer = self
-                .rd
-                .peer_addr()
+                .client
+                .entry
+                .as_ref()
+                .and_then(|e| e.addr)
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             tracing::warn!(
@@ -1094,13 +1096,12 @@ fn poll_timer(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>, cx: &mut Context
 /// buffer first and `inbuf` takes exactly their size, so that a burst of new clients allocates
 /// no more than they send; with room (a kept kit's buffer) or a partial frame buffered, reads go
 /// straight into `inbuf`, grown by `READ_CHUNK` (and `grew` set).
-fn poll_read_some(
-    rd: &mut ReadHalf<'_>,
+fn poll_read_some<R: AsyncRead + Unpin>(
+    rd: &mut R,
     inbuf: &mut BytesMut,
     grew: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    use tokio::io::AsyncRead;
     if inbuf.is_empty() && inbuf.capacity() < READ_CHUNK / 4 {
         thread_local! {
             // One read buffer per worker thread, zeroed once, not per read.

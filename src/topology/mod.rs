@@ -22,6 +22,7 @@ use crate::credentials::Credentials;
 use crate::health::HealthOptions;
 use crate::metrics::Metrics;
 use crate::routing::{HashTag, Slot, SlotTable};
+use crate::tls::ServerTls;
 
 /// Servers ranked per slot beyond the replicas, so that failover can find the next server of a
 /// slot's ranking without recomputing it.
@@ -310,11 +311,26 @@ fn build(
         rise: config.health.rise,
     };
     let settings = format!("{options:?}/{health:?}");
+    // One connector for the pool (its files re-read when they change); each server checks
+    // its own name.
+    let connector = config.tls_connector()?;
+    if connector.as_ref().is_some_and(|c| c.insecure()) {
+        tracing::warn!("pool.tls.insecure_skip_verify = true: the servers' certificates are NOT verified; anyone between Keyway and the servers can read and change the traffic");
+    }
     let mut specs: Vec<_> = config.servers.iter().collect();
     specs.sort_by(|a, b| a.name.cmp(&b.name));
 
     let ranked: Vec<(&str, f64)> = specs.iter().map(|s| (s.name.as_str(), s.weight)).collect();
     let table = SlotTable::build(&ranked, config.replicas + SPARE_RANKS)?;
+
+    let mut tls_of = HashMap::with_capacity(specs.len());
+    for s in &specs {
+        let tls = match &connector {
+            Some(c) => Some(ServerTls::new(c.clone(), config.tls_server_name(s)?)),
+            None => None,
+        };
+        tls_of.insert(s.name.clone(), tls);
+    }
 
     // A poisoned lock only means another builder panicked mid-way; the map is still usable.
     let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -327,11 +343,13 @@ fn build(
                 config.username(s).map(str::to_string),
                 config.password_source(s),
             );
-            // `Credentials`' Debug shows the user and the file, and a password as <redacted>.
+            let tls = tls_of.remove(&s.name).flatten();
+            // `Credentials`' Debug shows the user and the file, and a password as <redacted>;
+            // the TLS settings show files and names.
             let key = (
                 s.name.clone(),
                 s.addr.clone(),
-                format!("{settings}/{credentials:?}"),
+                format!("{settings}/{credentials:?}/{tls:?}"),
             );
             let pool = match pools.get(&key) {
                 Some(pool) => pool.clone(),
@@ -343,6 +361,7 @@ fn build(
                         health.clone(),
                         metrics.server(&s.name),
                         Arc::new(credentials),
+                        tls,
                     ));
                     opened.push(pool.clone());
                     pool

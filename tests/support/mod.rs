@@ -468,6 +468,8 @@ pub fn bearer() -> String {
 /// Keyway running inside the test process on its own runtime; stopped on drop.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The TLS client address (`tls_listen`), when the config has one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub shared: std::sync::Arc<keyway::server::Shared>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -495,6 +497,7 @@ impl Proxy {
             .expect("keyway starts");
         Proxy {
             addr: running.addr,
+            tls_addr: running.tls_addr,
             admin: running.admin_addr,
             shared: running.shared,
             runtime: Some(runtime),
