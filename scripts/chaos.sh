@@ -49,8 +49,12 @@ for cell in "${cells[@]}"; do
   for seed in ${seeds//,/ }; do
     run="$out/$mode-$seed"
     # shellcheck disable=SC2086
-    python3 scripts/chaos/run.py --keyway "$keyway" --mode "$mode" --replicas "$replicas" \
-      --seed "$seed" --duration "$duration" --out "$run" --quiet ${CHAOS_ARGS:-}
+    if ! python3 scripts/chaos/run.py --keyway "$keyway" --mode "$mode" --replicas "$replicas" \
+      --seed "$seed" --duration "$duration" --out "$run" --quiet ${CHAOS_ARGS:-}; then
+      echo "mode=$mode seed=$seed: the run failed (see above)"
+      status=1
+      continue
+    fi
     # shellcheck disable=SC2086
     python3 scripts/chaos/check.py "$run" ${CHECK_ARGS:-} || status=1
   done

@@ -100,12 +100,22 @@ class Conn:
 
 
 def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """n free loopback ports below the kernel's ephemeral range (32768 and up on Linux), so that
+    no outgoing connection (a client redialling a killed Keyway) can take a port a restarted
+    process needs."""
+    rng = random.SystemRandom()
+    ports = []
+    while len(ports) < n:
+        port = rng.randrange(10000, 30000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            if port not in ports:
+                ports.append(port)
+        except OSError:
+            pass
+        finally:
+            s.close()
     return ports
 
 
@@ -167,7 +177,9 @@ class Cluster:
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         if not wait_pong(self.rports[i], 30):
-            raise SystemExit("chaos: redis-server %s did not start" % NAMES[i])
+            with open(os.path.join(d, "redis.log"), errors="replace") as f:
+                tail = f.readlines()[-5:]
+            raise SystemExit("chaos: redis-server %s did not start:\n%s" % (NAMES[i], "".join(tail)))
 
     def start_keyway(self, k):
         log = open(os.path.join(self.tmp, "keyway-%d.log" % k), "ab")
@@ -177,7 +189,9 @@ class Cluster:
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
         log.close()
         if not wait_pong(self.kports[k], 30):
-            raise SystemExit("chaos: keyway %d did not start" % k)
+            with open(os.path.join(self.tmp, "keyway-%d.log" % k), errors="replace") as f:
+                tail = f.readlines()[-5:]
+            raise SystemExit("chaos: keyway %d did not start:\n%s" % (k, "".join(tail)))
 
     def stop_all(self):
         for p in self.keyways + self.redis:
@@ -277,7 +291,7 @@ def client_loop(i, cluster, keys, args, stop, out, t_base):
     out[i] = hist
 
 
-def inject(kind, rng, cluster, t_base, log):
+def inject(kind, rng, cluster, t_base, log, scale):
     """Injects one fault and heals it; returns its record."""
     now = lambda: time.monotonic() - t_base
     if kind == "keyway_kill":
@@ -285,7 +299,7 @@ def inject(kind, rng, cluster, t_base, log):
         t0 = now()
         cluster.keyways[k].kill()
         cluster.keyways[k].wait()
-        time.sleep(rng.uniform(0.2, 1.5))
+        time.sleep(rng.uniform(0.2, 1.5) * scale)
         cluster.start_keyway(k)
         return {"fault": kind, "target": "keyway-%d" % k, "t0": t0, "t1": now()}
     i = rng.randrange(3)
@@ -294,18 +308,18 @@ def inject(kind, rng, cluster, t_base, log):
         t0 = now()
         proc.kill()
         proc.wait()
-        time.sleep(rng.uniform(0.3, 2.0))
+        time.sleep(rng.uniform(0.3, 2.0) * scale)
         cluster.start_redis(i)
         return {"fault": kind, "target": name, "t0": t0, "t1": now()}
     if kind == "redis_stop":
-        d = rng.uniform(0.5, 3.0)
+        d = rng.uniform(0.5, 3.0) * scale
         t0 = now()
         proc.send_signal(signal.SIGSTOP)
         time.sleep(d)
         proc.send_signal(signal.SIGCONT)
         return {"fault": kind, "target": name, "t0": t0, "t1": now()}
     if kind == "client_pause":
-        ms = int(rng.uniform(0.5, 3.0) * 1000)
+        ms = int(rng.uniform(0.5, 3.0) * scale * 1000)
         c = Conn(port, 5)
         t0 = now()
         r = c.call("CLIENT", "PAUSE", str(ms), "ALL")
@@ -315,7 +329,7 @@ def inject(kind, rng, cluster, t_base, log):
         time.sleep(ms / 1000)
         return {"fault": kind, "target": name, "t0": t0, "t1": now()}
     if kind == "debug_sleep":
-        secs = round(rng.uniform(0.5, 3.0), 2)
+        secs = round(rng.uniform(0.5, 3.0) * scale, 2)
         c = Conn(port, secs + 10)
         t0 = now()
         r = c.call("DEBUG", "SLEEP", str(secs))
@@ -340,7 +354,7 @@ def fault_loop(args, cluster, stop_at, t_base, faults, log):
             bag = list(kinds)
             rng.shuffle(bag)
         kind = bag.pop()
-        f = inject(kind, rng, cluster, t_base, log)
+        f = inject(kind, rng, cluster, t_base, log, args.fault_scale)
         f["t0"], f["t1"] = round(f["t0"], 6), round(f["t1"], 6)
         faults.append(f)
         log("fault %s on %s: %.2f-%.2f s" % (f["fault"], f["target"], f["t0"], f["t1"]))
@@ -375,6 +389,8 @@ def main():
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--gap-min", type=float, default=2.0)
     p.add_argument("--gap-max", type=float, default=5.0)
+    p.add_argument("--fault-scale", type=float, default=1.0,
+                   help="multiplies how long each fault lasts (0.5-3 s stopped, paused or asleep; 0.3-2 s down)")
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
