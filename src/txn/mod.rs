@@ -113,6 +113,93 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A transaction this process gave up on with its outcome unknown (its commit point's reply
+/// never came): its prepared participants stay locked, and while this Keyway runs other
+/// transactions its lease lives on, so no other Keyway would take it for dead before
+/// `lock_timeout`. The sweep resolves it at its next pass instead ([`resolve_abandoned`]).
+struct Abandoned {
+    txid: String,
+    /// The primary participant's name: where the decision is read or recorded.
+    primary: String,
+    /// The prepared participants not resolved yet, by name.
+    participants: Vec<String>,
+    since: std::time::Instant,
+}
+
+/// Transactions abandoned by this process, waiting for the sweep. Bounded by
+/// [`ABANDONED_MAX`]: past it, `lock_timeout` resolves the rest as before.
+static ABANDONED: std::sync::Mutex<Vec<Abandoned>> = std::sync::Mutex::new(Vec::new());
+const ABANDONED_MAX: usize = 4096;
+
+/// Hands transaction `txid` of `plan`, whose commit outcome is unknown, to the sweep.
+fn abandon(topo: &Topology, plan: &Plan, txid: &str) {
+    let Some(primary) = topo.server(plan.primary) else {
+        return;
+    };
+    let participants = plan
+        .parts
+        .keys()
+        .filter(|&&server| server != plan.primary)
+        .filter_map(|&server| topo.server(server).map(|s| s.name.clone()))
+        .collect();
+    // A poisoned list (a panic elsewhere while it was held) is still a list of transactions.
+    let mut list = ABANDONED.lock().unwrap_or_else(|e| e.into_inner());
+    if list.len() < ABANDONED_MAX {
+        list.push(Abandoned {
+            txid: txid.to_owned(),
+            primary: primary.name.clone(),
+            participants,
+            since: std::time::Instant::now(),
+        });
+    }
+}
+
+/// Resolves the transactions this process abandoned ([`abandon`]) on each prepared participant
+/// that is up: the decision on the primary participant is read, or `abort` recorded if there is
+/// none (set once, so a commit script still in flight there is refused), and the participant
+/// rolled forward or back, as any Keyway's recovery would. What cannot be resolved yet is kept
+/// for the next pass, until `limit` (the lock timeout), after which the ordinary sweep has it.
+async fn resolve_abandoned(topo: &Topology, metrics: &Metrics, limit: Duration) {
+    let pending = std::mem::take(&mut *ABANDONED.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut left = Vec::new();
+    for mut t in pending {
+        let mut unresolved = Vec::new();
+        for name in std::mem::take(&mut t.participants) {
+            let Some(at) = topo
+                .servers
+                .iter()
+                .position(|s| s.name == name)
+                .and_then(|i| u16::try_from(i).ok())
+            else {
+                // No longer in the topology: nothing of it to resolve here.
+                continue;
+            };
+            let done = topo.is_up(at)
+                && match resolve(topo, Pick::from(0), at, &t.txid, &t.primary, metrics).await {
+                    Ok(_) => true,
+                    // The primary participant left the topology: the lock timeout applies.
+                    Err(ResolveError::UnknownPrimary { .. }) => true,
+                    Err(e) => {
+                        tracing::debug!(txid = %t.txid, error = %e, "cannot resolve an abandoned two-phase transaction yet");
+                        false
+                    }
+                };
+            if !done {
+                unresolved.push(name);
+            }
+        }
+        if !unresolved.is_empty() && t.since.elapsed() < limit {
+            t.participants = unresolved;
+            left.push(t);
+        }
+    }
+    if !left.is_empty() {
+        let mut list = ABANDONED.lock().unwrap_or_else(|e| e.into_inner());
+        let room = ABANDONED_MAX.saturating_sub(list.len());
+        list.extend(left.into_iter().take(room));
+    }
+}
+
 /// The call of [`scripts::LEASE`] for this process, as `EVAL`: its reply is not read, so a
 /// `NOSCRIPT` could not be answered (the script is short).
 fn lease_frame() -> Bytes {
@@ -785,6 +872,8 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
         }
         Err(e) => {
             metrics.txn_commit(false);
+            // Committing -> unknown: the sweep resolves it soon, not after lock_timeout.
+            abandon(topo, plan, &txid);
             return Attempt::Failed(TxnError::CommitUnknown(e));
         }
     };
@@ -1089,8 +1178,9 @@ async fn resolve_holder(
     }
 }
 
-/// The background sweep: every `pool.two_phase.sweep_interval`, on every server that is up,
-/// resolves the intents older than `lock_timeout`. It runs whatever the write mode (a pool may
+/// The background sweep: every `pool.two_phase.sweep_interval`, resolves the transactions this
+/// process abandoned with their outcome unknown ([`resolve_abandoned`]), then, on every server
+/// that is up, the intents older than `lock_timeout` or whose coordinator's lease expired. It runs whatever the write mode (a pool may
 /// leave `two_phase` with transactions still open) and costs one script call per server when
 /// there is nothing to do. Runs until `stop`.
 pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::CancellationToken) {
@@ -1101,6 +1191,7 @@ pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::Cancella
             _ = stop.cancelled() => return,
         }
         let topo = handle.load();
+        resolve_abandoned(&topo, handle.metrics(), topo.config.two_phase.lock_timeout).await;
         let timeout_ms = Bytes::from(topo.config.two_phase.lock_timeout.as_millis().to_string());
         for index in 0..topo.servers.len() {
             let Ok(at) = u16::try_from(index) else { break };
