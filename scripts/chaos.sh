@@ -11,7 +11,8 @@
 #
 # Modes: primary, all, two_phase (replicas = 2), quorum (replicas = 3). Each run writes
 # OUT/<mode>-<seed>/{history.jsonl,final.json,summary.json}. Exit status 1 when any run has a
-# violation. Environment: KEYWAY_BIN=path (else cargo build --release), CHAOS_ARGS (more
+# violation. Environment: CHAOS_KEYWAY_BIN=path (else cargo build
+# --release), CHAOS_ARGS (more
 # scripts/chaos/run.py options, e.g. "--faults redis_kill,keyway_kill"), CHECK_ARGS (more
 # scripts/chaos/check.py options).
 # Needs: redis-server, python3.
@@ -29,8 +30,8 @@ done
 shift $((OPTIND - 1))
 if [[ $# -gt 0 ]]; then cells=("$@"); else cells=(primary all quorum two_phase); fi
 command -v redis-server >/dev/null || { echo "chaos: redis-server not found (scripts/ensure-deps.sh)" >&2; exit 1; }
-if [[ -n ${KEYWAY_BIN:-} ]]; then
-  keyway=$KEYWAY_BIN
+if [[ -n ${CHAOS_KEYWAY_BIN:-} ]]; then
+  keyway=$CHAOS_KEYWAY_BIN
 else
   cargo build --release --quiet
   keyway="${CARGO_TARGET_DIR:-$PWD/target}/release/keyway"

@@ -2,6 +2,10 @@
 //! with AOF and `appendfsync always`, eight clients doing INCR, cross-server MSET, GET and MGET
 //! through both, every fault kind on a fixed seed) for a few seconds per write mode, then
 //! `scripts/chaos/check.py` over its history. docs/chaos.md describes both and the long runs.
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a failed assumption is a failed test"
+)]
 
 use std::path::Path;
 use std::process::Command;

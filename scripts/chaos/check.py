@@ -250,6 +250,30 @@ class Checker:
         ok_total = sum(1 for o in ops if o["st"] == "ok")
         slowest = max(ops, key=lambda o: o["t1"] - o["t0"], default=None)
         by_op = Counter(o["op"] for o in ops)
+        # The longest time a key went without a successful write while writes to it were tried
+        # and failed, away from fault windows (counted from the end of the last window before the
+        # success that ended it): an availability figure, not a violation.
+        stall = (0.0, None)
+        per_key = defaultdict(list)
+        for o in ops:
+            if o["op"] in ("INCR", "MSET"):
+                per_key[o["args"][0]].append(o)
+        for k, lst in per_key.items():
+            lst.sort(key=lambda o: o["t1"])
+            last_ok, failed = None, 0
+            for o in lst:
+                if o["st"] != "ok":
+                    failed += 1
+                    continue
+                if last_ok is not None and failed:
+                    # Counted from the end of the last fault window before this success.
+                    start = last_ok
+                    for ws, we in wins:
+                        if ws < o["t1"]:
+                            start = max(start, we)
+                    if o["t1"] - start > stall[0]:
+                        stall = (o["t1"] - start, {"key": k, "from": round(start, 3), "to": round(o["t1"], 3)})
+                last_ok, failed = o["t1"], 0
         by_st = Counter(o["st"] for o in ops)
         return {
             "mode": self.mode, "replicas": self.final["replicas"], "seed": self.final["seed"],
@@ -262,6 +286,7 @@ class Checker:
                 "t0": slowest["t0"], "in_fault_window": overlaps(slowest, wins)},
             "slowest_away_from_faults": max(
                 (round(o["t1"] - o["t0"], 3) for o in ops if not overlaps(o, wins)), default=0.0),
+            "write_stall_away_from_faults": {"seconds": round(stall[0], 3), "at": stall[1]},
             "ok_per_s_between_faults": round((ok_total - ok_during) / between_time),
             "ok_per_s_during_faults": round(ok_during / during_time) if during_time > 0 else None,
         }
@@ -293,6 +318,9 @@ def main():
     print("  ok/s between faults %s, during faults %s; slowest op %s; slowest away from faults %.3f s" % (
         s["ok_per_s_between_faults"], s["ok_per_s_during_faults"], json.dumps(s["slowest"]),
         s["slowest_away_from_faults"]))
+    if s["write_stall_away_from_faults"]["at"]:
+        print("  longest write stall away from faults: %.3f s %s" % (
+            s["write_stall_away_from_faults"]["seconds"], json.dumps(s["write_stall_away_from_faults"]["at"])))
     if s["needs_resync"]:
         print("  needs resync: %d keys differ between replicas (write = %s has no resync yet)" % (s["needs_resync"], s["mode"]))
     for kind, ex in s["examples"].items():

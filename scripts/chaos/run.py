@@ -183,7 +183,9 @@ class Cluster:
 
     def start_keyway(self, k):
         log = open(os.path.join(self.tmp, "keyway-%d.log" % k), "ab")
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        # Settings come from the file only: KEYWAY_* variables would override it.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWAY_")}
+        env["RUST_LOG"] = os.environ.get("RUST_LOG", "warn")
         self.keyways[k] = subprocess.Popen(
             [self.args.keyway, "serve", "--config", os.path.join(self.tmp, "keyway-%d.toml" % k)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
