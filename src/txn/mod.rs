@@ -113,10 +113,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A transaction this process gave up on with its outcome unknown (its commit point's reply
-/// never came): its prepared participants stay locked, and while this Keyway runs other
-/// transactions its lease lives on, so no other Keyway would take it for dead before
-/// `lock_timeout`. The sweep resolves it at its next pass instead ([`resolve_abandoned`]).
+/// A transaction this process could not finish on some prepared participants: its commit
+/// point's reply never came (outcome unknown), or a secondary commit or an abort did not reach
+/// a participant. Those stay locked, and while this Keyway runs other transactions its lease
+/// lives on, so no other Keyway would take it for dead before `lock_timeout`. The sweep
+/// resolves it at its next pass instead ([`resolve_abandoned`]).
 struct Abandoned {
     txid: String,
     /// The primary participant's name: where the decision is read or recorded.
@@ -131,15 +132,15 @@ struct Abandoned {
 static ABANDONED: std::sync::Mutex<Vec<Abandoned>> = std::sync::Mutex::new(Vec::new());
 const ABANDONED_MAX: usize = 4096;
 
-/// Hands transaction `txid` of `plan`, whose commit outcome is unknown, to the sweep.
-fn abandon(topo: &Topology, plan: &Plan, txid: &str) {
-    let Some(primary) = topo.server(plan.primary) else {
+/// Hands transaction `txid`, whose primary participant is `primary`, to the sweep, to be
+/// resolved on `participants`: prepared servers this coordinator could not finish (the commit
+/// point did not answer, or a secondary commit or an abort did not reach them).
+fn abandon(topo: &Topology, txid: &str, primary: u16, participants: &[u16]) {
+    let Some(primary) = topo.server(primary) else {
         return;
     };
-    let participants = plan
-        .parts
-        .keys()
-        .filter(|&&server| server != plan.primary)
+    let participants = participants
+        .iter()
         .filter_map(|&server| topo.server(server).map(|s| s.name.clone()))
         .collect();
     // A poisoned list (a panic elsewhere while it was held) is still a list of transactions.
@@ -873,7 +874,13 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
         Err(e) => {
             metrics.txn_commit(false);
             // Committing -> unknown: the sweep resolves it soon, not after lock_timeout.
-            abandon(topo, plan, &txid);
+            let prepared: Vec<u16> = plan
+                .parts
+                .keys()
+                .copied()
+                .filter(|&server| server != plan.primary)
+                .collect();
+            abandon(topo, &txid, plan.primary, &prepared);
             return Attempt::Failed(TxnError::CommitUnknown(e));
         }
     };
@@ -894,12 +901,19 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
             continue;
         };
         let frame = commit();
-        others.push((part, s, s.pool.send_script(pick, frame.clone()), frame));
+        others.push((
+            server,
+            part,
+            s,
+            s.pool.send_script(pick, frame.clone()),
+            frame,
+        ));
         failpoint("between_secondary_commits").await;
     }
     let mut all_acknowledged = true;
     let mut missing: Option<String> = None;
-    for (part, s, rx, frame) in others {
+    let mut unfinished = Vec::new();
+    for (server, part, s, rx, frame) in others {
         let acknowledged = match script_reply(s, pick, rx, &frame).await {
             Ok(v) if int_at(&v, 0) == Some(1) => {
                 results.push((part, v));
@@ -918,11 +932,18 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
                 missing.get_or_insert_with(|| s.name.clone());
                 false
             }
-            Ok(_) | Err(_) => false,
+            Ok(_) | Err(_) => {
+                unfinished.push(server);
+                false
+            }
         };
         // A secondary that failed after the commit point is rolled forward by recovery, which
         // needs the decision; otherwise the decision has served its purpose.
         all_acknowledged &= acknowledged;
+    }
+    if !unfinished.is_empty() {
+        // Committed; the sweep rolls these forward soon, not after lock_timeout.
+        abandon(topo, &txid, plan.primary, &unfinished);
     }
     if let Some(server) = missing {
         return Attempt::Failed(TxnError::SecondaryIntentMissing { server });
@@ -961,11 +982,19 @@ async fn abort_all(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) {
     for &server in plan.parts.keys().filter(|&&s| s != plan.primary) {
         if let Some(s) = topo.server(server) {
             let frame = frame(false);
-            replies.push((s, s.pool.send_script(pick, frame.clone()), frame));
+            replies.push((server, s, s.pool.send_script(pick, frame.clone()), frame));
         }
     }
-    for (s, rx, frame) in replies {
-        let _ = script_reply(s, pick, rx, &frame).await;
+    let mut unreleased = Vec::new();
+    for (server, s, rx, frame) in replies {
+        if script_reply(s, pick, rx, &frame).await.is_err() {
+            unreleased.push(server);
+        }
+    }
+    if !unreleased.is_empty() {
+        // Their prepare may have taken locks there (or may still, run late): the sweep
+        // releases them soon (recording `abort`), not after lock_timeout.
+        abandon(topo, txid, plan.primary, &unreleased);
     }
 }
 
