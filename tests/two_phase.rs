@@ -381,6 +381,155 @@ fn two_proxies_resolving_one_transaction_agree() {
     assert_everywhere(&servers, &p1, &keys, "old");
 }
 
+/// A transaction whose commit point never answered (its primary participant was killed after
+/// the prepares) leaves its prepared participants locked; its coordinator, still alive and
+/// keeping its lease with other transactions, resolves it itself at its next sweep once that
+/// server is back, instead of leaving the keys locked until `lock_timeout` (a minute here).
+#[test]
+fn an_unknown_commit_is_resolved_by_its_live_coordinator_not_after_lock_timeout() {
+    let mut servers = [
+        RedisServer::start_persistent(),
+        RedisServer::start_persistent(),
+        RedisServer::start_persistent(),
+    ];
+    let keys = spread_keys();
+    let toml = {
+        let refs: Vec<&RedisServer> = servers.iter().collect();
+        config_toml(&refs, &two_phase("[pool.two_phase]\nlock_timeout = \"60s\"\nsweep_interval = \"100ms\"\n[pool.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 1"))
+    };
+    old_values(&toml, &keys);
+    let other = Proxy::start_toml(&toml);
+    let primary = replica_set(&other, &keys[0])[0];
+    // A key away from the primary participant: the coordinator's other transactions.
+    let filler = (0..100)
+        .map(|i| format!("filler{i}"))
+        .find(|k| !replica_set(&other, k).contains(&primary))
+        .unwrap();
+    let pausing = ProxyProcess::start_env(&toml, &[], &[("KW_FAILPOINT", "pause_after_prepare")]);
+    let addr = pausing.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(format!("redis://{addr}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = con.set::<_, _, ()>(&filler, "x");
+            }
+        })
+    };
+    let writer = std::thread::spawn(move || {
+        let mut con = redis::Client::open(format!("redis://{addr}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut mset = redis::cmd("MSET");
+        for k in spread_keys() {
+            mset.arg(k).arg("new");
+        }
+        mset.query::<()>(&mut con).map_err(|e| e.to_string())
+    });
+    // During the pause after prepare, kill -9 the primary participant: the commit point fails.
+    std::thread::sleep(Duration::from_millis(500));
+    servers[primary].kill();
+    let outcome = writer.join().unwrap();
+    let err = outcome.expect_err("the commit point was down");
+    assert!(err.contains("outcome unknown"), "{err}");
+    servers[primary].restart();
+    let (took, refused) = set_until_done(&other, &keys[0], "later", Duration::from_secs(20));
+    eprintln!("writable again after {took:?}; last refusal: {refused:?}");
+    stop.store(true, Ordering::Relaxed);
+    keeper.join().unwrap();
+    // Its commit point never ran: rolled back everywhere, nothing left locked.
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    assert!(wait_until(Duration::from_secs(10), || refs
+        .iter()
+        .all(|s| leftovers(s).is_empty())));
+    assert_everywhere(&refs, &other, &keys[1..], "old");
+}
+
+/// A secondary participant that hangs after the commit point (marked down, so its commit is not
+/// sent) misses its commit; the client still gets OK, and the coordinator, alive and busy (its
+/// lease renewed there too), rolls that participant forward itself at its next sweep once it is
+/// back, instead of leaving its keys locked until `lock_timeout`.
+#[test]
+fn a_missed_secondary_commit_is_finished_by_its_live_coordinator_not_after_lock_timeout() {
+    let servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
+    let keys = spread_keys();
+    let toml = {
+        let refs: Vec<&RedisServer> = servers.iter().collect();
+        config_toml(&refs, &two_phase("[pool.two_phase]\nlock_timeout = \"60s\"\nsweep_interval = \"100ms\"\n[pool.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 1"))
+    };
+    old_values(&toml, &keys);
+    let other = Proxy::start_toml(&toml);
+    let primary = replica_set(&other, &keys[0])[0];
+    let victim = (0..3)
+        .find(|&s| s != primary && keys.iter().any(|k| replica_set(&other, k).contains(&s)))
+        .unwrap();
+    let on_victim = keys
+        .iter()
+        .find(|k| replica_set(&other, k).contains(&victim))
+        .unwrap()
+        .clone();
+    let filler = (0..100)
+        .map(|i| format!("filler{i}"))
+        .find(|k| !replica_set(&other, k).contains(&victim))
+        .unwrap();
+    let pausing = ProxyProcess::start_env(
+        &toml,
+        &[],
+        &[("KW_FAILPOINT", "pause_after_primary_commit")],
+    );
+    let addr = pausing.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(format!("redis://{addr}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = con.set::<_, _, ()>(&filler, "x");
+            }
+        })
+    };
+    let writer = std::thread::spawn(move || {
+        let mut con = redis::Client::open(format!("redis://{addr}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut mset = redis::cmd("MSET");
+        for k in spread_keys() {
+            mset.arg(k).arg("new");
+        }
+        mset.query::<()>(&mut con).map_err(|e| e.to_string())
+    });
+    // During the pause after the commit point, stop a secondary participant: the health checks
+    // mark it down before the pause ends, so its commit is not sent.
+    std::thread::sleep(Duration::from_millis(500));
+    servers[victim].signal("STOP");
+    let outcome = writer.join().unwrap();
+    assert_eq!(outcome, Ok(()), "committed at its commit point");
+    servers[victim].signal("CONT");
+    let (took, refused) = set_until_done(&other, &on_victim, "later", Duration::from_secs(20));
+    eprintln!("writable again after {took:?}; last refusal: {refused:?}");
+    stop.store(true, Ordering::Relaxed);
+    keeper.join().unwrap();
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    assert!(wait_until(Duration::from_secs(10), || refs
+        .iter()
+        .all(|s| leftovers(s).is_empty())));
+    let rest: Vec<String> = keys.iter().filter(|k| **k != on_victim).cloned().collect();
+    assert_everywhere(&refs, &other, &rest, "new");
+}
+
 #[test]
 fn a_participant_killed_between_prepare_and_commit_stays_all_or_nothing() {
     let mut servers = [

@@ -77,7 +77,7 @@ pub enum ResolveError {
 pub(crate) enum TxnError {
     /// A participant is down: refused before anything was sent.
     #[error(
-        "keyway: server '{server}' holding a replica of these keys is down; two_phase writes resume when it is back"
+        "keyway: server '{server}' holding a replica of these keys is down; write = two_phase needs every replica, so nothing was written; writes to these keys resume when it is back"
     )]
     ParticipantDown { server: String },
     /// Every attempt met keys locked by other transactions; nothing was written. The last

@@ -113,6 +113,94 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A transaction this process could not finish on some prepared participants: its commit
+/// point's reply never came (outcome unknown), or a secondary commit or an abort did not reach
+/// a participant. Those stay locked, and while this Keyway runs other transactions its lease
+/// lives on, so no other Keyway would take it for dead before `lock_timeout`. The sweep
+/// resolves it at its next pass instead ([`resolve_abandoned`]).
+struct Abandoned {
+    txid: String,
+    /// The primary participant's name: where the decision is read or recorded.
+    primary: String,
+    /// The prepared participants not resolved yet, by name.
+    participants: Vec<String>,
+    since: std::time::Instant,
+}
+
+/// Transactions abandoned by this process, waiting for the sweep. Bounded by
+/// [`ABANDONED_MAX`]: past it, `lock_timeout` resolves the rest as before.
+static ABANDONED: std::sync::Mutex<Vec<Abandoned>> = std::sync::Mutex::new(Vec::new());
+const ABANDONED_MAX: usize = 4096;
+
+/// Hands transaction `txid`, whose primary participant is `primary`, to the sweep, to be
+/// resolved on `participants`: prepared servers this coordinator could not finish (the commit
+/// point did not answer, or a secondary commit or an abort did not reach them).
+fn abandon(topo: &Topology, txid: &str, primary: u16, participants: &[u16]) {
+    let Some(primary) = topo.server(primary) else {
+        return;
+    };
+    let participants = participants
+        .iter()
+        .filter_map(|&server| topo.server(server).map(|s| s.name.clone()))
+        .collect();
+    // A poisoned list (a panic elsewhere while it was held) is still a list of transactions.
+    let mut list = ABANDONED.lock().unwrap_or_else(|e| e.into_inner());
+    if list.len() < ABANDONED_MAX {
+        list.push(Abandoned {
+            txid: txid.to_owned(),
+            primary: primary.name.clone(),
+            participants,
+            since: std::time::Instant::now(),
+        });
+    }
+}
+
+/// Resolves the transactions this process abandoned ([`abandon`]) on each prepared participant
+/// that is up: the decision on the primary participant is read, or `abort` recorded if there is
+/// none (set once, so a commit script still in flight there is refused), and the participant
+/// rolled forward or back, as any Keyway's recovery would. What cannot be resolved yet is kept
+/// for the next pass, until `limit` (the lock timeout), after which the ordinary sweep has it.
+async fn resolve_abandoned(topo: &Topology, metrics: &Metrics, limit: Duration) {
+    let pending = std::mem::take(&mut *ABANDONED.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut left = Vec::new();
+    for mut t in pending {
+        let mut unresolved = Vec::new();
+        for name in std::mem::take(&mut t.participants) {
+            let Some(at) = topo
+                .servers
+                .iter()
+                .position(|s| s.name == name)
+                .and_then(|i| u16::try_from(i).ok())
+            else {
+                // No longer in the topology: nothing of it to resolve here.
+                continue;
+            };
+            let done = topo.is_up(at)
+                && match resolve(topo, Pick::from(0), at, &t.txid, &t.primary, metrics).await {
+                    Ok(_) => true,
+                    // The primary participant left the topology: the lock timeout applies.
+                    Err(ResolveError::UnknownPrimary { .. }) => true,
+                    Err(e) => {
+                        tracing::debug!(txid = %t.txid, error = %e, "cannot resolve an abandoned two-phase transaction yet");
+                        false
+                    }
+                };
+            if !done {
+                unresolved.push(name);
+            }
+        }
+        if !unresolved.is_empty() && t.since.elapsed() < limit {
+            t.participants = unresolved;
+            left.push(t);
+        }
+    }
+    if !left.is_empty() {
+        let mut list = ABANDONED.lock().unwrap_or_else(|e| e.into_inner());
+        let room = ABANDONED_MAX.saturating_sub(list.len());
+        list.extend(left.into_iter().take(room));
+    }
+}
+
 /// The call of [`scripts::LEASE`] for this process, as `EVAL`: its reply is not read, so a
 /// `NOSCRIPT` could not be answered (the script is short).
 fn lease_frame() -> Bytes {
@@ -787,6 +875,14 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
         }
         Err(e) => {
             metrics.txn_commit(false);
+            // Committing -> unknown: the sweep resolves it soon, not after lock_timeout.
+            let prepared: Vec<u16> = plan
+                .parts
+                .keys()
+                .copied()
+                .filter(|&server| server != plan.primary)
+                .collect();
+            abandon(topo, &txid, plan.primary, &prepared);
             return Attempt::Failed(TxnError::CommitUnknown(e));
         }
     };
@@ -807,12 +903,19 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
             continue;
         };
         let frame = commit();
-        others.push((part, s, s.pool.send_script(pick, frame.clone()), frame));
+        others.push((
+            server,
+            part,
+            s,
+            s.pool.send_script(pick, frame.clone()),
+            frame,
+        ));
         failpoint("between_secondary_commits").await;
     }
     let mut all_acknowledged = true;
     let mut missing: Option<String> = None;
-    for (part, s, rx, frame) in others {
+    let mut unfinished = Vec::new();
+    for (server, part, s, rx, frame) in others {
         let acknowledged = match script_reply(s, pick, rx, &frame).await {
             Ok(v) if int_at(&v, 0) == Some(1) => {
                 results.push((part, v));
@@ -831,11 +934,18 @@ async fn two_phase(topo: &Topology, pick: Pick, plan: &Plan, metrics: &Metrics) 
                 missing.get_or_insert_with(|| s.name.clone());
                 false
             }
-            Ok(_) | Err(_) => false,
+            Ok(_) | Err(_) => {
+                unfinished.push(server);
+                false
+            }
         };
         // A secondary that failed after the commit point is rolled forward by recovery, which
         // needs the decision; otherwise the decision has served its purpose.
         all_acknowledged &= acknowledged;
+    }
+    if !unfinished.is_empty() {
+        // Committed; the sweep rolls these forward soon, not after lock_timeout.
+        abandon(topo, &txid, plan.primary, &unfinished);
     }
     if let Some(server) = missing {
         return Attempt::Failed(TxnError::SecondaryIntentMissing { server });
@@ -874,11 +984,19 @@ async fn abort_all(topo: &Topology, pick: Pick, plan: &Plan, txid: &str) {
     for &server in plan.parts.keys().filter(|&&s| s != plan.primary) {
         if let Some(s) = topo.server(server) {
             let frame = frame(false);
-            replies.push((s, s.pool.send_script(pick, frame.clone()), frame));
+            replies.push((server, s, s.pool.send_script(pick, frame.clone()), frame));
         }
     }
-    for (s, rx, frame) in replies {
-        let _ = script_reply(s, pick, rx, &frame).await;
+    let mut unreleased = Vec::new();
+    for (server, s, rx, frame) in replies {
+        if script_reply(s, pick, rx, &frame).await.is_err() {
+            unreleased.push(server);
+        }
+    }
+    if !unreleased.is_empty() {
+        // Their prepare may have taken locks there (or may still, run late): the sweep
+        // releases them soon (recording `abort`), not after lock_timeout.
+        abandon(topo, txid, plan.primary, &unreleased);
     }
 }
 
@@ -1091,8 +1209,9 @@ async fn resolve_holder(
     }
 }
 
-/// The background sweep: every `pool.two_phase.sweep_interval`, on every server that is up,
-/// resolves the intents older than `lock_timeout`. It runs whatever the write mode (a pool may
+/// The background sweep: every `pool.two_phase.sweep_interval`, resolves the transactions this
+/// process abandoned with their outcome unknown ([`resolve_abandoned`]), then, on every server
+/// that is up, the intents older than `lock_timeout` or whose coordinator's lease expired. It runs whatever the write mode (a pool may
 /// leave `two_phase` with transactions still open) and costs one script call per server when
 /// there is nothing to do. Runs until `stop`.
 pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::CancellationToken) {
@@ -1103,6 +1222,7 @@ pub async fn sweep(handle: Arc<TopologyHandle>, stop: tokio_util::sync::Cancella
             _ = stop.cancelled() => return,
         }
         let topo = handle.load();
+        resolve_abandoned(&topo, handle.metrics(), topo.config.two_phase.lock_timeout).await;
         let timeout_ms = Bytes::from(topo.config.two_phase.lock_timeout.as_millis().to_string());
         for index in 0..topo.servers.len() {
             let Ok(at) = u16::try_from(index) else { break };

@@ -123,7 +123,7 @@ fn errors_answer_tryagain_only_when_nothing_was_written() {
     };
     assert_eq!(
         &ReplyError::from(down.clone()).to_bytes()[..],
-        &b"-TRYAGAIN keyway: server 's1' holding a replica of these keys is down; two_phase writes resume when it is back\r\n"[..]
+        &b"-TRYAGAIN keyway: server 's1' holding a replica of these keys is down; write = two_phase needs every replica, so nothing was written; writes to these keys resume when it is back\r\n"[..]
     );
     let unanswered = CallError::ConnectionEnded {
         server: "s2".into(),
