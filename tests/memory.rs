@@ -111,8 +111,10 @@ fn clients_that_do_not_read_are_cut_at_max_memory() {
     );
     // Resident memory also holds replies on their way from the server and what the allocator
     // keeps of freed buffers: measured 120-150 MiB here, against 6 x 64 MiB without the bound.
+    // (VmHWM is updated lazily by the kernel: the sampled VmRSS may be higher.)
+    let peak = peak.max(rmax);
     assert!(
-        peak < baseline + 192 * MIB && rmax <= peak,
+        peak < baseline + 192 * MIB,
         "peak {} MiB over a baseline of {} MiB (6 x 64 MiB without the bound)",
         peak / MIB,
         baseline / MIB
