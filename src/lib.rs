@@ -26,6 +26,7 @@
 //! - `fuzzing` (hidden): the `pub(crate)` parsers the fuzz targets and property tests reach.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub(crate) mod admin;
 pub mod backend;
 pub mod command;

@@ -69,6 +69,9 @@ pub struct Metrics {
     pub client_refused: IntCounter,
     /// `keyway_client_disconnects_total{reason}`.
     pub client_disconnects: IntCounterVec,
+    /// `keyway_auth_failures_total{reason}`: client authentication failures (`unknown_user`,
+    /// `disabled`, `wrong_password`) and refusals (`noauth`, `noperm`).
+    pub auth_failures: IntCounterVec,
     /// `keyway_errors_total{kind}`, one handle per [`ErrorKind`], in [`ErrorKind::ALL`] order.
     errors: Vec<IntCounter>,
     /// Per command-table entry, then `other` last.
@@ -245,6 +248,12 @@ impl Metrics {
                 &r,
                 "keyway_client_connections_refused_total",
                 "Client connections refused: limits.max_clients reached, or a non-loopback address under protected mode.",
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "keyway_auth_failures_total",
+                "Client AUTH/HELLO AUTH failures (unknown_user, disabled, wrong_password) and commands refused for want of authentication (noauth) or permission (noperm).",
+                &["reason"],
             ),
             client_disconnects: counter_vec(
                 &r,

@@ -193,6 +193,8 @@ pub struct TopologyHandle {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// One swap at a time, so that versions increase by exactly one.
     swapping: tokio::sync::Mutex<()>,
+    /// The client users (`[[users]]`), swapped by a config reload with the topology.
+    pub users: crate::acl::UsersHandle,
 }
 
 impl TopologyHandle {
@@ -215,6 +217,7 @@ impl TopologyHandle {
             metrics,
             pools,
             swapping: tokio::sync::Mutex::new(()),
+            users: crate::acl::UsersHandle::default(),
         })
     }
 
