@@ -535,7 +535,7 @@ impl User {
             if command::key_indexes(spec, args, keys).is_ok() {
                 for (nth, &i) in keys.iter().enumerate() {
                     let key = args.get(i).unwrap_or_default();
-                    let (read, write) = command::key_access(spec, nth);
+                    let (read, write) = command::key_access(spec, args, nth);
                     let ok = self.keys.iter().any(|p| {
                         (p.read || !read) && (p.write || !write) && glob_match(&p.pattern, key)
                     });

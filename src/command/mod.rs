@@ -621,8 +621,19 @@ pub fn acl_categories(spec: &'static CommandSpec) -> u32 {
 /// Whether the `nth` key [`key_indexes`] finds is read and whether it is written, from the key
 /// spec it comes from (`access` reads; `insert`, `delete`, `update` write), as Redis's ACLs
 /// check keys. Keys follow their specs in order, the last spec taking the rest (BITOP's
-/// sources, ZUNIONSTORE's); SORT's `STORE` destination is its last spec.
-pub fn key_access(spec: &'static CommandSpec, nth: usize) -> (bool, bool) {
+/// sources, ZUNIONSTORE's); SORT's `STORE` destination is its last spec. The two commands
+/// whose key spec has `variable_flags` in Redis 7.0 are read as redis-server's `setGetKeys` and
+/// `bitfieldGetKeys` read them: `SET` reads only with `GET`; `BITFIELD` with `GET`s only
+/// (and `OVERFLOW`) does not write.
+pub fn key_access(spec: &'static CommandSpec, args: Args<'_>, nth: usize) -> (bool, bool) {
+    match spec.name {
+        "set" => {
+            let get = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"get"));
+            return (get, true);
+        }
+        "bitfield" => return (true, !bitfield_readonly(args)),
+        _ => {}
+    }
     let Some(facts) = acl_table::ACL_FACTS.get(index_of(spec)) else {
         return (true, true);
     };
@@ -634,6 +645,22 @@ pub fn key_access(spec: &'static CommandSpec, nth: usize) -> (bool, bool) {
     };
     let bits = facts.keys >> (2 * which);
     (bits & 1 != 0, bits & 2 != 0)
+}
+
+/// Whether a BITFIELD only reads, as redis-server's `bitfieldGetKeys` decides it.
+fn bitfield_readonly(args: Args<'_>) -> bool {
+    let mut i = 2;
+    while let Some(arg) = args.get(i) {
+        let rem = args.len().saturating_sub(i + 1);
+        if arg.eq_ignore_ascii_case(b"get") && rem >= 2 {
+            i += 3;
+        } else if arg.eq_ignore_ascii_case(b"overflow") && rem >= 1 {
+            i += 2;
+        } else {
+            return false;
+        }
+    }
+    true
 }
 
 /// The name of the command at each index of the ACL facts table, checked against the table's.

@@ -600,7 +600,7 @@ fn hello(args: Args<'_>, client: &mut ClientState, facts: &Facts<'_>) -> Reply {
         login(user, password, client, facts)?;
     }
     if matches!(client.auth, super::client::Auth::Required) {
-        return err(ErrorKind::NoAuth, "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        return err(ErrorKind::NoAuth, "HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
     if let Some(name) = name {
         if !valid_attribute(name) {
