@@ -385,6 +385,15 @@ impl Metrics {
         ] {
             metrics.client_disconnects.with_label_values(&[reason]);
         }
+        for reason in [
+            "unknown_user",
+            "disabled",
+            "wrong_password",
+            "noauth",
+            "noperm",
+        ] {
+            metrics.auth_failures.with_label_values(&[reason]);
+        }
         metrics
     }
 
