@@ -560,11 +560,11 @@ proptest! {
                     prop_assert!(all.check(spec, request.args(), &mut keys).is_ok());
                 }
             }
-            Err(e) => prop_assert!(rules.iter().any(|r| *r == e.rule), "{e}"),
+            Err(e) => prop_assert!(rules.contains(&e.rule), "{e}"),
         }
         for arg in &args {
             let _ = glob_match(text.as_bytes(), arg);
-            prop_assert!(glob_match(b"*", arg) == !arg.is_empty());
+            prop_assert_eq!(glob_match(b"*", arg), !arg.is_empty());
             if !arg.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')) {
                 prop_assert!(glob_match(arg, arg));
             }
