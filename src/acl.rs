@@ -852,6 +852,19 @@ mod tests {
         assert_eq!(e.message, AFTER_ALLKEYS);
     }
 
+    /// Whether clients must authenticate, which also lifts protected mode (`server::serve`).
+    #[test]
+    fn auth_is_required_unless_default_is_on_and_nopass() {
+        let user = |name: &str, rules: &str| User::compile(name, rules, &[], None, &[]).unwrap();
+        assert!(!Users::default().auth_required());
+        assert!(!Users::new(vec![user("default", "on nopass +@all")]).auth_required());
+        assert!(Users::new(vec![user("default", "off nopass")]).auth_required());
+        assert!(Users::new(vec![user("app", "on nopass")]).auth_required());
+        let h = format!("#{}", "ab".repeat(32));
+        let pw = User::compile("default", "on", &[h], None, &[]).unwrap();
+        assert!(Users::new(vec![pw]).auth_required());
+    }
+
     #[test]
     fn passwords_verify_by_hash() {
         let h = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"; // "password"
