@@ -63,8 +63,9 @@ pub struct Config {
     /// a rotated Kubernetes Secret takes effect without a restart. Default none.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
-    /// Protected mode, as redis-server has it: a client that connects from an address other than
-    /// loopback gets `-DENIED` and is closed, since Keyway does not authenticate clients yet.
+    /// Protected mode, as redis-server has it: while clients need no password (no `[[users]]`,
+    /// or a `default` user that is on with `nopass`), a client that connects from an address
+    /// other than loopback gets `-DENIED` and is closed.
     /// Set `false` where something else decides who can connect (a Kubernetes NetworkPolicy, a
     /// firewall). Default `true`.
     #[serde(default = "default_protected_mode")]
