@@ -11,7 +11,7 @@ seconds="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(request_decoder inline reply_decoder config)
+  targets=(request_decoder inline reply_decoder config acl_rules)
 fi
 mkdir -p logs
 status=0

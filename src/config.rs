@@ -64,8 +64,9 @@ pub struct Config {
     /// a rotated Kubernetes Secret takes effect without a restart. Default none.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
-    /// Protected mode, as redis-server has it: a client that connects from an address other than
-    /// loopback gets `-DENIED` and is closed, since Keyway does not authenticate clients yet.
+    /// Protected mode, as redis-server has it: while clients need no password (no `[[users]]`,
+    /// or a `default` user that is on with `nopass`), a client that connects from an address
+    /// other than loopback gets `-DENIED` and is closed.
     /// Set `false` where something else decides who can connect (a Kubernetes NetworkPolicy, a
     /// firewall). Default `true`.
     #[serde(default = "default_protected_mode")]
@@ -92,6 +93,147 @@ pub struct Config {
     /// Limits on what clients may make Keyway hold.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[[users]]`: the users clients authenticate as (`AUTH`, `HELLO ... AUTH`), with Redis
+    /// ACL rules. None (the default): clients are not authenticated.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Commands refused to every client, whatever its user's categories allow, unless the
+    /// user's rules name the command itself (`+flushall`). Names as Redis 7 spells them
+    /// (`flushall`, `config|get`). Default none.
+    #[serde(default)]
+    pub refused_commands: Vec<String>,
+}
+
+/// `[[users]]`: one client user.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name; `default` is the user of one-argument `AUTH` and of connections that
+    /// have not authenticated.
+    pub name: String,
+    /// SHA-256 hashes of the user's passwords, as Redis writes them: `#<64 lowercase hex>`.
+    #[serde(default)]
+    pub passwords: Vec<String>,
+    /// A file holding the password in clear (its whole content, trailing line ends stripped),
+    /// or `#<hash>` lines; read at each `AUTH` of this user, the last good read kept.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Redis ACL rules, separated by spaces: `"on ~app:* +@read -@dangerous"`.
+    #[serde(default)]
+    pub rules: String,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("passwords", &self.passwords.len())
+            .field("password_file", &self.password_file)
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Compiles `[[users]]` and `refused_commands` into the users clients authenticate as.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the user and the rule (and the line) of the first
+    /// malformed rule, an unknown refused command, or a user named twice.
+    pub fn users(&self, text: Option<&str>) -> Result<crate::acl::Users, ConfigError> {
+        let invalid = |key: String, needle: &str, message: String| {
+            let line = text.and_then(|t| line_of(t, needle));
+            ConfigError::Invalid {
+                key,
+                location: line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+                message,
+            }
+        };
+        let mut refused = Vec::new();
+        for name in &self.refused_commands {
+            match crate::command::lookup(&name.to_ascii_lowercase()) {
+                Some(spec) => {
+                    refused.push(spec);
+                    if spec.traits.contains(crate::command::Traits::SUBCOMMANDS) {
+                        let prefix = format!("{}|", spec.name);
+                        refused.extend(
+                            crate::command::all_specs().filter(|s| s.name.starts_with(&prefix)),
+                        );
+                    }
+                }
+                None => {
+                    return Err(invalid(
+                        "refused_commands".into(),
+                        "refused_commands",
+                        format!("unknown command '{name}'"),
+                    ))
+                }
+            }
+        }
+        let mut list = Vec::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty()
+                || u.name
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                return Err(invalid(
+                    key,
+                    "name",
+                    "a user name must be non-empty, without spaces or control characters".into(),
+                ));
+            }
+            if self.users.iter().take(i).any(|o| o.name == u.name) {
+                return Err(invalid(
+                    key,
+                    &u.name,
+                    format!("user '{}' is defined twice", u.name),
+                ));
+            }
+            let user = crate::acl::User::compile(
+                &u.name,
+                &u.rules,
+                &u.passwords,
+                u.password_file.clone(),
+                &refused,
+            )
+            .map_err(|e| {
+                let needle = if u.passwords.contains(&e.rule) {
+                    e.rule.as_str()
+                } else {
+                    u.rules.as_str()
+                };
+                invalid(
+                    format!("{key}.rules"),
+                    if needle.is_empty() { &u.name } else { needle },
+                    format!("user '{}': {e}", u.name),
+                )
+            })?;
+            if let Some(path) = &u.password_file {
+                if crate::credentials::read_secret_file(path).is_err() {
+                    return Err(invalid(
+                        format!("{key}.password_file"),
+                        "password_file",
+                        format!("user '{}': {} cannot be read", u.name, path.display()),
+                    ));
+                }
+            }
+            list.push(user);
+        }
+        if list.is_empty() && !refused.is_empty() {
+            // No users: every client is an unauthenticated `default` user with every right but
+            // the refused commands.
+            let user =
+                crate::acl::User::compile("default", "on nopass ~* &* +@all", &[], None, &refused)
+                    .map_err(|e| {
+                        invalid("refused_commands".into(), "refused_commands", e.to_string())
+                    })?;
+            list.push(user);
+        }
+        Ok(crate::acl::Users::new(list))
+    }
 }
 
 /// `[pool]`: the servers and the policies applied to them.
@@ -584,6 +726,7 @@ impl Config {
                 self.pool.tls_server_name(s)?;
             }
         }
+        self.users(text)?;
         if let Some(path) = &self.admin_token_file {
             // Only whether a token is there: the token itself is never shown.
             let usable =

@@ -35,6 +35,10 @@ pub enum ErrorKind {
     NoProto,
     /// Authentication with an unknown user or a wrong password.
     WrongPass,
+    /// A command before authentication, where users are configured.
+    NoAuth,
+    /// A command, key or channel the client's user may not use.
+    NoPerm,
     /// MULTI/EXEC used out of order (EXEC without MULTI, nested MULTI, WATCH inside MULTI).
     Transaction,
     /// EXEC of a transaction that had an error while queuing.
@@ -58,7 +62,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in the order of [`ErrorKind::index`].
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::UnknownCommand,
         ErrorKind::Arity,
         ErrorKind::Syntax,
@@ -67,6 +71,8 @@ impl ErrorKind {
         ErrorKind::TryAgain,
         ErrorKind::NoProto,
         ErrorKind::WrongPass,
+        ErrorKind::NoAuth,
+        ErrorKind::NoPerm,
         ErrorKind::Transaction,
         ErrorKind::ExecAbort,
         ErrorKind::Protocol,
@@ -85,6 +91,8 @@ impl ErrorKind {
             ErrorKind::TryAgain => "TRYAGAIN",
             ErrorKind::NoProto => "NOPROTO",
             ErrorKind::WrongPass => "WRONGPASS",
+            ErrorKind::NoAuth => "NOAUTH",
+            ErrorKind::NoPerm => "NOPERM",
             ErrorKind::ExecAbort => "EXECABORT",
             ErrorKind::UnknownCommand
             | ErrorKind::Transaction
@@ -122,6 +130,8 @@ impl ErrorKind {
             ErrorKind::TryAgain => "tryagain",
             ErrorKind::NoProto => "noproto",
             ErrorKind::WrongPass => "wrongpass",
+            ErrorKind::NoAuth => "noauth",
+            ErrorKind::NoPerm => "noperm",
             ErrorKind::Transaction => "transaction",
             ErrorKind::ExecAbort => "execabort",
             ErrorKind::Protocol => "protocol",

@@ -11,6 +11,8 @@
 //! - [`protocol`]: RESP frames: incremental, bounded, zero-copy decoding, and encoding. Bytes only.
 //! - [`command`]: the one command table: flags, key positions, how a command is routed and merged.
 //! - [`routing`]: pure functions: key -> slot, rendezvous ranking, the slot table.
+//! - [`acl`]: client users: Redis ACL rules compiled and checked, Redis's glob, the users in
+//!   force.
 //! - [`config`]: the configuration file, its layering (defaults < file < `KEYWAY_*`) and checks.
 //! - [`credentials`]: what Keyway authenticates to a server with; the `Secret` type that shows
 //!   nowhere.
@@ -30,6 +32,7 @@
 //! - `fuzzing` (hidden): the `pub(crate)` parsers the fuzz targets and property tests reach.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub(crate) mod admin;
 pub mod backend;
 pub mod command;

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub client_tls_failures: IntCounter,
     /// `keyway_client_disconnects_total{reason}`.
     pub client_disconnects: IntCounterVec,
+    /// `keyway_auth_failures_total{reason}`: client authentication failures (`unknown_user`,
+    /// `disabled`, `wrong_password`) and refusals (`noauth`, `noperm`).
+    pub auth_failures: IntCounterVec,
     /// `keyway_errors_total{kind}`, one handle per [`ErrorKind`], in [`ErrorKind::ALL`] order.
     errors: Vec<IntCounter>,
     /// Per command-table entry, then `other` last.
@@ -271,6 +274,12 @@ impl Metrics {
                 "keyway_client_tls_handshake_failures_total",
                 "TLS handshakes on tls_listen that failed or did not finish within tls.handshake_timeout (plaintext, a client certificate missing or not trusted, no common protocol).",
             ),
+            auth_failures: counter_vec(
+                &r,
+                "keyway_auth_failures_total",
+                "Client AUTH/HELLO AUTH failures (unknown_user, disabled, wrong_password) and commands refused for want of authentication (noauth) or permission (noperm).",
+                &["reason"],
+            ),
             client_disconnects: counter_vec(
                 &r,
                 "keyway_client_disconnects_total",
@@ -420,6 +429,15 @@ impl Metrics {
             "max_memory",
         ] {
             metrics.client_disconnects.with_label_values(&[reason]);
+        }
+        for reason in [
+            "unknown_user",
+            "disabled",
+            "wrong_password",
+            "noauth",
+            "noperm",
+        ] {
+            metrics.auth_failures.with_label_values(&[reason]);
         }
         metrics
     }

@@ -425,7 +425,7 @@ fn notable_commands_route_as_designed() {
     assert_eq!(kind("subscribe"), Kind::PubSub(PubSub::Subscribe));
     assert_eq!(kind("punsubscribe"), Kind::PubSub(PubSub::PUnsubscribe));
     assert_eq!(kind("pubsub|numsub"), Kind::PubSub(PubSub::NumSub));
-    for refused in ["wait", "swapdb", "auth", "config|set"] {
+    for refused in ["wait", "swapdb", "acl|setuser", "config|set"] {
         assert!(matches!(kind(refused), Kind::Refused(_)), "{refused}");
     }
 }

@@ -479,3 +479,95 @@ proptest! {
 fn example_config_loads() {
     Config::from_toml_with_env(EXAMPLE_CONFIG, Path::new("keyway.toml")).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// ACL rules (the `acl_rules` fuzz target, bounded)
+// ---------------------------------------------------------------------------------------------
+
+/// A rule, from what Redis's ACL syntax is made of, often malformed.
+fn acl_rule() -> impl Strategy<Value = String> {
+    let words = prop::sample::select(vec![
+        "on",
+        "off",
+        "nopass",
+        "resetpass",
+        "allkeys",
+        "resetkeys",
+        "allchannels",
+        "resetchannels",
+        "allcommands",
+        "nocommands",
+        "reset",
+        "+@all",
+        "-@all",
+        "+@read",
+        "-@dangerous",
+        "+@nosuch",
+        "+get",
+        "-get",
+        "+config|get",
+        "+config|nosub",
+        "+get|x",
+        "+config",
+        "~app:*",
+        "%R~ro:*",
+        "%W~w*",
+        "%X~bad",
+        "&chan*",
+        ">clear",
+        "#abc",
+        "(~x)",
+        "",
+        "~",
+        "%",
+        "+",
+        "-@",
+    ]);
+    prop_oneof![
+        words.prop_map(str::to_string),
+        "[~%&+#!-]?[a-zA-Z*?\\[\\]^|@:-]{0,12}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any rules compile or fail with an error naming a rule; a compiled user checks any
+    /// command without panicking; the all-allowing user allows it; glob matching never panics,
+    /// `*` matches anything and a plain pattern matches itself.
+    #[test]
+    fn acl_rules_compile_and_check_without_panicking(
+        rules in prop::collection::vec(acl_rule(), 0..8),
+        args in prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec!["GET", "SET", "MSET", "PUBLISH", "SUBSCRIBE",
+                    "PSUBSCRIBE", "EVAL", "CONFIG", "BITFIELD", "SORT", "2", "GET", "STORE"])
+                    .prop_map(|s| s.as_bytes().to_vec()),
+                prop::collection::vec(any::<u8>(), 0..12),
+            ],
+            1..8,
+        ),
+    ) {
+        use keyway::acl::{glob_match, User};
+        let text = rules.join(" ");
+        let mut keys = Vec::new();
+        match User::compile("p", &text, &[], None, &[]) {
+            Ok(user) => {
+                let request = keyway::protocol::Request::from_args(&args);
+                if let Ok(spec) = keyway::command::resolve(request.args()) {
+                    let _ = user.check(spec, request.args(), &mut keys);
+                    let all = User::compile("a", "on nopass ~* &* +@all", &[], None, &[]).unwrap();
+                    prop_assert!(all.check(spec, request.args(), &mut keys).is_ok());
+                }
+            }
+            Err(e) => prop_assert!(rules.contains(&e.rule), "{e}"),
+        }
+        for arg in &args {
+            let _ = glob_match(text.as_bytes(), arg);
+            prop_assert_eq!(glob_match(b"*", arg), !arg.is_empty());
+            if !arg.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\')) {
+                prop_assert!(glob_match(arg, arg));
+            }
+        }
+    }
+}

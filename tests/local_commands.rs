@@ -39,6 +39,10 @@ fn sample(local: Local) -> Vec<&'static str> {
         Local::ClientKill => vec!["CLIENT", "KILL", "ID", "999999"],
         Local::ClientNoEvict => vec!["CLIENT", "NO-EVICT", "on"],
         Local::ClientReply => vec!["CLIENT", "REPLY", "ON"],
+        Local::Auth => vec!["AUTH", "default", "any"],
+        Local::AclWhoami => vec!["ACL", "WHOAMI"],
+        Local::AclCat => vec!["ACL", "CAT"],
+        Local::AclDryrun => vec!["ACL", "DRYRUN", "default", "get", "k"],
     }
 }
 

@@ -20,6 +20,8 @@
 # Environment: BENCH_KEYWAY_BIN=path (else cargo build --release), CALLGRIND_TOP=20,
 # CALLGRIND_BENCH_ARGS="-3" (more redis-benchmark options: -3 for RESP3 clients),
 # CALLGRIND_POOL='write = "two_phase"' (more [pool] settings),
+# CALLGRIND_TOML=$'[[users]]\nname = "default"\nrules = "on nopass ~key:* +@read +@write"' (more
+# tables after the pool's, e.g. client users: the ACL check's cost),
 # CALLGRIND_KEEP=dir (keep the callgrind output files there, for callgrind_annotate by line).
 # Needs: valgrind, redis-server, redis-benchmark, redis-cli, python3.
 set -euo pipefail
@@ -45,6 +47,7 @@ start_redis_servers "${ports[0]}" "${ports[1]}" "${ports[2]}"
   # More [pool] settings, one per line (CALLGRIND_POOL=$'write = "two_phase"').
   [[ -n ${CALLGRIND_POOL:-} ]] && printf '%s\n' "$CALLGRIND_POOL"
   pool_servers_toml "${ports[0]}" "${ports[1]}" "${ports[2]}"
+  if [[ -n ${CALLGRIND_TOML:-} ]]; then printf '%s\n' "$CALLGRIND_TOML"; fi
 } >"$dir/keyway.toml"
 
 echo "# callgrind: $("$keyway" --version 2>/dev/null || echo keyway) (git $(git rev-parse --short HEAD 2>/dev/null || echo '?'))"

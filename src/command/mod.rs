@@ -33,8 +33,10 @@
 //! letter (built once, on first use), which leaves one to three names to compare: no
 //! allocation, no hashing. Only errors allocate (their messages quote the client's arguments).
 
+mod acl_table;
 mod keys;
 mod table;
+pub use acl_table::CATEGORIES as ACL_CATEGORIES;
 pub(crate) use table::TABLE_VERSION;
 
 use std::borrow::Cow;
@@ -232,6 +234,14 @@ pub enum Local {
     ClientNoEvict,
     /// `CLIENT REPLY ON|OFF|SKIP`.
     ClientReply,
+    /// `AUTH [username] password`: logs in as one of the configured users.
+    Auth,
+    /// `ACL WHOAMI`.
+    AclWhoami,
+    /// `ACL CAT [category]`.
+    AclCat,
+    /// `ACL DRYRUN username command [arg ...]`.
+    AclDryrun,
 }
 
 /// The command flags of `COMMAND INFO`, as a `Copy` bitset.
@@ -582,6 +592,85 @@ pub fn lookup(name: &str) -> Option<&'static CommandSpec> {
         None => (None, name),
     };
     find(container, sub.as_bytes())
+}
+
+/// The index of a spec in the table (each spec is one of the table's statics), for per-command
+/// bitsets such as a user's allowed commands.
+pub fn index_of(spec: &'static CommandSpec) -> usize {
+    let base = table::COMMANDS.as_ptr() as usize;
+    (spec as *const CommandSpec as usize).wrapping_sub(base) / std::mem::size_of::<CommandSpec>()
+}
+
+/// How many entries the table has.
+pub const fn table_len() -> usize {
+    table::COMMANDS.len()
+}
+
+/// The table's entry at `index`.
+pub fn spec_at(index: usize) -> Option<&'static CommandSpec> {
+    table::COMMANDS.get(index)
+}
+
+/// A command's ACL categories: bit `i` for the `i`-th of [`ACL_CATEGORIES`].
+pub fn acl_categories(spec: &'static CommandSpec) -> u32 {
+    acl_table::ACL_FACTS
+        .get(index_of(spec))
+        .map_or(0, |f| f.categories)
+}
+
+/// Whether the `nth` key [`key_indexes`] finds is read and whether it is written, from the key
+/// spec it comes from (`access` reads; `insert`, `delete`, `update` write), as Redis's ACLs
+/// check keys. Keys follow their specs in order, the last spec taking the rest (BITOP's
+/// sources, ZUNIONSTORE's); SORT's `STORE` destination is its last spec. The two commands
+/// whose key spec has `variable_flags` in Redis 7.0 are read as redis-server's `setGetKeys` and
+/// `bitfieldGetKeys` read them: `SET` reads only with `GET`; `BITFIELD` with `GET`s only
+/// (and `OVERFLOW`) does not write.
+pub fn key_access(spec: &'static CommandSpec, args: Args<'_>, nth: usize) -> (bool, bool) {
+    match spec.name {
+        "set" => {
+            let get = args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"get"));
+            return (get, true);
+        }
+        "bitfield" => return (true, !bitfield_readonly(args)),
+        _ => {}
+    }
+    let Some(facts) = acl_table::ACL_FACTS.get(index_of(spec)) else {
+        return (true, true);
+    };
+    let last = usize::from(facts.specs.saturating_sub(1));
+    let which = if spec.keys == KeySpec::Sort && nth > 0 {
+        last
+    } else {
+        nth.min(last)
+    };
+    let bits = facts.keys >> (2 * which);
+    (bits & 1 != 0, bits & 2 != 0)
+}
+
+/// Whether a BITFIELD only reads, as redis-server's `bitfieldGetKeys` decides it.
+fn bitfield_readonly(args: Args<'_>) -> bool {
+    let mut i = 2;
+    while let Some(arg) = args.get(i) {
+        let rem = args.len().saturating_sub(i + 1);
+        if arg.eq_ignore_ascii_case(b"get") && rem >= 2 {
+            i += 3;
+        } else if arg.eq_ignore_ascii_case(b"overflow") && rem >= 1 {
+            i += 2;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// The name of the command at each index of the ACL facts table, checked against the table's.
+#[doc(hidden)]
+pub fn acl_facts_line_up() -> bool {
+    table::COMMANDS.len() == acl_table::ACL_FACTS.len()
+        && table::COMMANDS
+            .iter()
+            .zip(acl_table::ACL_FACTS.iter())
+            .all(|(c, f)| c.name == f.name)
 }
 
 /// Every command and subcommand, sorted by name (containers before their subcommands).

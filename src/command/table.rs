@@ -15,10 +15,9 @@ use super::{cmd, flag::*, split, trait_::*, CommandSpec, Local as L, PubSub as P
 
 /// Why a command is refused: the text after "command 'x' is not supported by keyway: ".
 mod why {
-    pub const ACL: &str = "users and ACLs are managed on each backend server directly";
+    pub const ACL: &str = "keyway's users and their rules come from its configuration ([[users]]); the servers' own users are managed on each server directly";
     pub const ADMIN: &str =
         "it administers a single server; run it against each backend server directly";
-    pub const AUTH: &str = "keyway does not authenticate clients yet; the servers see keyway's own user (pool.username and pool.password_file), never a client's";
     pub const CLIENT: &str =
         "it would act on keyway's backend connections, which many clients share";
     pub const CLUSTER: &str =
@@ -42,9 +41,9 @@ pub(crate) const TABLE_VERSION: &str = "7.0.15";
 pub(super) static COMMANDS: [CommandSpec; 367] = [
     //  name                            arity keys                   kind                        flags                                                                       traits
     cmd("acl",                           -2, NOKEYS,                Container,                  &[],                                                                        &[SUBCOMMANDS]),
-    cmd("acl|cat",                       -2, NOKEYS,                AnyServer,                  &[NOSCRIPT, LOADING, STALE],                                                &[]),
+    cmd("acl|cat",                       -2, NOKEYS,                Local(L::AclCat),           &[NOSCRIPT, LOADING, STALE],                                                &[]),
     cmd("acl|deluser",                   -3, NOKEYS,                Refused(why::ACL),          &[ADMIN, NOSCRIPT, LOADING, STALE],                                         &[]),
-    cmd("acl|dryrun",                    -4, NOKEYS,                Refused(why::ACL),          &[ADMIN, NOSCRIPT, LOADING, STALE],                                         &[]),
+    cmd("acl|dryrun",                    -4, NOKEYS,                Local(L::AclDryrun),        &[ADMIN, NOSCRIPT, LOADING, STALE],                                         &[]),
     cmd("acl|genpass",                   -2, NOKEYS,                AnyServer,                  &[NOSCRIPT, LOADING, STALE],                                                &[]),
     cmd("acl|getuser",                    3, NOKEYS,                Refused(why::ACL),          &[ADMIN, NOSCRIPT, LOADING, STALE],                                         &[]),
     cmd("acl|help",                       2, NOKEYS,                AnyServer,                  &[LOADING, STALE],                                                          &[]),
@@ -54,10 +53,10 @@ pub(super) static COMMANDS: [CommandSpec; 367] = [
     cmd("acl|save",                       2, NOKEYS,                Refused(why::ACL),          &[ADMIN, NOSCRIPT, LOADING, STALE],                                         &[]),
     cmd("acl|setuser",                   -3, NOKEYS,                Refused(why::ACL),          &[ADMIN, NOSCRIPT, LOADING, STALE],                                         &[]),
     cmd("acl|users",                      2, NOKEYS,                Refused(why::ACL),          &[ADMIN, NOSCRIPT, LOADING, STALE],                                         &[]),
-    cmd("acl|whoami",                     2, NOKEYS,                Refused(why::AUTH),         &[NOSCRIPT, LOADING, STALE],                                                &[]),
+    cmd("acl|whoami",                     2, NOKEYS,                Local(L::AclWhoami),        &[NOSCRIPT, LOADING, STALE],                                                &[]),
     cmd("append",                         3, range(1, 1, 1),        Keyed,                      &[WRITE, DENYOOM, FAST],                                                    &[]),
     cmd("asking",                         1, NOKEYS,                Refused(why::CLUSTER),      &[FAST],                                                                    &[]),
-    cmd("auth",                          -2, NOKEYS,                Refused(why::AUTH),         &[NOSCRIPT, LOADING, STALE, FAST, NO_AUTH, ALLOW_BUSY],                     &[]),
+    cmd("auth",                          -2, NOKEYS,                Local(L::Auth),             &[NOSCRIPT, LOADING, STALE, FAST, NO_AUTH, ALLOW_BUSY],                     &[]),
     cmd("bgrewriteaof",                   1, NOKEYS,                Refused(why::ADMIN),        &[ADMIN, NOSCRIPT, NO_ASYNC_LOADING],                                       &[]),
     cmd("bgsave",                        -1, NOKEYS,                Refused(why::ADMIN),        &[ADMIN, NOSCRIPT, NO_ASYNC_LOADING],                                       &[]),
     cmd("bitcount",                      -2, range(1, 1, 1),        Keyed,                      &[READONLY],                                                                &[]),

@@ -105,6 +105,14 @@ impl<'a> Args<'a> {
         self.frame.get(start..end)
     }
 
+    /// The arguments after the first `n` (`ACL DRYRUN user cmd ...`'s command).
+    pub fn skip(&self, n: usize) -> Args<'a> {
+        Args {
+            frame: self.frame,
+            spans: self.spans.get(n..).unwrap_or_default(),
+        }
+    }
+
     /// The first argument (the command name).
     pub fn first(&self) -> Option<&'a [u8]> {
         self.get(0)

@@ -29,6 +29,33 @@ pub(crate) struct ClientState {
     /// The client's pub/sub subscriptions and mailbox, from its first (P|S)SUBSCRIBE until
     /// RESET or disconnect (boxed: most clients never subscribe).
     pub(crate) pubsub: Option<Box<super::pubsub::Subs>>,
+    /// Who the client is (see [`Auth`]).
+    pub(crate) auth: Auth,
+    /// The users `auth` was decided against: when a reload puts others in force, the session
+    /// binds the client again ([`ClientState::rebind`]).
+    pub(crate) users: std::sync::Arc<crate::acl::Users>,
+}
+
+/// Who a client is.
+#[derive(Clone, Debug)]
+pub(crate) enum Auth {
+    /// No users are configured: every command is allowed, as ever.
+    Open,
+    /// Users are configured and the client has not authenticated (or its user went away):
+    /// only `AUTH`, `HELLO`, `QUIT` and `RESET` run.
+    Required,
+    /// Authenticated (or the `default` user with `nopass`): its rules apply.
+    User(std::sync::Arc<crate::acl::User>),
+}
+
+impl Auth {
+    /// How a new connection starts under `users`.
+    pub(crate) fn initial(users: &crate::acl::Users) -> Auth {
+        if users.is_empty() {
+            return Auth::Open;
+        }
+        users.initial().map_or(Auth::Required, Auth::User)
+    }
 }
 
 /// `CLIENT REPLY ON|OFF|SKIP`.
@@ -102,6 +129,36 @@ impl ClientState {
             entry: None,
             replies: Replies::On,
             pubsub: None,
+            auth: Auth::Open,
+            users: std::sync::Arc::default(),
+        }
+    }
+
+    /// Binds the client to the users in force (a new connection, or a reload): a user that
+    /// still exists and is on keeps the client with its new rules; otherwise the client starts
+    /// over as a new connection would (the `default` user with `nopass`, or not authenticated).
+    #[cold]
+    pub(crate) fn rebind(&mut self, users: &std::sync::Arc<crate::acl::Users>) {
+        let kept = match &self.auth {
+            Auth::User(u) => users
+                .get(u.name().as_bytes())
+                .filter(|n| n.enabled())
+                .cloned(),
+            Auth::Open | Auth::Required => None,
+        };
+        self.auth = match kept {
+            Some(u) => Auth::User(u),
+            None => Auth::initial(users),
+        };
+        self.users = users.clone();
+        self.publish();
+    }
+
+    /// The name of the client's user (`default` when none).
+    pub(crate) fn user_name(&self) -> &str {
+        match &self.auth {
+            Auth::User(u) => u.name(),
+            Auth::Open | Auth::Required => "default",
         }
     }
 
@@ -136,6 +193,10 @@ impl ClientState {
             lib_ver: about.and_then(|a| a.lib_ver.clone()),
             resp: self.proto.version(),
             no_evict,
+            user: match &self.auth {
+                Auth::User(u) if u.name() != "default" => Some(std::sync::Arc::from(u.name())),
+                _ => None,
+            },
         });
     }
 
@@ -151,6 +212,10 @@ impl ClientState {
         self.pubsub = None;
         if let Some(about) = &mut self.about {
             about.name = None;
+        }
+        // Back to the user a new connection is, as RESET does on redis-server.
+        if !matches!(self.auth, Auth::Open) {
+            self.auth = Auth::initial(&self.users);
         }
     }
 }

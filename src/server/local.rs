@@ -66,6 +66,13 @@ pub(crate) fn answer(
         Local::Quit => return (ready(|o| write_simple(o, "OK")), After::Close),
         Local::Select => select(args),
         Local::Hello => hello(args, client, facts),
+        Local::Auth => auth(args, client, facts),
+        Local::AclWhoami => {
+            let name = client.user_name().to_owned();
+            ready(|o| write_bulk(o, name.as_bytes()))
+        }
+        Local::AclCat => acl_cat(args),
+        Local::AclDryrun => acl_dryrun(args, facts),
         Local::Reset => {
             client.reset();
             ready(|o| write_simple(o, "RESET"))
@@ -159,7 +166,7 @@ pub(crate) fn answer(
     };
     if matches!(
         local,
-        Local::Hello | Local::ClientSetname | Local::ClientSetinfo | Local::Reset
+        Local::Hello | Local::ClientSetname | Local::ClientSetinfo | Local::Reset | Local::Auth
     ) {
         client.publish();
     }
@@ -396,10 +403,164 @@ fn command_info(o: &mut BytesMut, s: &CommandSpec, proto: Proto) {
     }
 }
 
+const WRONGPASS: &str = "invalid username-password pair or user is disabled.";
+
+/// Logs in as `user` with `password` (`AUTH`, `HELLO ... AUTH`), as redis-server's
+/// `ACLAuthenticateUser`: the user must exist, be on, and have `nopass` or a password whose
+/// SHA-256 is one of its hashes. Without users configured, Keyway is a redis-server whose
+/// `default` user has `nopass`. A failure is counted and logged with the user name and the
+/// client's address, never the password.
+fn login(
+    user: &[u8],
+    password: &[u8],
+    client: &mut ClientState,
+    facts: &Facts<'_>,
+) -> Result<(), ReplyError> {
+    let users = facts.shared.topology.users.load_full();
+    if users.is_empty() {
+        return if user == b"default" {
+            Ok(())
+        } else {
+            Err(ReplyError::new(ErrorKind::WrongPass, WRONGPASS))
+        };
+    }
+    let found = users.get(user).cloned();
+    let reason = match &found {
+        None => Some("unknown_user"),
+        Some(u) if !u.enabled() => Some("disabled"),
+        Some(u) if !u.verify(password) => Some("wrong_password"),
+        Some(_) => None,
+    };
+    match (found, reason) {
+        (Some(u), None) => {
+            client.auth = super::client::Auth::User(u);
+            client.users = users;
+            Ok(())
+        }
+        (_, reason) => {
+            let reason = reason.unwrap_or("unknown_user");
+            facts
+                .shared
+                .metrics
+                .auth_failures
+                .with_label_values(&[reason])
+                .inc();
+            let peer = client.entry.as_ref().and_then(|e| e.addr);
+            let shown = String::from_utf8_lossy(user.get(..128).unwrap_or(user)).into_owned();
+            tracing::warn!(client = client.id, ?peer, user = %shown, reason, "client authentication failed");
+            Err(ReplyError::new(ErrorKind::WrongPass, WRONGPASS))
+        }
+    }
+}
+
+/// `AUTH [username] password`, with redis-server's replies.
+fn auth(args: Args<'_>, client: &mut ClientState, facts: &Facts<'_>) -> Reply {
+    if args.len() > 3 {
+        return err(ErrorKind::Syntax, "syntax error");
+    }
+    let (user, password) = match (args.get(1), args.get(2)) {
+        (Some(u), Some(p)) => (u, p),
+        (Some(p), None) => {
+            let users = facts.shared.topology.users.load();
+            let nopass = users.is_empty() || users.get(b"default").is_some_and(|u| u.open());
+            if nopass {
+                return err(ErrorKind::Syntax, "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+            }
+            (&b"default"[..], p)
+        }
+        _ => {
+            return err(
+                ErrorKind::Arity,
+                "wrong number of arguments for 'auth' command",
+            )
+        }
+    };
+    login(user, password, client, facts)?;
+    ready(|o| write_simple(o, "OK"))
+}
+
+/// `ACL CAT [category]`: the categories, or the commands of one.
+fn acl_cat(args: Args<'_>) -> Reply {
+    let Some(cat) = args.get(2) else {
+        return ready(|o| {
+            write_array_header(o, crate::acl::CATEGORIES.len());
+            for c in crate::acl::CATEGORIES {
+                write_bulk(o, c.as_bytes());
+            }
+        });
+    };
+    let lower = String::from_utf8_lossy(cat).to_ascii_lowercase();
+    let Some(bit) = crate::acl::CATEGORIES.iter().position(|c| *c == lower) else {
+        return err(
+            ErrorKind::Syntax,
+            format!("Unknown category '{}'", String::from_utf8_lossy(c_str(cat))),
+        );
+    };
+    let names: Vec<&str> = crate::acl::User::commands_in(bit).collect();
+    ready(|o| {
+        write_array_header(o, names.len());
+        for n in names {
+            write_bulk(o, n.as_bytes());
+        }
+    })
+}
+
+/// `ACL DRYRUN username command [arg ...]`: whether the user may run the command, as
+/// redis-server answers it (`+OK`, or a bulk string saying what is denied).
+fn acl_dryrun(args: Args<'_>, facts: &Facts<'_>) -> Reply {
+    let users = facts.shared.topology.users.load_full();
+    let name = args.get(2).unwrap_or_default();
+    // Without users, every client is a `default` user allowed everything.
+    let open = users.is_empty() && name == b"default";
+    let user = users.get(name).cloned();
+    if user.is_none() && !open {
+        return err(
+            ErrorKind::Syntax,
+            format!("User '{}' not found", String::from_utf8_lossy(c_str(name))),
+        );
+    }
+    let sub = args.skip(3);
+    let spec = match command::resolve(sub) {
+        Ok(spec) => spec,
+        Err(command::CommandError::Refused { name, .. }) => match command::lookup(name) {
+            Some(spec) => spec,
+            None => {
+                return err(
+                    ErrorKind::Internal,
+                    "keyway: refused command not in the table",
+                )
+            }
+        },
+        Err(command::CommandError::Arity { name }) => {
+            return err(
+                ErrorKind::Arity,
+                format!("wrong number of arguments for '{name}' command"),
+            )
+        }
+        Err(_) => {
+            return err(
+                ErrorKind::Syntax,
+                format!(
+                    "Command '{}' not found",
+                    String::from_utf8_lossy(c_str(sub.first().unwrap_or_default()))
+                ),
+            )
+        }
+    };
+    let mut keys = Vec::new();
+    let checked = user.map_or(Ok(()), |u| u.check(spec, sub, &mut keys));
+    match checked {
+        Ok(()) => ready(|o| write_simple(o, "OK")),
+        Err(d) => {
+            let text = d.dryrun_message(spec, sub);
+            ready(|o| write_bulk(o, text.as_bytes()))
+        }
+    }
+}
+
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`, with redis-server's checks and errors:
-/// switches the client to RESP2 or RESP3 and answers the server's facts as a map. Keyway has no
-/// users of its own yet, so it behaves as a redis-server whose `default` user has no password:
-/// `AUTH default <anything>` succeeds and any other user is refused with `WRONGPASS`.
+/// switches the client to RESP2 or RESP3, logs in with `AUTH` (see [`login`]), and answers the
+/// server's facts as a map. A client that must authenticate and has not gets `-NOAUTH`.
 fn hello(args: Args<'_>, client: &mut ClientState, facts: &Facts<'_>) -> Reply {
     let mut proto = None;
     if let Some(v) = args.get(1) {
@@ -424,7 +585,7 @@ fn hello(args: Args<'_>, client: &mut ClientState, facts: &Facts<'_>) -> Reply {
     while let Some(opt) = args.get(i) {
         let more = args.len().saturating_sub(i + 1);
         if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
-            user = args.get(i + 1);
+            user = args.get(i + 1).zip(args.get(i + 2));
             i += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
             name = args.get(i + 1);
@@ -439,13 +600,11 @@ fn hello(args: Args<'_>, client: &mut ClientState, facts: &Facts<'_>) -> Reply {
             );
         }
     }
-    if let Some(user) = user {
-        if user != b"default" {
-            return err(
-                ErrorKind::WrongPass,
-                "invalid username-password pair or user is disabled.",
-            );
-        }
+    if let Some((user, password)) = user {
+        login(user, password, client, facts)?;
+    }
+    if matches!(client.auth, super::client::Auth::Required) {
+        return err(ErrorKind::NoAuth, "HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
     if let Some(name) = name {
         if !valid_attribute(name) {

@@ -83,7 +83,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Tls
         };
         match accepted {
             Ok((stream, peer)) => {
-                let loopback = admitted(shared.protected_mode, peer);
+                // As redis-server: protected mode holds only while clients need no password.
+                let protected =
+                    shared.protected_mode && !shared.topology.users.load().auth_required();
+                let loopback = admitted(protected, peer);
                 // A TLS client with a verified certificate may come from anywhere: decided
                 // once its handshake is done.
                 let by_certificate = tls.as_ref().is_some_and(|t| t.acceptor.mutual());
@@ -203,10 +206,11 @@ async fn refuse(stream: tokio::net::TcpStream) {
 /// What a client refused by protected mode reads before its connection closes: redis-server's
 /// `-DENIED`, saying what to do in Keyway's terms.
 pub(crate) const DENIED: &[u8] = b"-DENIED Keyway is running in protected mode because \
-    protected_mode is on and Keyway does not authenticate clients. In this mode connections are \
-    only accepted from the loopback interface. To accept clients from other addresses, set \
-    protected_mode = false in Keyway's configuration and make sure that only trusted clients can \
-    reach its address (a Kubernetes NetworkPolicy, a firewall).\r\n";
+    protected_mode is on and no client authentication is configured. In this mode connections \
+    are only accepted from the loopback interface. To accept clients from other addresses, \
+    either configure [[users]] so that clients must authenticate (a default user that is off or \
+    has a password), or set protected_mode = false in Keyway's configuration and make sure that \
+    only trusted clients can reach its address (a Kubernetes NetworkPolicy, a firewall).\r\n";
 
 /// Whether a client from `peer` may connect: any client without protected mode, else only one
 /// from a loopback address (an IPv4 address mapped into IPv6 included).

@@ -24,7 +24,7 @@ use crate::routing::{alternate, choose_read, key_slot, Slot};
 use crate::topology::{Placement, PlacementError, Topology};
 use crate::txn;
 
-use super::client::ClientState;
+use super::client::{Auth, ClientState};
 use super::multi;
 
 /// What to do with one request.
@@ -192,6 +192,12 @@ pub(crate) fn plan<'r, 't>(
     let args = request.args();
     match command::resolve(args) {
         Ok(spec) => {
+            if let Err(e) = admit(spec, args, client, keys) {
+                if client.multi.is_some() {
+                    return (Some(spec), Plan::Multi(multi::Step::Dirty(e)));
+                }
+                return (Some(spec), Plan::Refuse(e));
+            }
             if client.proto == Proto::Resp2
                 && super::pubsub::subscribed(client)
                 && !allowed_subscribed(spec.kind)
@@ -227,6 +233,30 @@ pub(crate) fn plan<'r, 't>(
             }
             (known, Plan::Refuse(e.into()))
         }
+    }
+}
+
+const NOAUTH: &str = "Authentication required.";
+
+/// Whether the client's user may run the command (client authentication, `[[users]]`): as
+/// redis-server, after the command is known and its arity checked, a client that has not
+/// authenticated may run only commands flagged `no_auth` (AUTH, HELLO, QUIT, RESET), and an
+/// authenticated one what its user's rules allow (command, keys, channels: `acl::User::check`).
+/// Without users, one comparison.
+#[inline]
+fn admit(
+    spec: &'static CommandSpec,
+    args: Args<'_>,
+    client: &ClientState,
+    keys: &mut Vec<usize>,
+) -> Result<(), ReplyError> {
+    match &client.auth {
+        Auth::Open => Ok(()),
+        Auth::User(user) => user
+            .check(spec, args, keys)
+            .map_err(|d| ReplyError::new(ErrorKind::NoPerm, d.message(spec))),
+        Auth::Required if spec.flags.contains(command::Flags::NO_AUTH) => Ok(()),
+        Auth::Required => Err(ReplyError::new(ErrorKind::NoAuth, NOAUTH)),
     }
 }
 

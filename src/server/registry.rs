@@ -52,6 +52,8 @@ pub(crate) struct About {
     pub(crate) lib_ver: Option<Bytes>,
     pub(crate) resp: i64,
     pub(crate) no_evict: bool,
+    /// The user the client authenticated as (`None`: `default`).
+    pub(crate) user: Option<Arc<str>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -158,7 +160,7 @@ impl Entry {
         let _ = write!(
             s,
             "id={} addr={} laddr={} fd={} name={} age={age} idle={idle} flags={} db=0 sub=0 \
-             psub=0 ssub=0 multi={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+             psub=0 ssub=0 multi={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             show(self.addr),
             show(self.laddr),
@@ -166,6 +168,7 @@ impl Entry {
             text(&about.name),
             if about.no_evict { "e" } else { "N" },
             self.multi.load(Ordering::Relaxed),
+            about.user.as_deref().unwrap_or("default"),
             about.resp,
             text(&about.lib_name),
             text(&about.lib_ver),

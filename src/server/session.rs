@@ -213,6 +213,7 @@ pub(crate) async fn run<S: ClientStream>(
     );
     let mut client = ClientState::new(id);
     client.entry = Some(listed.entry.clone());
+    client.rebind(&shared.topology.users.load_full());
     // `CLIENT KILL`: waited on as the drain is.
     let killed = listed.entry.kill.cancelled();
     let mut killed = std::pin::pin!(killed);
@@ -529,10 +530,14 @@ impl<'s, S: ClientStream> Active<'s, S> {
     fn new(
         stream: &'s mut S,
         shared: &'s Arc<Shared>,
-        client: ClientState,
+        mut client: ClientState,
         kit: Kit,
     ) -> Active<'s, S> {
         let (rd, wr) = stream.halves();
+        let users = shared.topology.users.load();
+        if !Arc::ptr_eq(&users, &client.users) {
+            client.rebind(&users);
+        }
         let charge = super::memory::Charge::new(
             &shared.memory,
             &shared.metrics.client_buffered_bytes,
@@ -739,6 +744,15 @@ impl<'s, S: ClientStream> Active<'s, S> {
         if current.version != self.topo.version {
             self.topo = current;
         }
+        self.users();
+    }
+
+    /// Binds the client to the users in force, when a reload changed them.
+    fn users(&mut self) {
+        let users = self.shared.topology.users.load();
+        if !Arc::ptr_eq(&users, &self.client.users) {
+            self.client.rebind(&users);
+        }
     }
 
     /// Plans one request, dispatches the plan, and queues its pending reply.
@@ -748,6 +762,11 @@ impl<'s, S: ClientStream> Active<'s, S> {
         if let plan::Plan::CrossProtocol = plan {
             self.cross_protocol();
             return;
+        }
+        if let plan::Plan::Refuse(e) | plan::Plan::Multi(super::multi::Step::Dirty(e)) = &plan {
+            if matches!(e.kind(), ErrorKind::NoAuth | ErrorKind::NoPerm) {
+                self.denied(e, spec);
+            }
         }
         if matches!(plan, plan::Plan::Block { .. }) && !self.kit.pending.is_empty() {
             self.held = Some((request.clone(), started));
@@ -783,6 +802,31 @@ impl<'s, S: ClientStream> Active<'s, S> {
         if after == After::Close {
             self.closing = Some(None);
         }
+    }
+
+    /// A command refused for want of authentication or permission: counted, and logged at
+    /// debug level with the user, the command and the peer (never an argument).
+    #[cold]
+    fn denied(&self, e: &ReplyError, spec: Option<&'static crate::command::CommandSpec>) {
+        let reason = if e.kind() == ErrorKind::NoAuth {
+            "noauth"
+        } else {
+            "noperm"
+        };
+        self.shared
+            .metrics
+            .auth_failures
+            .with_label_values(&[reason])
+            .inc();
+        let peer = self.client.entry.as_ref().and_then(|e| e.addr);
+        tracing::debug!(
+            client = self.client.id,
+            ?peer,
+            user = self.client.user_name(),
+            command = spec.map_or("?", |s| s.name),
+            reason,
+            "command refused"
+        );
     }
 
     /// HTTP on the client port: close at once, without a reply and without the replies still

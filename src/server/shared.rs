@@ -21,7 +21,8 @@ pub struct Shared {
     pub(crate) limits: Limits,
     /// Limits on each client connection.
     pub(crate) client_limits: LimitsConfig,
-    /// Clients from addresses other than loopback are refused (`protected_mode`).
+    /// Clients from addresses other than loopback are refused (`protected_mode`), unless
+    /// clients must authenticate.
     pub(crate) protected_mode: bool,
     /// Whether Keyway drains (SIGTERM): sessions answer what they received, then close.
     pub(crate) drain: Arc<Drain>,
@@ -82,7 +83,9 @@ impl Shared {
             max_inline_len: config.limits.max_inline_len,
             ..Limits::default()
         };
+        let users = config.users(None)?;
         let topology = Arc::new(TopologyHandle::new(&config.pool, metrics.clone())?);
+        topology.users.store(users);
         let hub = super::pubsub::Hub::new(
             topology.clone(),
             config.limits.max_client_output,

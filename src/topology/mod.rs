@@ -206,6 +206,8 @@ pub struct TopologyHandle {
     /// The version of the snapshot last swapped in, for whoever must act on a swap (the pub/sub
     /// hub moves channel subscriptions whose slot changed server).
     swapped: tokio::sync::watch::Sender<u64>,
+    /// The client users (`[[users]]`), swapped by a config reload with the topology.
+    pub users: crate::acl::UsersHandle,
 }
 
 impl TopologyHandle {
@@ -229,6 +231,7 @@ impl TopologyHandle {
             pools,
             swapping: tokio::sync::Mutex::new(()),
             swapped: tokio::sync::watch::Sender::new(1),
+            users: crate::acl::UsersHandle::default(),
         })
     }
 

@@ -324,6 +324,12 @@ pub async fn reload_file(
             c.drain_timeout,
         )
     };
+    // `Config::load` validated the users: compiling them again cannot fail.
+    if let Ok(users) = config.users(None) {
+        let names: Vec<&str> = users.names().collect();
+        tracing::info!(source, users = ?names, "client users reloaded");
+        handle.users.store(users);
+    }
     if outside_pool(&config) != outside_pool(running) {
         tracing::warn!(
             source,
