@@ -14,7 +14,9 @@
 //! ```
 //!
 //! While a server is **recovering** it takes writes as its write mode says (so that it does
-//! not fall further behind) and serves no reads (`Topology::is_readable`). With `replicas = 1`
+//! not fall further behind) and serves no reads (`Topology::is_readable`). Under `write =
+//! primary` a slot's other replicas never get its writes, so they are no source: as with
+//! `replicas = 1`, nothing is copied. With `replicas = 1`
 //! there is nothing to copy from: a restart is logged and the server serves as before.
 //!
 //! A **resync** of server T, one task per recovering server, at most
@@ -138,10 +140,12 @@ impl Manager {
             if !health.is_recovering() {
                 continue;
             }
-            if topo.replicas == 1 {
-                // Nothing to copy from: serve as before, and say so once.
+            if topo.replicas == 1 || topo.write == WriteMode::Primary {
+                // Nothing to copy from (under `write = primary` only the primary holds a slot's
+                // writes: its other replicas are no copy of it): serve as before, and say so
+                // once.
                 if self.warned.insert(server.name.clone()) {
-                    tracing::warn!(server = %server.name, "server restarted or came back empty; with replicas = 1 there is no other copy of its keys to resync it from: it serves as it is");
+                    tracing::warn!(server = %server.name, "server restarted or came back empty; with replicas = 1 or write = primary there is no other copy of its keys to resync it from: it serves as it is");
                 }
                 health.set_recovering(false);
                 continue;
@@ -197,7 +201,10 @@ impl Manager {
             .collect();
         if peers.contains(&Some(true)) {
             self.pending_empty.remove(&server.name);
-            if topo.replicas > 1 && identity.has_data == Some(false) {
+            if topo.replicas > 1
+                && topo.write != WriteMode::Primary
+                && identity.has_data == Some(false)
+            {
                 tracing::warn!(server = %server.name, "server is empty while its peers hold data: it serves no reads until it is resynced");
                 health.set_recovering(true);
             }
