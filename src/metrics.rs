@@ -126,6 +126,7 @@ pub struct Metrics {
     twophase_prepares: IntCounterVec,
     twophase_commits: IntCounterVec,
     twophase_recoveries: IntCounterVec,
+    twophase_snapshot_reads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -383,6 +384,12 @@ impl Metrics {
                 "Two-phase writes by final outcome (committed, failed, conflict, unavailable).",
                 &["outcome"],
             ),
+            twophase_snapshot_reads: counter_vec(
+                &r,
+                "keyway_twophase_snapshot_reads_total",
+                "Reads over several servers under two_phase, by how their snapshot was taken: validated (read twice, unchanged), locked (as a transaction, after validation kept failing), failed.",
+                &["how"],
+            ),
             twophase_prepares: counter_vec(
                 &r,
                 "keyway_twophase_prepares_total",
@@ -405,6 +412,9 @@ impl Metrics {
         };
         for o in ["committed", "failed", "conflict", "unavailable"] {
             metrics.twophase_transactions.with_label_values(&[o]);
+        }
+        for h in ["validated", "locked", "failed"] {
+            metrics.twophase_snapshot_reads.with_label_values(&[h]);
         }
         for v in ["yes", "no"] {
             metrics.twophase_prepares.with_label_values(&[v]);
@@ -502,6 +512,11 @@ impl Metrics {
         self.twophase_transactions
             .with_label_values(&[outcome])
             .inc();
+    }
+
+    /// Counts a read over several servers under two_phase by how its snapshot was taken.
+    pub fn snapshot_read(&self, how: &str) {
+        self.twophase_snapshot_reads.with_label_values(&[how]).inc();
     }
 
     /// Counts a prepare round: every participant voted yes, or not.

@@ -142,6 +142,8 @@ LPUSH h:1 x
 GET h:1
 INCR s:1
 ZADD z:1 x
+MGET a:3 h:1 missing:1 l:1 z:1 s:1
+EXISTS a:3 h:1 missing:1 l:1 z:1
 NOSUCHCOMMAND a b
 GET
 CLIENT GETNAME

@@ -1156,3 +1156,107 @@ fn reads_during_commits_never_fail_the_writers() {
         }
     }
 }
+
+/// An `MGET` over servers sees each cross-server `MSET` whole or not at all: its parts are read
+/// at one instant (validated by a second round), never one part before a transaction's commit
+/// point and another after it.
+#[test]
+fn a_read_over_several_servers_never_sees_half_a_transaction() {
+    let (a, b, c) = support::three();
+    let servers = [&a, &b, &c];
+    let toml = config_toml(
+        &servers,
+        &two_phase("read = \"round_robin\"\n[pool.two_phase]\nretries = 30"),
+    );
+    let proxy = Proxy::start_toml(&toml);
+    // Three keys whose primaries are three different servers.
+    let mut keys: Vec<String> = Vec::new();
+    for i in 0.. {
+        let k = format!("snap{i}");
+        let primary = replica_set(&proxy, &k)[0];
+        if keys.iter().all(|o| replica_set(&proxy, o)[0] != primary) {
+            keys.push(k);
+        }
+        if keys.len() == 3 {
+            break;
+        }
+    }
+    let mut con = proxy.client();
+    let mut init = redis::cmd("MSET");
+    for k in &keys {
+        init.arg(k).arg("w-init");
+    }
+    let _: () = init.query(&mut con).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, keys, stop) = (proxy.url(), keys.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let (mut reads, mut torn, mut errors) = (0u32, Vec::new(), Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match redis::cmd("MGET").arg(&keys).query::<Vec<String>>(&mut con) {
+                        Ok(values) => {
+                            reads += 1;
+                            if values.iter().any(|v| *v != values[0]) {
+                                torn.push(values);
+                            }
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (reads, torn, errors)
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (url, keys) = (proxy.url(), keys.clone());
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let mut failures = Vec::new();
+                for i in 0..300 {
+                    let mut mset = redis::cmd("MSET");
+                    for k in &keys {
+                        mset.arg(k).arg(format!("w{w}-{i}"));
+                    }
+                    if let Err(e) = mset.query::<()>(&mut con) {
+                        failures.push(e.to_string());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let failures: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut reads, mut torn, mut errors) = (0, Vec::new(), Vec::new());
+    for r in readers {
+        let (n, t, e) = r.join().unwrap();
+        reads += n;
+        torn.extend(t);
+        errors.extend(e);
+    }
+    // Writes that met each other's locks may be refused (-TRYAGAIN, nothing written); none
+    // is torn.
+    assert!(
+        failures.iter().all(|e| e.contains("TRYAGAIN")),
+        "{failures:?}"
+    );
+    assert!(
+        errors.is_empty(),
+        "{} reads failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    assert!(reads > 100, "only {reads} reads");
+    assert!(
+        torn.is_empty(),
+        "{} of {reads} MGETs saw half a transaction: {:?}",
+        torn.len(),
+        &torn[..torn.len().min(3)]
+    );
+}

@@ -9,7 +9,9 @@
 #     3 SETs on three different servers under write = "two_phase" against the same 3 SETs
 #     pipelined under write = "primary", 50 connections each with its own keys and one unit in
 #     flight; transactions (or groups of 3 SETs) per second.
-#  4. GET under write = "two_phase" (reads check their keys' locks) against GET under "primary".
+#  4. GET under write = "two_phase" (reads check their keys' locks) against GET under "primary",
+#     and MGET of 3 random keys (mostly over several servers: validated as one snapshot under
+#     two_phase, docs/two-phase.md) likewise.
 #
 # Prints a markdown table (also written to $BENCH_OUT, default docs/bench-client-modes.md).
 #   scripts/bench/client_modes.sh              # BENCH_KEYWAY_BIN=path to measure a given binary
@@ -46,6 +48,17 @@ start_keyway primary
 # machine falls on both; each cell reports its median.
 REPS=${REPS:-3}
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+# MGET of 3 random keys (those the SET cells wrote), -P $1: the median of REPS runs, req/s.
+mget_rps() {
+  local got=() r
+  for _rep in $(seq 1 "$REPS"); do
+    r=$(redis-benchmark -p "$kport" -n "$N" -c 50 -P "$1" -r 100000 --csv -q \
+      MGET key:__rand_int__ key:__rand_int__ key:__rand_int__ | awk -F'","' 'NR==2 {print $2}')
+    got+=("${r%.*}")
+  done
+  median "${got[@]}"
+}
+declare -A primary_mget=()
 for p in 1 16; do
   for t in get set; do
     declare -A rps_of=() us_of=()
@@ -74,6 +87,11 @@ r2, r3 = (st.median(float(x) for x in s.split()) for s in sys.argv[1:3])
 print(f'{sys.argv[3].upper()} -P {sys.argv[4]}: {r3 / r2:.3f}x')" "${rps_of[2]}" "${rps_of[3]}" "$t" "$p")")
     unset rps_of us_of
   done
+done
+for p in 1 16; do
+  primary_mget[$p]=$(mget_rps "$p")
+  printf -v cell '| RESP2 MGET of 3 random keys -P %s (median of %s, primary) | %.0f req/s | |' "$p" "$REPS" "${primary_mget[$p]}"
+  rows+=("$cell")
 done
 # Each connection its own keys, so that transactions do not contend for locks: one slot per
 # connection ({cN}:a,b,c) for the MULTI-against-pipeline CPU case, and three keys on three
@@ -123,6 +141,10 @@ for p in 1 16; do
   rows+=("$cell")
   read_notes+=("GET -P $p: $(python3 -c "print(f'{$r / $(median ${primary_get[$p]}):.2f}x')")")
   unset got
+  r=$(mget_rps "$p")
+  printf -v cell '| RESP2 MGET of 3 random keys -P %s (median of %s, two_phase) | %.0f req/s | |' "$p" "$REPS" "$r"
+  rows+=("$cell")
+  read_notes+=("MGET -P $p: $(python3 -c "print(f'{$r / ${primary_mget[$p]}:.2f}x')")")
 done
 
 field() { grep -oE "(^| )$1=[0-9.]+" <<<"$2" | cut -d= -f2; }
@@ -137,6 +159,6 @@ ratio_tp=$(python3 -c "print(f'{$(field units/s "$tp") / $(field units/s "$pipe_
   echo
   echo "- RESP3 throughput against RESP2, same Keyway, same run (target within 5%): $(IFS=';'; echo "${resp_notes[*]}" | sed 's/;/, /g')."
   echo "- MULTI/EXEC CPU per command against the same commands pipelined: ${ratio_cpu}x (target at most 1.5x)."
-  echo "- GET under two_phase (each read checks its keys' two-phase locks) against GET under primary: $(IFS=';'; echo "${read_notes[*]}" | sed 's/;/, /g')."
+  echo "- GET and MGET under two_phase (each read checks its keys' two-phase locks; an MGET over several servers reads twice) against the same under primary: $(IFS=';'; echo "${read_notes[*]}" | sed 's/;/, /g')."
   echo "- Two-phase cross-server MULTI against the same 3 SETs pipelined under primary: ${ratio_tp}x the throughput (target at least 0.4x)."
 } | tee "$out"

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
 
 use super::client;
 use super::client::ClientState;
@@ -339,6 +340,59 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
         }
         return Pending::Gather { gather, how, owner };
     }
+    if guard {
+        let mut reads = Vec::with_capacity(parts.len());
+        for (index, p) in parts.iter().enumerate() {
+            let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
+            write_part(&mut frame, index, p.keys);
+            let keys = runs
+                .iter()
+                .enumerate()
+                .filter(|(_, &(part, _))| part as usize == index)
+                .filter_map(|(k, _)| args.get(1 + k * group));
+            let Some(at) = ReadAt::of(p.route) else {
+                return internal_routing_error();
+            };
+            reads.push(GuardedRead {
+                at,
+                frame: frame.freeze(),
+                check: txn::lock_check(keys),
+            });
+        }
+        // What a locked read needs if validation keeps failing: each key, in the client's
+        // order, with the server its part reads.
+        let locked = (group == 1).then(|| LockedRead {
+            name: args.bytes(0).unwrap_or_default(),
+            how,
+            keys: runs
+                .iter()
+                .enumerate()
+                .filter_map(|(k, &(part, _))| {
+                    let key = args.bytes(1 + k * group)?;
+                    Some((key, reads.get(part as usize)?.at.server))
+                })
+                .collect(),
+        });
+        let (topo, pick, shared) = (cx.topo.clone(), cx.client.pick(), cx.shared.clone());
+        return Pending::Merge(Box::pin(async move {
+            let metrics = &shared.metrics;
+            match snapshot(&topo, pick, &reads).await {
+                Some(Ok(frames)) => {
+                    metrics.snapshot_read("validated");
+                    merge::split(how, frames, &owner)
+                }
+                Some(Err(e)) => Err(e),
+                None => {
+                    let reply = match locked {
+                        Some(locked) => locked.run(topo, pick, &shared).await,
+                        None => Err(ReplyError::new(ErrorKind::TryAgain, SNAPSHOT_GAVE_UP)),
+                    };
+                    metrics.snapshot_read(if reply.is_ok() { "locked" } else { "failed" });
+                    reply
+                }
+            }
+        }));
+    }
     // Pushed into a vector sized up front. (A `collect` from an owning iterator over the parts
     // would reuse their allocation and shrink it with a `realloc` per request.)
     let mut replies = Vec::with_capacity(parts.len());
@@ -346,16 +400,6 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
         // 16: room for the `*N\r\n` header.
         let mut frame = BytesMut::with_capacity(16 + name_len + p.len);
         write_part(&mut frame, index, p.keys);
-        if guard {
-            let keys = runs
-                .iter()
-                .enumerate()
-                .filter(|(_, &(part, _))| part as usize == index)
-                .filter_map(|(k, _)| args.get(1 + k * group));
-            let check = txn::lock_check(keys);
-            replies.push(guarded(cx, p.route, frame.freeze(), check));
-            continue;
-        }
         replies.push(send_route(cx, p.route, &frame.freeze(), b""));
     }
     Pending::Merge(Box::pin(async move {
@@ -805,53 +849,205 @@ fn guarded_read(cx: &Context<'_>, route: Route<'_>, request: &Request) -> Pendin
 
 /// Sends `frame` after its lock check `check` where `route` says (see [`guarded_read`]).
 fn guarded(cx: &Context<'_>, route: Route<'_>, frame: Bytes, check: Bytes) -> Pending {
-    let (server, alternate) = match route {
-        Route::One(server) => (server, None),
-        Route::Read { server, alternate } => (server, Some(alternate)),
-        Route::FanOut { .. } => return internal_routing_error(),
-    };
-    let (topo, pick) = (cx.topo.clone(), cx.client.pick());
-    let again = frame.clone();
-    let send = move |topo: &Topology, server: u16| {
-        let s = topo.server(server)?;
-        Some((
-            s.pool.send(pick, check.clone()),
-            s.pool.send(pick, frame.clone()),
-        ))
-    };
-    let Some(first) = send(&topo, server) else {
+    let Some(at) = ReadAt::of(route) else {
         return internal_routing_error();
     };
-    Pending::Merge(Box::pin(async move {
-        let mut at = server;
-        let (mut locks, mut read) = first;
+    let read = GuardedRead { at, frame, check };
+    let (topo, pick) = (cx.topo.clone(), cx.client.pick());
+    let Some(sent) = read.send(&topo, pick, at.server) else {
+        return internal_routing_error();
+    };
+    Pending::Merge(Box::pin(
+        async move { read.finish(&topo, pick, sent).await.0 },
+    ))
+}
+
+/// Where a guarded read goes: a server, and the replica tried once after a connection error.
+#[derive(Debug, Clone, Copy)]
+struct ReadAt {
+    server: u16,
+    alternate: Option<u16>,
+}
+
+impl ReadAt {
+    fn of(route: Route<'_>) -> Option<ReadAt> {
+        match route {
+            Route::One(server) => Some(ReadAt {
+                server,
+                alternate: None,
+            }),
+            Route::Read { server, alternate } => Some(ReadAt {
+                server,
+                alternate: Some(alternate),
+            }),
+            Route::FanOut { .. } => None,
+        }
+    }
+}
+
+/// A read under `write = "two_phase"` (or one server's part of one): its frame, and the `MGET`
+/// of its keys' locks sent just before it on the same connection.
+struct GuardedRead {
+    at: ReadAt,
+    frame: Bytes,
+    check: Bytes,
+}
+
+type Sent = (
+    oneshot::Receiver<crate::backend::Reply>,
+    oneshot::Receiver<crate::backend::Reply>,
+);
+
+impl GuardedRead {
+    /// Sends the lock check and the read, pipelined, to `server`.
+    fn send(&self, topo: &Topology, pick: Pick, server: u16) -> Option<Sent> {
+        let s = topo.server(server)?;
+        Some((
+            s.pool.send(pick, self.check.clone()),
+            s.pool.send(pick, self.frame.clone()),
+        ))
+    }
+
+    /// The read's reply once its locks are settled, and whether the check met a lock.
+    async fn finish(&self, topo: &Topology, pick: Pick, sent: Sent) -> (Reply, bool) {
+        let mut at = self.at.server;
+        let (mut locks, mut read) = sent;
         loop {
             let checked = forwarded(locks.await);
             let reply = forwarded(read.await);
-            match (checked, alternate) {
+            match (checked, self.at.alternate) {
                 // The server could not be asked: once more on the alternate replica.
                 (Err(_), Some(other)) if at != other => {
                     at = other;
-                    match send(&topo, other) {
+                    match self.send(topo, pick, other) {
                         Some(next) => (locks, read) = next,
-                        None => return reply,
+                        None => return (reply, false),
                     }
                 }
-                (Err(e), _) => return Err(e),
+                (Err(e), _) => return (Err(e), false),
                 (Ok(checked), _) => {
                     let holders = txn::lock_holders(&checked);
                     if holders.is_empty() {
-                        return reply;
+                        return (reply, false);
                     }
-                    txn::settle(&topo, pick, at, holders).await?;
+                    if let Err(e) = txn::settle(topo, pick, at, holders).await {
+                        return (Err(e), true);
+                    }
                     let Some(s) = topo.server(at) else {
-                        return reply;
+                        return (reply, true);
                     };
-                    return forwarded(s.pool.send(pick, again).await);
+                    return (forwarded(s.pool.send(pick, self.frame.clone()).await), true);
                 }
             }
         }
-    }))
+    }
+}
+
+/// Rounds of a read spread over servers before it reads under locks (see [`snapshot`]).
+const SNAPSHOT_ROUNDS: usize = 3;
+
+const SNAPSHOT_GAVE_UP: &str = "keyway: the keys were rewritten by two-phase writes faster than a read over several servers could see them at one instant; nothing was read, retry";
+
+/// The parts of a read spread over servers under `write = "two_phase"`, as of one instant, or
+/// `None` when writes kept changing them for [`SNAPSHOT_ROUNDS`] rounds (then [`LockedRead`]).
+///
+/// Each part alone is consistent (see [`guarded_read`]), but parts read on different servers at
+/// different moments can straddle a cross-server transaction's commit: one part before its
+/// commit point, another after it (read skew). So the parts are read again, all of them after
+/// every part of the first round answered, until a round finds no lock on any part and every
+/// part answering exactly what it answered in the round before. Then each part's value held
+/// from its first read to its second, and these intervals share the instant the last first read
+/// ran; no transaction was half applied at that instant, since a half-applied transaction holds
+/// a lock on the servers it has not yet committed on. So the reply is what every server held at
+/// one instant with no transaction in flight. (A value changed and changed back between the two
+/// reads of a part would go unseen.)
+///
+/// Costs a second round per read spread over servers; a read of one server is a snapshot by
+/// itself (one command of one server) and takes one round.
+async fn snapshot(
+    topo: &Topology,
+    pick: Pick,
+    reads: &[GuardedRead],
+) -> Option<Result<Vec<Reply>, ReplyError>> {
+    let mut before: Option<Vec<Bytes>> = None;
+    for _ in 0..SNAPSHOT_ROUNDS {
+        let mut sent = Vec::with_capacity(reads.len());
+        for r in reads {
+            sent.push(r.send(topo, pick, r.at.server));
+        }
+        let mut frames = Vec::with_capacity(reads.len());
+        let mut met_lock = false;
+        for (r, sent) in reads.iter().zip(sent) {
+            let Some(sent) = sent else {
+                return Some(Err(ReplyError::new(
+                    ErrorKind::Internal,
+                    "keyway: internal routing error (no such server)",
+                )));
+            };
+            let (reply, locked) = r.finish(topo, pick, sent).await;
+            met_lock |= locked;
+            // A part that failed is the answer, as it is for every split read.
+            match reply {
+                Ok(frame) => frames.push(frame),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if !met_lock && before.as_ref().is_some_and(|b| *b == frames) {
+            return Some(Ok(frames.into_iter().map(Ok).collect()));
+        }
+        before = Some(frames);
+    }
+    None
+}
+
+/// A read over servers (MGET, EXISTS, TOUCH) run as a two-phase transaction of one read per
+/// key, each on the server its part read: under the transaction's locks, so that no other
+/// two-phase writer changes a key between the reads. For keys rewritten so often that
+/// [`snapshot`]'s validation keeps failing; it writes the engine's bookkeeping like any
+/// transaction and may itself meet writers' locks (`-TRYAGAIN` after the engine's retries).
+struct LockedRead {
+    name: Bytes,
+    how: Merge,
+    keys: Vec<(Bytes, u16)>,
+}
+
+impl LockedRead {
+    async fn run(self, topo: Arc<Topology>, pick: Pick, shared: &Shared) -> Reply {
+        let array = self.how == Merge::Array;
+        // MGET answers a null for a key of another type; GET inside the script would fail.
+        let name = if array {
+            Bytes::from_static(b"GET")
+        } else {
+            self.name.clone()
+        };
+        let plan = txn::plan::locked_read(&name, &self.keys, !array);
+        let options = txn::TxOptions {
+            lock_timeout: topo.config.two_phase.lock_timeout,
+            retries: topo.config.two_phase.retries,
+        };
+        let reply = txn::execute(topo, pick, plan, &options, &shared.metrics).await?;
+        if !array {
+            return Ok(reply);
+        }
+        // EXEC's array of GET replies is MGET's, but for a key of another type (an error
+        // there, a null from MGET).
+        match Value::parse(&reply) {
+            Ok(Value::Array(items)) if items.iter().any(Value::is_error) => {
+                let null = match pick.proto {
+                    crate::protocol::Proto::Resp3 => Value::Null,
+                    crate::protocol::Proto::Resp2 => Value::Nil,
+                };
+                let items = items
+                    .into_iter()
+                    .map(|v| if v.is_error() { null.clone() } else { v })
+                    .collect();
+                let mut out = BytesMut::new();
+                Value::Array(items).encode(&mut out);
+                Ok(out.freeze())
+            }
+            _ => Ok(reply),
+        }
+    }
 }
 
 async fn read_with_retry(

@@ -185,3 +185,34 @@ pub fn split<'t>(
         reply,
     }
 }
+
+/// A read of several keys over servers as one transaction, for a snapshot that validation could
+/// not get (`server::dispatch`): `name key` for each key, staged on the server given with it,
+/// where it runs at commit under the transaction's locks. The reply is EXEC's array of the
+/// reads' replies, or with `sum` their sum (EXISTS, TOUCH).
+pub fn locked_read(name: &Bytes, keys: &[(Bytes, u16)], sum: bool) -> Plan {
+    let plans = keys
+        .iter()
+        .map(|(key, server)| Plan {
+            parts: BTreeMap::from([(
+                *server,
+                Part {
+                    keys: vec![key.clone()],
+                    steps: vec![Step {
+                        command: vec![name.clone(), key.clone()],
+                        readback: Vec::new(),
+                        counts: true,
+                        index: 0,
+                    }],
+                },
+            )]),
+            primary: *server,
+            reply: ReplyShape::Single,
+        })
+        .collect();
+    let mut plan = transaction(plans);
+    if sum {
+        plan.reply = ReplyShape::Sum;
+    }
+    plan
+}
