@@ -5,9 +5,13 @@
 #     helm/keyway/ci/*.yaml and helm/examples/app-with-keyway/ci/*.yaml;
 #   - values (as Helm merges them) against helm/keyway/values.schema.json (check-jsonschema);
 #   - every rendered manifest against the Kubernetes OpenAPI schemas (kubernetes-validate);
-#   - the chart's own rules (directory mount, probes, drain timing, securityContext, selectors);
-#   - the rendered keyway.toml with `keyway check --config`, when target/{release,debug}/keyway
-#     exists (the newer of the two; skipped with a message otherwise);
+#   - the chart's own rules (directory mounts of the ConfigMap and of every Secret, no secret
+#     material in ConfigMaps, probes, drain timing, securityContext, selectors, the TLS port on
+#     the Service and NetworkPolicy, the cert-manager Certificate's fields);
+#   - the rendered keyway.toml with `keyway check --config` (stand-ins for the Secret files,
+#     openssl-made PEM for the TLS ones), with $KEYWAY_BIN, else the newest keyway binary under
+#     $CARGO_TARGET_DIR/{release,debug} or target/{release,debug} (skipped with a message when
+#     there is none);
 #   - the Dockerfile with hadolint (no Docker engine is needed, nor used).
 # The Python tools live in a venv under the cache dir, made once and reused while the pinned
 # versions below stay the same. Exits non-zero on any failure.
@@ -33,21 +37,34 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "${REQUIREMENT
   echo "${REQUIREMENTS[*]}" >"$STAMP"
 fi
 
-KEYWAY_BIN=()
+# The binary for `keyway check`: $KEYWAY_BIN if set, else the newest of release and debug
+# builds under $CARGO_TARGET_DIR (when set) and target/.
+KEYWAY_ARG=()
 newest=""
-for candidate in target/release/keyway target/debug/keyway; do
-  if [[ -x "$candidate" && ( -z "$newest" || "$candidate" -nt "$newest" ) ]]; then
-    newest="$candidate"
-  fi
-done
-if [[ -n "$newest" ]]; then
-  KEYWAY_BIN=(--keyway "$PWD/$newest")
+if [[ -n "${KEYWAY_BIN:-}" ]]; then
+  [[ -x "$KEYWAY_BIN" ]] || { echo "check-helm: KEYWAY_BIN=$KEYWAY_BIN is not executable" >&2; exit 1; }
+  newest="$(cd "$(dirname "$KEYWAY_BIN")" && pwd)/$(basename "$KEYWAY_BIN")"
 else
-  echo "check-helm: no target/release/keyway or target/debug/keyway: the rendered keyway.toml" \
-    "is checked as TOML only (build with 'cargo build' for 'keyway check')"
+  candidates=()
+  if [[ -n "${CARGO_TARGET_DIR:-}" ]]; then
+    candidates+=("$CARGO_TARGET_DIR/release/keyway" "$CARGO_TARGET_DIR/debug/keyway")
+  fi
+  candidates+=("$PWD/target/release/keyway" "$PWD/target/debug/keyway")
+  for candidate in "${candidates[@]}"; do
+    if [[ -x "$candidate" && ( -z "$newest" || "$candidate" -nt "$newest" ) ]]; then
+      newest="$candidate"
+    fi
+  done
+fi
+if [[ -n "$newest" ]]; then
+  KEYWAY_ARG=(--keyway "$newest")
+else
+  echo "check-helm: no keyway binary (KEYWAY_BIN, \$CARGO_TARGET_DIR or target/, release or" \
+    "debug): the rendered keyway.toml is checked as TOML only (build with 'cargo build' for" \
+    "'keyway check')"
 fi
 
 echo "check-helm: hadolint $("$VENV/bin/hadolint" --version | awk '{print $NF}') Dockerfile"
 "$VENV/bin/hadolint" Dockerfile
 
-exec "$VENV/bin/python" helm/tools/check_charts.py --helm-dir helm "${KEYWAY_BIN[@]}"
+exec "$VENV/bin/python" helm/tools/check_charts.py --helm-dir helm "${KEYWAY_ARG[@]}"

@@ -12,7 +12,12 @@ helm/examples/app-with-keyway (default values and each of its ci/*.yaml):
   ConfigMap, no checksum annotation, probes on /healthz and /readyz of the admin port, the grace
   period covering preStop sleep plus drain, the hardened securityContext, resources, selectors
   that match, the listen address per mode, monitors that point at existing ports;
-- the rendered keyway.toml against `keyway check --config` when a binary is given;
+- secrets: no secret material in any ConfigMap, every Secret volume mounted as a whole
+  directory, every `*_file` of keyway.toml inside the mount of the Secret its values name;
+- TLS: the TLS port on the container, the Service and the NetworkPolicy; the cert-manager
+  Certificate's fields (cert-manager's CRD is not known to kubernetes-validate);
+- the rendered keyway.toml against `keyway check --config` when a binary is given, with
+  stand-ins for the Secret files (generated PEM certificates for the TLS files);
 - negative cases: values the chart must refuse.
 
 Prints one line per check and exits non-zero on any failure.
@@ -27,6 +32,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
@@ -105,9 +112,13 @@ def lint(chart: Path, values: dict[str, Any] | None, with_subcharts: bool = Fals
 def kube_validate(docs: list[tuple[str, dict[str, Any]]]) -> str:
     problems = []
     crds = 0
+    certs = 0
     for template, doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             crds += 1  # no OpenAPI schema here: checked by check_monitors instead
+            continue
+        if doc["apiVersion"].startswith("cert-manager.io/"):
+            certs += 1  # no OpenAPI schema here: checked by check_certificate instead
             continue
         for version in KUBE_VERSIONS:
             try:
@@ -120,9 +131,11 @@ def kube_validate(docs: list[tuple[str, dict[str, Any]]]) -> str:
                 problems.append(f"{template}: {e.message}")
     if problems:
         raise Failure("\n".join(problems))
-    n = len(docs) - crds
+    n = len(docs) - crds - certs
     return f"{n} objects x Kubernetes {', '.join(KUBE_VERSIONS)}" + (
-        f"; {crds} Prometheus Operator objects checked structurally" if crds else "")
+        f"; {crds} Prometheus Operator objects checked structurally" if crds else "") + (
+        f"; {certs} cert-manager Certificate skipped here (a CRD), checked by its own check"
+        if certs else "")
 
 
 def by_kind(docs: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
@@ -220,35 +233,61 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
             if cm not in keyway_cms:
                 problems.append(f"{where}: mounts ConfigMap {cm}, rendered: {sorted(keyway_cms)}")
         # Secrets: each *_file of keyway.toml is in a whole-directory mount of the Secret
-        # that auth.* names, and nothing else is mounted there.
+        # that the values name, under the entry they name; no Secret is mounted with subPath.
         if pod.get("enableServiceLinks") is not False:
             problems.append(f"{where}: enableServiceLinks is not false (KEYWAY_* service links)")
+        problems += check_secret_mounts(where, c, volumes)
         for cm in keyway_cms.values():
             toml = tomllib.loads(cm["data"]["keyway.toml"])
-            files = {"admin_token_file": (toml.get("admin_token_file"), "adminToken"),
-                     "pool.password_file": (toml["pool"].get("password_file"), "server")}
-            for key, (path, auth) in files.items():
-                ref = kv["auth"][auth]
-                if not ref["existingSecret"]:
-                    if path:
-                        problems.append(f"{where}: {key} = {path} without auth.{auth}")
+            want = expected_secret_files(kv, sidecar)
+            got = secret_files(toml)
+            if set(got) != set(want):
+                problems.append(f"{where}: secret files {sorted(got)}, want {sorted(want)}")
+            for key, path in got.items():
+                if key not in want:
                     continue
-                if not path:
-                    problems.append(f"{where}: auth.{auth}.existingSecret set, no {key}")
-                    continue
-                directory, _, entry = path.rpartition("/")
-                if entry != ref["key"]:
-                    problems.append(f"{where}: {key} {path} does not name key {ref['key']}")
+                secret_name, entry = want[key]
+                directory, _, name = path.rpartition("/")
+                if name != entry:
+                    problems.append(f"{where}: {key} {path} does not name entry {entry}")
                 sm = [m for m in c.get("volumeMounts", []) if m["mountPath"] == directory]
-                if len(sm) != 1 or "subPath" in sm[0]:
+                if len(sm) != 1 or "subPath" in sm[0] or "subPathExpr" in sm[0]:
                     problems.append(f"{where}: {key}: no whole-directory mount at {directory}")
                     continue
                 secret = ((volumes.get(sm[0]["name"]) or {}).get("secret") or {})
-                if secret.get("secretName") != ref["existingSecret"]:
+                if secret.get("secretName") != secret_name:
                     problems.append(f"{where}: {directory} mounts {secret}, want Secret "
-                                    f"{ref['existingSecret']}")
+                                    f"{secret_name}")
+                if secret.get("items"):
+                    problems.append(f"{where}: {directory}: Secret mounted with items")
             if toml["pool"].get("username") != (kv["auth"]["server"]["username"] or None):
                 problems.append(f"{where}: pool.username is not auth.server.username")
+            # Only poolTls.insecureSkipVerify turns verification off.
+            pool_tls = toml["pool"].get("tls")
+            if bool(pool_tls) != kv["poolTls"]["enabled"]:
+                problems.append(f"{where}: [pool.tls] {pool_tls} with poolTls.enabled="
+                                f"{kv['poolTls']['enabled']}")
+            insecure = (pool_tls or {}).get("insecure_skip_verify", False)
+            if insecure != (kv["poolTls"]["enabled"] and kv["poolTls"]["insecureSkipVerify"]):
+                problems.append(f"{where}: insecure_skip_verify = {insecure} without "
+                                "poolTls.insecureSkipVerify")
+            # TLS listener: on the keyway-tls port, on loopback in sidecar mode by default.
+            if kv["tls"]["enabled"]:
+                tls_listen = toml.get("tls_listen", "")
+                host, _, port = tls_listen.rpartition(":")
+                if not port.isdigit() or int(port) != ports.get("keyway-tls"):
+                    problems.append(f"{where}: tls_listen {tls_listen!r} != containerPort "
+                                    f"keyway-tls {ports.get('keyway-tls')}")
+                want_host = "127.0.0.1" if sidecar else "0.0.0.0"
+                if not kv["tls"]["listen"] and host != want_host:
+                    problems.append(f"{where}: tls_listen {tls_listen}, want {want_host}")
+                if ("client_ca_file" in toml.get("tls", {})) != kv["tls"]["clientAuth"]["enabled"]:
+                    problems.append(f"{where}: client_ca_file vs tls.clientAuth.enabled")
+            elif "tls_listen" in toml or "tls" in toml or "keyway-tls" in ports:
+                problems.append(f"{where}: TLS listener rendered without tls.enabled")
+            names = [u["name"] for u in toml.get("users", [])]
+            if names != [u["name"] for u in kv["users"]["list"]]:
+                problems.append(f"{where}: [[users]] {names}, values {kv['users']['list']}")
         args = c.get("args", [])
         if f"{kv['configDir'].rstrip('/')}/keyway.toml" not in args:
             problems.append(f"{where}: args {args} do not name the mounted keyway.toml")
@@ -274,7 +313,9 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
             # where clients are other pods (standalone), unless the values say otherwise.
             want_protected = kv["config"].get("protected_mode")
             if want_protected is None:
-                want_protected = sidecar
+                # Standalone: off unless clients authenticate (Keyway then lifts it itself).
+                want_protected = sidecar or auth_required(kv) or (
+                    kv["tls"]["enabled"] and kv["tls"]["clientAuth"]["enabled"])
             if toml.get("protected_mode", True) != want_protected:
                 problems.append(f"{where}: protected_mode {toml.get('protected_mode', True)}, "
                                 f"want {want_protected} in this mode")
@@ -304,6 +345,8 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
         want = {"keyway"}
         if kv["service"].get("exposeAdmin") or kv["monitoring"]["serviceMonitor"]["enabled"]:
             want.add("keyway-admin")
+        if kv["tls"]["enabled"]:
+            want.add("keyway-tls")
         if len(svc) != 1 or {p["targetPort"] for p in svc[0]["spec"]["ports"]} != want:
             problems.append(f"standalone mode needs one Service on the ports {sorted(want)}")
         if kv["podDisruptionBudget"]["enabled"] and not by_kind(docs, "PodDisruptionBudget"):
@@ -313,11 +356,242 @@ def check_invariants(docs, kv: dict[str, Any], expect_mode: str) -> str:
             for o in by_kind(docs, kind):
                 if o["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "keyway":
                     problems.append(f"sidecar mode rendered the chart's own {kind}")
+    problems += check_no_secret_in_configmaps(docs)
     problems += check_monitors(docs, keyway_pods, kv)
     problems += check_network_policy(docs, pods, kv, expect_mode)
     if problems:
         raise Failure("\n".join(problems))
     return f"{len(pods)} Keyway workload(s), {len(docs)} objects"
+
+
+def user_state(rules: str) -> tuple[bool, bool]:
+    """(on, nopass) after a user's rules, as Keyway applies them."""
+    on = nopass = False
+    for r in rules.split():
+        r = r.lower()
+        if r == "on":
+            on = True
+        elif r == "off":
+            on = False
+        elif r == "nopass":
+            nopass = True
+        elif r == "resetpass":
+            nopass = False
+        elif r == "reset":
+            on = nopass = False
+    return on, nopass
+
+
+def auth_required(kv) -> bool:
+    """Whether clients must authenticate: users, and no `default` that is on and nopass."""
+    users = kv["users"]["list"]
+    return bool(users) and not any(
+        u["name"] == "default" and user_state(u.get("rules", "")) == (True, True) for u in users)
+
+
+def tls_secret_name(kv) -> str | None:
+    t = kv["tls"]
+    if not t["enabled"]:
+        return None
+    if t["existingSecret"]:
+        return t["existingSecret"]
+    return f"{RELEASE}-keyway-tls"
+
+
+def secret_files(toml: dict[str, Any]) -> dict[str, str]:
+    """Every file keyway.toml names that holds a secret or TLS material, by key."""
+    out = {}
+    if toml.get("admin_token_file"):
+        out["admin_token_file"] = toml["admin_token_file"]
+    for k in ("password_file",):
+        if toml["pool"].get(k):
+            out[f"pool.{k}"] = toml["pool"][k]
+    for k in ("ca_file", "cert_file", "key_file"):
+        if (toml["pool"].get("tls") or {}).get(k):
+            out[f"pool.tls.{k}"] = toml["pool"]["tls"][k]
+    for k in ("cert_file", "key_file", "client_ca_file"):
+        if (toml.get("tls") or {}).get(k):
+            out[f"tls.{k}"] = toml["tls"][k]
+    for u in toml.get("users", []):
+        if u.get("password_file"):
+            out[f"users.{u['name']}.password_file"] = u["password_file"]
+        if u.get("passwords"):
+            out[f"users.{u['name']}.passwords"] = "(inline hashes)"
+    for s in toml["pool"].get("servers", []):
+        if s.get("password_file"):
+            out[f"pool.servers.{s['name']}.password_file"] = s["password_file"]
+    return out
+
+
+def expected_secret_files(kv, sidecar: bool) -> dict[str, tuple[str, str]]:
+    """What the values ask for: key -> (Secret name, entry)."""
+    want: dict[str, tuple[str, str]] = {}
+    auth = kv["auth"]
+    if auth["adminToken"]["existingSecret"]:
+        want["admin_token_file"] = (auth["adminToken"]["existingSecret"],
+                                    auth["adminToken"]["key"])
+    if auth["server"]["existingSecret"]:
+        want["pool.password_file"] = (auth["server"]["existingSecret"], auth["server"]["key"])
+    pt = kv["poolTls"]
+    if pt["enabled"] and not pt["insecureSkipVerify"]:
+        want["pool.tls.ca_file"] = (pt["existingSecret"], pt["caKey"])
+    if pt["enabled"] and pt["clientCertificate"]:
+        want["pool.tls.cert_file"] = (pt["existingSecret"], "tls.crt")
+        want["pool.tls.key_file"] = (pt["existingSecret"], "tls.key")
+    tls = tls_secret_name(kv)
+    if tls:
+        want["tls.cert_file"] = (tls, "tls.crt")
+        want["tls.key_file"] = (tls, "tls.key")
+        ca = kv["tls"]["clientAuth"]
+        if ca["enabled"]:
+            want["tls.client_ca_file"] = (ca["existingSecret"] or tls, ca["key"])
+    for u in kv["users"]["list"]:
+        if user_state(u.get("rules", "")) == (True, False):
+            want[f"users.{u['name']}.password_file"] = (kv["users"]["existingSecret"],
+                                                         u.get("key") or u["name"])
+    return want
+
+
+def check_secret_mounts(where: str, c: dict[str, Any], volumes: dict[str, Any]) -> list[str]:
+    """Every Secret volume (or projected Secret) the container mounts is a whole directory:
+    a subPath mount is a copy made at pod start, and rotations and renewals never reach it."""
+    problems = []
+    for m in c.get("volumeMounts", []):
+        v = volumes.get(m["name"]) or {}
+        holds_secret = "secret" in v or any(
+            "secret" in src for src in (v.get("projected") or {}).get("sources", []))
+        if holds_secret and ("subPath" in m or "subPathExpr" in m):
+            problems.append(f"{where}: Secret volume {m['name']} mounted with subPath at "
+                            f"{m['mountPath']}: a rotated Secret would never reach Keyway")
+        if holds_secret and not m.get("readOnly"):
+            problems.append(f"{where}: Secret volume {m['name']} is not mounted readOnly")
+    return problems
+
+
+# What must never be in a ConfigMap: PEM blocks (keys, certificates), Redis password hashes,
+# clear passwords in ACL rules, and the keys that hold inline secrets.
+SECRET_PATTERNS = [
+    (re.compile(r"-----BEGIN [A-Z ]+-----"), "a PEM block"),
+    (re.compile(r"#[0-9a-fA-F]{64}\b"), "a password hash (#<sha256>)"),
+    (re.compile(r"^\s*rules\s*=.*?[\s'\"][<>!][^\s'\"]+", re.M),
+     "a password in ACL rules (>pw, <pw, !hash)"),
+    (re.compile(r"^\s*(passwords|password|token|requirepass)\s*=", re.M),
+     "an inline password or token key"),
+]
+
+
+def check_no_secret_in_configmaps(docs) -> list[str]:
+    problems = []
+    for cm in by_kind(docs, "ConfigMap"):
+        for key, text in (cm.get("data") or {}).items():
+            for pattern, what in SECRET_PATTERNS:
+                m = pattern.search(text)
+                if m:
+                    problems.append(f"ConfigMap/{cm['metadata']['name']} {key}: {what}: "
+                                    f"{m.group(0)[:12]}...")
+        if cm.get("binaryData"):
+            problems.append(f"ConfigMap/{cm['metadata']['name']}: binaryData")
+    return problems
+
+
+GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+DNS_NAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+CERT_SPEC_KEYS = {"secretName", "issuerRef", "dnsNames", "ipAddresses", "duration",
+                  "renewBefore", "privateKey", "usages"}
+KEY_USAGES = {"signing", "digital signature", "content commitment", "key encipherment",
+              "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+              "decipher only", "any", "server auth", "client auth", "code signing",
+              "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+              "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
+
+
+def go_duration_seconds(text: str) -> float:
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ns|us|µs|ms|s|m|h)", text))
+
+
+def check_certificate(docs, kv, mode: str) -> str:
+    """The cert-manager Certificate (cert-manager.io/v1, a CRD that kubernetes-validate does
+    not know), field by field as cert-manager's CRD defines the ones the chart renders, and
+    that its Secret is the one mounted for the TLS listener."""
+    certs = [d for _, d in docs if d["apiVersion"].startswith("cert-manager.io/")]
+    cm = kv["tls"]["certManager"]
+    wanted = kv["tls"]["enabled"] and cm["enabled"]
+    if not wanted:
+        if certs:
+            raise Failure(f"{len(certs)} Certificate rendered without tls.certManager.enabled")
+        return "none rendered (tls.certManager off)"
+    if len(certs) != 1:
+        raise Failure(f"tls.certManager.enabled rendered {len(certs)} Certificates")
+    c = certs[0]
+    p = []
+    if c["apiVersion"] != "cert-manager.io/v1" or c["kind"] != "Certificate":
+        p.append(f"{c['apiVersion']} {c['kind']}, want cert-manager.io/v1 Certificate")
+    meta = c.get("metadata") or {}
+    if not DNS_NAME.match(meta.get("name", "")) or len(meta.get("name", "")) > 253:
+        p.append(f"metadata.name {meta.get('name')!r}")
+    spec = c.get("spec") or {}
+    unknown = set(spec) - CERT_SPEC_KEYS
+    if unknown:
+        p.append(f"spec fields not checked here: {sorted(unknown)}")
+    if spec.get("secretName") != tls_secret_name(kv):
+        p.append(f"secretName {spec.get('secretName')}, but the TLS Secret mounted is "
+                 f"{tls_secret_name(kv)}")
+    ref = spec.get("issuerRef") or {}
+    if set(ref) - {"name", "kind", "group"} or not isinstance(ref.get("name"), str) \
+            or not ref.get("name"):
+        p.append(f"issuerRef {ref}: needs a name (and only name, kind, group)")
+    if ref.get("group", "cert-manager.io") == "cert-manager.io" and \
+            ref.get("kind", "Issuer") not in ("Issuer", "ClusterIssuer"):
+        p.append(f"issuerRef.kind {ref.get('kind')} for group cert-manager.io")
+    dns = spec.get("dnsNames", [])
+    ips = spec.get("ipAddresses", [])
+    if not isinstance(dns, list) or not isinstance(ips, list) or not (dns or ips):
+        p.append("needs dnsNames or ipAddresses (lists)")
+    for n in dns if isinstance(dns, list) else []:
+        if not isinstance(n, str) or not DNS_NAME.match(n) or len(n) > 253:
+            p.append(f"dnsNames: {n!r} is not a DNS name")
+    for ip in ips if isinstance(ips, list) else []:
+        try:
+            ipaddress.ip_address(ip)
+        except (ValueError, TypeError):
+            p.append(f"ipAddresses: {ip!r} is not an IP address")
+    if mode == "sidecar" and not cm["dnsNames"] and not cm["ipAddresses"] and (
+            dns != ["localhost"] or ips != ["127.0.0.1"]):
+        p.append(f"sidecar default names {dns} {ips}, want localhost and 127.0.0.1")
+    if mode == "standalone" and not cm["dnsNames"] and not cm["ipAddresses"]:
+        svc = [s["metadata"]["name"] for s in by_kind(docs, "Service")]
+        if not svc or svc[0] not in dns:
+            p.append(f"standalone default dnsNames {dns} miss the Service {svc}")
+    for k in ("duration", "renewBefore"):
+        if k in spec and (not isinstance(spec[k], str) or not GO_DURATION.match(spec[k])):
+            p.append(f"{k} {spec[k]!r} is not a Go duration")
+    if "duration" in spec and GO_DURATION.match(str(spec["duration"])) and \
+            go_duration_seconds(spec["duration"]) < 3600:
+        p.append(f"duration {spec['duration']} is under cert-manager's minimum of 1h")
+    if "renewBefore" in spec and GO_DURATION.match(str(spec["renewBefore"])):
+        rb = go_duration_seconds(spec["renewBefore"])
+        d = go_duration_seconds(spec["duration"]) if "duration" in spec else 90 * 24 * 3600
+        if not 300 <= rb < d:
+            p.append(f"renewBefore {spec['renewBefore']} must be at least 5m and under the "
+                     f"duration")
+    pk = spec.get("privateKey") or {}
+    if set(pk) - {"algorithm", "size", "rotationPolicy", "encoding"}:
+        p.append(f"privateKey fields {sorted(pk)}")
+    sizes = {"ECDSA": {256, 384}, "RSA": {2048, 3072, 4096}}  # what rustls (ring) accepts
+    if pk.get("algorithm") not in sizes or pk.get("size") not in sizes.get(
+            pk.get("algorithm"), set()):
+        p.append(f"privateKey {pk.get('algorithm')} {pk.get('size')}: not one Keyway loads")
+    if pk.get("rotationPolicy", "Never") not in ("Always", "Never"):
+        p.append(f"privateKey.rotationPolicy {pk.get('rotationPolicy')}")
+    usages = spec.get("usages", [])
+    if not isinstance(usages, list) or set(usages) - KEY_USAGES or "server auth" not in usages:
+        p.append(f"usages {usages}: known usages only, with server auth")
+    if p:
+        raise Failure("\n".join(p))
+    return (f"secretName {spec['secretName']}, issuer {ref.get('kind', 'Issuer')}/"
+            f"{ref['name']}, {len(dns)} DNS names, {len(ips)} IPs; kubernetes-validate "
+            "skips it (a CRD)")
 
 
 def check_monitors(docs, keyway_pods, kv) -> list[str]:
@@ -368,6 +642,11 @@ def check_network_policy(docs, pods, kv, expect_mode) -> list[str]:
                 opened[port["port"]] = rule.get("from")
         if opened.get("keyway", []) != (kv["networkPolicy"]["clientFrom"] or None):
             problems.append(f"NetworkPolicy: client port from {opened.get('keyway')}")
+        if kv["tls"]["enabled"] and opened.get("keyway-tls", []) != (
+                kv["networkPolicy"]["clientFrom"] or None):
+            problems.append(f"NetworkPolicy: the TLS port is open from "
+                            f"{opened.get('keyway-tls', 'nowhere')}, want the client port's "
+                            f"sources {kv['networkPolicy']['clientFrom'] or 'any'}")
         admin_from = kv["networkPolicy"]["adminFrom"]
         if ("keyway-admin" in opened) != bool(admin_from) or (
                 admin_from and opened["keyway-admin"] != admin_from):
@@ -376,16 +655,58 @@ def check_network_policy(docs, pods, kv, expect_mode) -> list[str]:
     return problems
 
 
+def stand_in_pem(workdir: Path) -> dict[str, Path]:
+    """A CA and a certificate it signed (for localhost, 127.0.0.1 and the names the chart
+    renders), made once with openssl: stand-ins for the TLS Secrets' files, which exist only in
+    the pod, so that `keyway check` loads real PEM."""
+    out = {"ca": workdir / "pem" / "ca.crt", "crt": workdir / "pem" / "tls.crt",
+           "key": workdir / "pem" / "tls.key"}
+    if out["key"].exists():
+        return out
+    d = workdir / "pem"
+    d.mkdir(exist_ok=True)
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise Failure("openssl is needed to make stand-in certificates for `keyway check`")
+
+    def run(*args: str) -> None:
+        r = subprocess.run([openssl, *args], capture_output=True, text=True, timeout=60,
+                           cwd=d)
+        if r.returncode != 0:
+            raise Failure(f"openssl {' '.join(args)}: {r.stderr.strip()}")
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=keyway-check CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+        "tls.key", "-out", "tls.csr", "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n")
+    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "tls.crt", "-days", "2", "-extfile", "ext.cnf")
+    return out
+
+
 def keyway_check(checker: Checker, docs, label: str) -> str:
     cms = [d for d in by_kind(docs, "ConfigMap") if "keyway.toml" in d.get("data", {})]
     text = cms[0]["data"]["keyway.toml"]
     parsed = tomllib.loads(text)  # TOML syntax, independent of any binary
-    # Secret files exist only in the pod: stand-ins here, so that `keyway check` reads them.
-    for path in (parsed.get("admin_token_file"), parsed["pool"].get("password_file")):
-        if path:
+    # Secret files exist only in the pod: stand-ins here, so that `keyway check` reads them
+    # (a password or token; a generated certificate, key or CA for the TLS files).
+    files = secret_files(parsed)
+    for key, path in files.items():
+        if key.endswith(".passwords"):
+            continue
+        if key.endswith("cert_file"):
+            stand_in = stand_in_pem(checker.workdir)["crt"]
+        elif key.endswith("key_file"):
+            stand_in = stand_in_pem(checker.workdir)["key"]
+        elif key.endswith("ca_file"):
+            stand_in = stand_in_pem(checker.workdir)["ca"]
+        else:
             stand_in = checker.workdir / f"secret-{abs(hash(path))}"
             stand_in.write_text("stand-in-secret\n")
-            text = text.replace(json.dumps(path), json.dumps(str(stand_in)))
+        text = text.replace(json.dumps(path), json.dumps(str(stand_in)))
     if checker.keyway is None:
         return "TOML parses; no Keyway binary: `keyway check` skipped"
     path = checker.workdir / f"{label.replace('/', '_').replace(' ', '_')}.keyway.toml"
@@ -396,7 +717,9 @@ def keyway_check(checker: Checker, docs, label: str) -> str:
     if out.returncode != 0:
         raise Failure(f"keyway check --config rejected the rendered keyway.toml:\n"
                       f"{out.stderr.strip() or out.stdout.strip()}\n--- keyway.toml ---\n{text}")
-    return f"{out.stdout.strip().rpartition(': ')[2]}"
+    stand_ins = sum(1 for k in files if not k.endswith(".passwords"))
+    return (f"{out.stdout.strip().rpartition(': ')[2]}"
+            + (f"; {stand_ins} Secret files stood in for" if stand_ins else ""))
 
 
 def schema_check(checker: Checker, chart: helm.Chart, values, label: str) -> str:
@@ -448,6 +771,8 @@ def run_case(checker: Checker, chart_dir: Path, values_file: Path | None, *,
         checker.check(f"{label}: Kubernetes schemas (strict)", lambda: kube_validate(docs))
         checker.check(f"{label}: chart invariants ({mode})",
                       lambda: check_invariants(docs, kv, mode))
+        checker.check(f"{label}: cert-manager Certificate",
+                      lambda: check_certificate(docs, kv, mode))
         checker.check(f"{label}: keyway check on the rendered keyway.toml",
                       lambda: keyway_check(checker, docs, label))
 
@@ -511,11 +836,16 @@ def vendored_templates(checker: Checker, keyway_chart: Path, where: Path) -> Non
         kv = yaml.safe_load((keyway_chart / "values.yaml").read_text())
         kv["mode"] = "sidecar"
         kv["image"]["tag"] = "0.1.0"
+        kv["tls"]["enabled"] = True
+        kv["tls"]["certManager"]["enabled"] = True
+        kv["tls"]["certManager"]["issuerRef"]["name"] = "ca"
         (where / "values.yaml").write_text(yaml.safe_dump({"keyway": kv}))
         shutil.copy(keyway_chart / "templates" / "_helpers.tpl",
                     where / "templates" / "_keyway.tpl")
         (where / "templates" / "keyway-configmap.yaml").write_text(
             '{{ include "keyway.configMap" . }}\n')
+        (where / "templates" / "keyway-certificate.yaml").write_text(
+            '{{ include "keyway.certificate" . }}\n')
         (where / "templates" / "deployment.yaml").write_text("""\
 apiVersion: apps/v1
 kind: Deployment
@@ -542,11 +872,12 @@ spec:
             docs = split_manifests(chart.render(None, name=RELEASE, namespace=NAMESPACE))
         kube_validate(docs)
         check_invariants(docs, merged["keyway"], "sidecar")
+        check_certificate(docs, merged["keyway"], "sidecar")
         keyway_check(checker, docs, "vendored")
         image = find_keyway_pods(docs, kv)[0][2]["image"]
         if image != "keyway:0.1.0":
             raise Failure(f"image {image}, want keyway:0.1.0")
-        return "keyway.configMap, keyway.sidecar, keyway.sidecarVolume"
+        return "keyway.configMap, keyway.certificate, keyway.sidecar, keyway.sidecarVolume"
     checker.check("templates copied into another chart render a valid sidecar", run)
 
 
@@ -608,6 +939,37 @@ def main() -> int:
                        "networkPolicy")
         expect_refused(checker, chart, "an admin token given in the values",
                        {"auth": {"adminToken": {"token": "s3cret"}}}, "token")
+        expect_refused(checker, chart, "a user's password hash in its rules",
+                       {"users": {"existingSecret": "u", "list": [
+                           {"name": "app", "rules": "on #" + "ab" * 32 + " +@all"}]}},
+                       "Secret of users.existingSecret")
+        expect_refused(checker, chart, "a user's clear password in its rules",
+                       {"users": {"existingSecret": "u", "list": [
+                           {"name": "app", "rules": "on >hunter2 +@all"}]}},
+                       "Secret of users.existingSecret")
+        expect_refused(checker, chart, "a user's password hashes in the values",
+                       {"users": {"existingSecret": "u", "list": [
+                           {"name": "app", "passwords": ["#" + "ab" * 32]}]}}, "passwords")
+        expect_refused(checker, chart, "a user needing a password without users.existingSecret",
+                       {"users": {"list": [{"name": "app", "rules": "on +@all"}]}},
+                       "users.existingSecret")
+        expect_refused(checker, chart, "a user name that is no Secret key without key",
+                       {"users": {"existingSecret": "u", "list": [
+                           {"name": "app:ro", "rules": "on +@read"}]}}, "not a valid Secret key")
+        expect_refused(checker, chart, "tls.enabled without a Secret or cert-manager",
+                       {"tls": {"enabled": True}}, "tls.existingSecret")
+        expect_refused(checker, chart, "cert-manager without an issuer",
+                       {"tls": {"enabled": True, "certManager": {"enabled": True}}},
+                       "issuerRef.name")
+        expect_refused(checker, chart, "an ECDSA key size rustls does not verify",
+                       {"tls": {"enabled": True, "certManager": {
+                           "enabled": True, "issuerRef": {"name": "ca"},
+                           "privateKey": {"algorithm": "ECDSA", "size": 2048}}}}, "privateKey")
+        expect_refused(checker, chart, "poolTls without a CA or an explicit insecureSkipVerify",
+                       {"poolTls": {"enabled": True}}, "insecureSkipVerify")
+        expect_refused(checker, chart, "a pool client certificate without a Secret",
+                       {"poolTls": {"enabled": True, "insecureSkipVerify": True,
+                                    "clientCertificate": True}}, "poolTls.existingSecret")
         future_keys(checker, chart)
 
         example = work / "helm" / "examples" / "app-with-keyway"

@@ -8,6 +8,8 @@ Public named templates (for your own chart, sidecar mode):
                          pod's volumes
   keyway.configMap       the ConfigMap manifest (rendered by this chart itself when it is a
                          dependency; include it yourself only if you copy these templates)
+  keyway.certificate     the cert-manager Certificate of tls.certManager, or nothing (rendered by
+                         this chart itself; include it only if you copy these templates)
 Each takes the root context ("."). The Keyway values are .Values.keyway when that key exists
 (this chart as a dependency named keyway), otherwise .Values. A dependency under another alias
 passes a dict instead: (dict "Values" .Values.myalias "Release" .Release "Chart" .Chart).
@@ -141,6 +143,85 @@ print as 5.36870912e+08), other numbers as floats.
 {{- .Values.config.admin | default (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
 {{- end -}}
 
+{{/* Where TLS clients connect: tls.listen, else by mode on ports.tls. */}}
+{{- define "keyway.tlsListen" -}}
+{{- if .Values.tls.listen -}}
+{{- .Values.tls.listen -}}
+{{- else if eq (include "keyway.mode" .) "sidecar" -}}
+{{- printf "127.0.0.1:%d" (int .Values.ports.tls) -}}
+{{- else -}}
+{{- printf "0.0.0.0:%d" (int .Values.ports.tls) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Secret holding the TLS listener's certificate: tls.existingSecret, else (with
+tls.certManager.enabled) <fullname>-tls, the Secret the Certificate makes. "" without TLS.
+*/}}
+{{- define "keyway.tlsSecretName" -}}
+{{- if .Values.tls.enabled -}}
+{{- if .Values.tls.existingSecret -}}
+{{- .Values.tls.existingSecret -}}
+{{- else if .Values.tls.certManager.enabled -}}
+{{- printf "%s-tls" (include "keyway.fullname" . | trunc 59 | trimSuffix "-") -}}
+{{- else -}}
+{{- fail "keyway: tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret: tls.crt, tls.key, ca.crt) or tls.certManager.enabled" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+One user's state after its rules, as Keyway computes it: "on" or "off", then "nopass" or "pass",
+e.g. "on pass". Rules are applied in order: on/off, nopass/resetpass, and reset (off, resetpass).
+Fails on a password or hash in the rules (>pw, <pw, #hash, !hash): they would land in the
+ConfigMap.
+*/}}
+{{- define "keyway.userState" -}}
+{{- $name := .name -}}
+{{- $on := false -}}
+{{- $nopass := false -}}
+{{- range $r := splitList " " (.rules | default "" | replace "\t" " " | replace "\n" " ") -}}
+{{- $l := lower $r -}}
+{{- if eq $l "on" }}{{ $on = true }}{{ end -}}
+{{- if eq $l "off" }}{{ $on = false }}{{ end -}}
+{{- if eq $l "nopass" }}{{ $nopass = true }}{{ end -}}
+{{- if eq $l "resetpass" }}{{ $nopass = false }}{{ end -}}
+{{- if eq $l "reset" }}{{ $on = false }}{{ $nopass = false }}{{ end -}}
+{{- if regexMatch "^[#!<>]" $r -}}
+{{- fail (printf "keyway: users: user %q has a password or a hash in its rules (%s...): they would be written into the ConfigMap; put the password in the Secret of users.existingSecret instead" $name (substr 0 1 $r)) -}}
+{{- end -}}
+{{- end -}}
+{{- printf "%s %s" (ternary "on" "off" $on) (ternary "nopass" "pass" $nopass) -}}
+{{- end -}}
+
+{{/*
+Whether clients must authenticate ("true" or ""), as Keyway decides it: there are users, and no
+user named default is on with nopass. Keyway then lifts protected mode by itself.
+*/}}
+{{- define "keyway.authRequired" -}}
+{{- $users := .Values.users.list | default list -}}
+{{- $open := false -}}
+{{- range $u := $users -}}
+{{- if and (eq $u.name "default") (eq (include "keyway.userState" $u) "on nopass") -}}
+{{- $open = true -}}
+{{- end -}}
+{{- end -}}
+{{- if and $users (not $open) }}true{{ end -}}
+{{- end -}}
+
+{{/* Whether TLS clients must present a certificate that tls.clientAuth's CA verified. */}}
+{{- define "keyway.tlsClientAuth" -}}
+{{- if and .Values.tls.enabled .Values.tls.clientAuth.enabled }}true{{ end -}}
+{{- end -}}
+
+{{/* A Secret's entry name, checked: Kubernetes allows [-._a-zA-Z0-9] only. */}}
+{{- define "keyway.secretKey" -}}
+{{- if not (regexMatch "^[-._a-zA-Z0-9]+$" .key) -}}
+{{- fail (printf "keyway: %s: %q is not a valid Secret key ([-._a-zA-Z0-9]+)" .what .key) -}}
+{{- end -}}
+{{- .key -}}
+{{- end -}}
+
 {{/*
 keyway.toml. Only keys with a value are written: a null key keeps Keyway's built-in default, so
 the file stays valid for a Keyway that does not know that key yet.
@@ -152,14 +233,25 @@ the file stays valid for a Keyway that does not know that key yet.
 # Edit the chart values, not this file: Keyway reloads it when the ConfigMap changes.
 listen = {{ include "keyway.listen" . | toJson }}
 admin = {{ include "keyway.admin" . | toJson }}
+{{- $dir := trimSuffix "/" .Values.secretsDir }}
 {{- if not (kindIs "invalid" $c.protected_mode) }}
 protected_mode = {{ $c.protected_mode }}
-{{- else if eq (include "keyway.mode" .) "standalone" }}
-# Standalone: clients are other pods (restrict them with networkPolicy).
+{{- else if eq (include "keyway.mode" .) "sidecar" }}
+{{- else if or (include "keyway.authRequired" .) (include "keyway.tlsClientAuth" .) }}
+# protected_mode stays on (Keyway's default): clients authenticate ([[users]] or a client
+# certificate), which admits them from other pods; unauthenticated ones stay on loopback.
+{{- else }}
+# Standalone: clients are other pods and none authenticates (restrict them with networkPolicy).
 protected_mode = false
 {{- end }}
 {{- if .Values.auth.adminToken.existingSecret }}
-admin_token_file = {{ printf "%s/admin-token/%s" (trimSuffix "/" .Values.secretsDir) .Values.auth.adminToken.key | toJson }}
+admin_token_file = {{ printf "%s/admin-token/%s" $dir .Values.auth.adminToken.key | toJson }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+tls_listen = {{ include "keyway.tlsListen" . | toJson }}
+{{- end }}
+{{- with $c.refused_commands }}
+refused_commands = {{ toJson . }}
 {{- end }}
 {{- if not (kindIs "invalid" $c.drain_timeout) }}
 drain_timeout = {{ include "keyway.tomlScalar" $c.drain_timeout }}
@@ -179,7 +271,7 @@ threads = {{ include "keyway.tomlScalar" $c.threads }}
 username = {{ . | toJson }}
 {{- end }}
 {{- if .Values.auth.server.existingSecret }}
-password_file = {{ printf "%s/server-password/%s" (trimSuffix "/" .Values.secretsDir) .Values.auth.server.key | toJson }}
+password_file = {{ printf "%s/server-password/%s" $dir .Values.auth.server.key | toJson }}
 {{- end }}
 {{- with $pool.health }}
 
@@ -199,6 +291,30 @@ password_file = {{ printf "%s/server-password/%s" (trimSuffix "/" .Values.secret
 {{- end }}
 {{- end }}
 {{- end }}
+{{- with .Values.poolTls }}
+{{- if .enabled }}
+
+[pool.tls]
+{{- if .insecureSkipVerify }}
+# poolTls.insecureSkipVerify: the servers' certificates are NOT verified (Keyway logs a warning).
+insecure_skip_verify = true
+{{- else if not .existingSecret }}
+{{- fail "keyway: poolTls.enabled needs poolTls.existingSecret (the CA the servers' certificates chain to), or poolTls.insecureSkipVerify: true to verify nothing" }}
+{{- else }}
+ca_file = {{ printf "%s/pool-tls/%s" $dir (include "keyway.secretKey" (dict "what" "poolTls.caKey" "key" .caKey)) | toJson }}
+{{- end }}
+{{- with .serverName }}
+server_name = {{ . | toJson }}
+{{- end }}
+{{- if .clientCertificate }}
+{{- if not .existingSecret }}
+{{- fail "keyway: poolTls.clientCertificate needs poolTls.existingSecret (tls.crt and tls.key)" }}
+{{- end }}
+cert_file = {{ printf "%s/pool-tls/tls.crt" $dir | toJson }}
+key_file = {{ printf "%s/pool-tls/tls.key" $dir | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if not $pool.servers }}
 {{- fail "keyway: config.pool.servers is empty: list at least one redis-server (name, addr)" }}
 {{- end }}
@@ -209,6 +325,9 @@ name = {{ required "keyway: every config.pool.servers entry needs a name" $s.nam
 addr = {{ required "keyway: every config.pool.servers entry needs an addr" $s.addr | toString | toJson }}
 {{- if not (kindIs "invalid" $s.weight) }}
 weight = {{ include "keyway.tomlScalar" $s.weight }}
+{{- end }}
+{{- with $s.tls_server_name }}
+tls_server_name = {{ . | toString | toJson }}
 {{- end }}
 {{- end }}
 {{- $limits := dict }}
@@ -222,6 +341,40 @@ weight = {{ include "keyway.tomlScalar" $s.weight }}
 [limits]
 {{- range $k, $x := . }}
 {{ $k }} = {{ include "keyway.tomlScalar" $x }}
+{{- end }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+
+[tls]
+cert_file = {{ printf "%s/tls/tls.crt" $dir | toJson }}
+key_file = {{ printf "%s/tls/tls.key" $dir | toJson }}
+{{- if include "keyway.tlsClientAuth" . }}
+{{- $key := include "keyway.secretKey" (dict "what" "tls.clientAuth.key" "key" .Values.tls.clientAuth.key) }}
+{{- if .Values.tls.clientAuth.existingSecret }}
+client_ca_file = {{ printf "%s/tls-client-ca/%s" $dir $key | toJson }}
+{{- else }}
+client_ca_file = {{ printf "%s/tls/%s" $dir $key | toJson }}
+{{- end }}
+{{- end }}
+{{- with .Values.tls.handshakeTimeout }}
+handshake_timeout = {{ . | toJson }}
+{{- end }}
+{{- end }}
+{{- range $u := .Values.users.list }}
+
+[[users]]
+name = {{ required "keyway: every users.list entry needs a name" $u.name | toString | toJson }}
+{{- if eq (include "keyway.userState" $u) "on pass" }}
+{{- if not $.Values.users.existingSecret }}
+{{- fail (printf "keyway: user %q needs a password: set users.existingSecret (a Secret with an entry per user holding its password, or #<sha256> lines), or give it nopass or off in its rules" $u.name) }}
+{{- end }}
+password_file = {{ printf "%s/users/%s" $dir (include "keyway.secretKey" (dict "what" (printf "users.list %s key (default: the user's name)" $u.name) "key" ($u.key | default $u.name))) | toJson }}
+{{- end }}
+{{- $rules := $u.rules | default "" }}
+{{- if regexMatch `^[^'\x00-\x1f\x7f]*$` $rules }}
+rules = '{{ $rules }}'
+{{- else }}
+rules = {{ $rules | toJson }}
 {{- end }}
 {{- end }}
 {{ end -}}
@@ -270,6 +423,11 @@ ports:
   - name: keyway-admin
     containerPort: {{ int $v.ports.admin }}
     protocol: TCP
+{{- if $v.tls.enabled }}
+  - name: keyway-tls
+    containerPort: {{ int $v.ports.tls }}
+    protocol: TCP
+{{- end }}
 {{- with $v.probes.startup }}
 {{- if .enabled }}
 startupProbe:
@@ -331,8 +489,11 @@ volumeMounts:
 {{- end -}}
 
 {{/*
-The Secrets mounted for Keyway, as a JSON array of {volume, dir, secret}: the admin token and the
-servers' password, each when its existingSecret is set. kctx plus sidecar (volume names are
+The Secrets mounted for Keyway, as a JSON array of {volume, dir, secret}: the admin token, the
+servers' password, the client users' passwords, the TLS listener's certificate (and a separate
+client CA), and the servers' CA (and Keyway's client certificate), each when it is in use. Each is
+a whole-directory mount (never subPath): Keyway re-reads these files, so a rotated Secret or a
+cert-manager renewal reaches it without a restart. kctx plus sidecar (volume names are
 prefixed with sidecar.volumeName in sidecar mode, to stay apart from the pod's own).
 */}}
 {{- define "keyway.secrets" -}}
@@ -348,6 +509,18 @@ prefixed with sidecar.volumeName in sidecar mode, to stay apart from the pod's o
 {{- end -}}
 {{- with $v.auth.server.existingSecret -}}
 {{- $out = append $out (dict "volume" (printf "%sserver-password" $prefix) "dir" (printf "%s/server-password" $dir) "secret" .) -}}
+{{- end -}}
+{{- if and $v.users.existingSecret $v.users.list -}}
+{{- $out = append $out (dict "volume" (printf "%susers" $prefix) "dir" (printf "%s/users" $dir) "secret" $v.users.existingSecret) -}}
+{{- end -}}
+{{- with include "keyway.tlsSecretName" . -}}
+{{- $out = append $out (dict "volume" (printf "%stls" $prefix) "dir" (printf "%s/tls" $dir) "secret" .) -}}
+{{- end -}}
+{{- if and (include "keyway.tlsClientAuth" .) $v.tls.clientAuth.existingSecret -}}
+{{- $out = append $out (dict "volume" (printf "%stls-client-ca" $prefix) "dir" (printf "%s/tls-client-ca" $dir) "secret" $v.tls.clientAuth.existingSecret) -}}
+{{- end -}}
+{{- if and $v.poolTls.enabled $v.poolTls.existingSecret -}}
+{{- $out = append $out (dict "volume" (printf "%spool-tls" $prefix) "dir" (printf "%s/pool-tls" $dir) "secret" $v.poolTls.existingSecret) -}}
 {{- end -}}
 {{- $out | toJson -}}
 {{- end -}}
@@ -373,6 +546,74 @@ data:
     {{- include "keyway.toml" . | nindent 4 }}
 {{- end -}}
 
+{{/*
+The cert-manager Certificate (cert-manager.io/v1) making the TLS listener's Secret, from
+tls.certManager; nothing unless tls.enabled and tls.certManager.enabled. kctx.
+*/}}
+{{- define "keyway.certificateFromKctx" -}}
+{{- $t := .Values.tls -}}
+{{- $cm := $t.certManager -}}
+{{- if and $t.enabled $cm.enabled -}}
+{{- if not $cm.issuerRef.name -}}
+{{- fail "keyway: tls.certManager.enabled needs tls.certManager.issuerRef.name (an Issuer or ClusterIssuer)" -}}
+{{- end -}}
+{{- $alg := $cm.privateKey.algorithm -}}
+{{- $size := int $cm.privateKey.size -}}
+{{- if not (or (and (eq $alg "ECDSA") (has $size (list 256 384))) (and (eq $alg "RSA") (has $size (list 2048 3072 4096)))) -}}
+{{- fail (printf "keyway: tls.certManager.privateKey: %s %d is not supported (ECDSA 256 or 384, RSA 2048, 3072 or 4096)" $alg $size) -}}
+{{- end -}}
+{{- $dns := $cm.dnsNames -}}
+{{- $ips := $cm.ipAddresses -}}
+{{- if and (not $dns) (not $ips) -}}
+{{- if eq (include "keyway.mode" .) "sidecar" -}}
+{{- $dns = list "localhost" -}}
+{{- $ips = list "127.0.0.1" -}}
+{{- else -}}
+{{- $svc := include "keyway.fullname" . -}}
+{{- $ns := .Release.Namespace | default "default" -}}
+{{- $dns = list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns $cm.clusterDomain) -}}
+{{- end -}}
+{{- end -}}
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: {{ include "keyway.tlsSecretName" . }}
+  labels:
+    {{- include "keyway.labels" . | nindent 4 }}
+spec:
+  # Mounted as a directory into the Keyway containers: a renewal reaches Keyway, which re-reads
+  # the files at the next handshake (established connections keep theirs).
+  secretName: {{ include "keyway.tlsSecretName" . }}
+  issuerRef:
+    name: {{ $cm.issuerRef.name }}
+    kind: {{ $cm.issuerRef.kind }}
+    group: {{ $cm.issuerRef.group }}
+  {{- with $dns }}
+  dnsNames:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $ips }}
+  ipAddresses:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cm.duration }}
+  duration: {{ . }}
+  {{- end }}
+  {{- with $cm.renewBefore }}
+  renewBefore: {{ . }}
+  {{- end }}
+  privateKey:
+    algorithm: {{ $cm.privateKey.algorithm }}
+    size: {{ int $cm.privateKey.size }}
+    # A new key at each renewal.
+    rotationPolicy: Always
+  usages:
+    - digital signature
+    - key encipherment
+    - server auth
+{{- end -}}
+{{- end -}}
+
 {{/* ---- Public templates ---- */}}
 
 {{/* The ConfigMap manifest. */}}
@@ -380,6 +621,13 @@ data:
 {{- $k := include "keyway.kctx" . | fromJson -}}
 {{- $_ := set $k "Release" .Release -}}
 {{- include "keyway.configMapFromKctx" $k -}}
+{{- end -}}
+
+{{/* The cert-manager Certificate of tls.certManager (empty when off). */}}
+{{- define "keyway.certificate" -}}
+{{- $k := include "keyway.kctx" . | fromJson -}}
+{{- $_ := set $k "Release" .Release -}}
+{{- include "keyway.certificateFromKctx" $k -}}
 {{- end -}}
 
 {{/*
@@ -399,7 +647,8 @@ The Keyway native sidecar: one entry of the pod's initContainers (Kubernetes 1.2
 {{- end -}}
 
 {{/*
-The config volume, and one Secret volume per auth.*.existingSecret: entries of the pod's volumes.
+The config volume, and one Secret volume per Secret in use (auth.*, users, tls, poolTls): entries
+of the pod's volumes.
   volumes:
     {{- include "keyway.sidecarVolume" . | nindent 8 }}
 */}}
