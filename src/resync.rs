@@ -23,7 +23,10 @@
 //! `pool.resync_keys_per_second` keys copied per second:
 //!
 //! 1. For each slot T replicates, the source is the first other member of its replica set that
-//!    is readable (up, not recovering); a slot without one stops the resync.
+//!    is readable (up, not recovering). A slot without one (every replica of it recovers: the
+//!    whole pool restarted) is kept as T holds it when T holds data, and logged; an empty T
+//!    stops there and tries again later, when a peer holding data has finished (else every
+//!    replica would wait for another forever).
 //! 2. **Wipe**: T's keys of those slots that their source does not hold (deleted while T was
 //!    away, when T came back with its data) are synced (below), which removes them.
 //! 3. **Copy**: each source is SCANned (`COUNT 100`); each key of a slot it is the source of,
@@ -255,6 +258,9 @@ async fn resync_task(topo: Arc<Topology>, handle: Arc<TopologyHandle>, target: u
                 seconds = elapsed.as_secs_f64(),
                 "resync completed: the server serves reads again"
             );
+            if counts.kept_slots > 0 {
+                tracing::warn!(server = %server.name, slots = counts.kept_slots, "resync: every replica of these slots was recovering too (the whole pool restarted): this server kept its own data for them");
+            }
             if counts.unsettled > 0 {
                 tracing::warn!(server = %server.name, unsettled = counts.unsettled, rounds = ROUNDS, "resync: keys still differ from their source after every check (written without pause, or servers of different Redis versions)");
             }
@@ -301,6 +307,8 @@ struct Counts {
     deferred: u64,
     /// Keys still different (or still locked) after [`ROUNDS`] checks.
     unsettled: u64,
+    /// Slots kept as they were: no other replica of theirs was readable.
+    kept_slots: u64,
 }
 
 /// A key to check once its sync has settled.
@@ -393,7 +401,7 @@ impl Resync<'_> {
     }
 
     /// Per slot, the server the target copies it from: `None` for slots it does not replicate.
-    fn slot_sources(&self) -> Result<Vec<Option<u16>>, ResyncError> {
+    fn slot_sources(&mut self) -> Result<Vec<Option<u16>>, ResyncError> {
         let topo = self.topo;
         let mut sources = vec![None; SLOTS];
         for slot in Slot::all() {
@@ -404,13 +412,28 @@ impl Resync<'_> {
             let source = set
                 .iter()
                 .copied()
-                .find(|&i| i != self.target && topo.is_readable(i))
-                .ok_or(ResyncError::NoSource(slot.0))?;
-            if let Some(s) = sources.get_mut(usize::from(slot.0)) {
-                *s = Some(source);
+                .find(|&i| i != self.target && topo.is_readable(i));
+            match source {
+                Some(source) => {
+                    if let Some(s) = sources.get_mut(usize::from(slot.0)) {
+                        *s = Some(source);
+                    }
+                }
+                // Every replica of the slot recovers (the whole pool restarted): none is a
+                // better copy than the target's own data, which it keeps. An empty target
+                // waits for a peer that holds data to finish first.
+                None if self.target_has_data() => self.counts.kept_slots += 1,
+                None => return Err(ResyncError::NoSource(slot.0)),
             }
         }
         Ok(sources)
+    }
+
+    /// Whether the target held keys when the prober last looked.
+    fn target_has_data(&self) -> bool {
+        self.topo
+            .server(self.target)
+            .is_some_and(|s| s.pool.health().identity().has_data == Some(true))
     }
 
     fn source_of(&self, sources: &[Option<u16>], key: &[u8]) -> Option<u16> {

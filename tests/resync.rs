@@ -336,3 +336,73 @@ fn a_keyway_that_starts_while_a_replica_is_empty_resyncs_it() {
     // s1 was never empty: it was not resynced.
     assert_eq!(completed(&proxy, "s1"), 0.0);
 }
+
+/// Every server of the pool restarts at once (a node reboot) and comes back with its data from
+/// its AOF: none is a healthy copy of another, so none waits for one. Each keeps its data and
+/// serves reads again once its resync found no source, instead of serving none forever.
+#[test]
+fn a_pool_restarted_whole_serves_again_from_its_own_data() {
+    let mut servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_persistent()).collect();
+    let refs: Vec<&RedisServer> = servers.iter().collect();
+    let toml = config_toml(
+        &refs,
+        &format!(
+            "replicas = 2\nwrite = \"all\"\nread = \"primary\"\ntimeout = \"500ms\"\n{FAST_HEALTH}"
+        ),
+    );
+    let proxy = Proxy::start_toml(&toml);
+    let mut con = proxy.client();
+    let keys: Vec<String> = (0..300).map(|i| format!("key:{i}")).collect();
+    let mut pipe = redis::pipe();
+    for (i, k) in keys.iter().enumerate() {
+        pipe.cmd("SET").arg(k).arg(format!("value-{i}")).ignore();
+    }
+    let () = pipe.query(&mut con).expect("300 SETs through keyway");
+    for s in &mut servers {
+        s.kill();
+    }
+    for name in ["s0", "s1", "s2"] {
+        let up = format!("keyway_server_up{{server=\"{name}\"}}");
+        assert!(wait_until(Duration::from_secs(10), || series(&proxy, &up) == 0.0));
+    }
+    for s in &mut servers {
+        s.restart();
+    }
+    for name in ["s0", "s1", "s2"] {
+        let up = format!("keyway_server_up{{server=\"{name}\"}}");
+        assert!(wait_until(Duration::from_secs(10), || series(&proxy, &up) == 1.0));
+    }
+    let read_all = || -> Result<Vec<Option<String>>, String> {
+        let mut con = redis::Client::open(proxy.url())
+            .map_err(|e| e.to_string())?
+            .get_connection()
+            .map_err(|e| e.to_string())?;
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("GET").arg(k);
+        }
+        pipe.query(&mut con).map_err(|e| e.to_string())
+    };
+    let mut last = Err(String::new());
+    let served = wait_until(Duration::from_secs(30), || {
+        last = read_all();
+        last.is_ok()
+    });
+    assert!(
+        served,
+        "reads still refused 30 s after the restart: {last:?}\n{}",
+        proxy.metrics()
+    );
+    let values = last.unwrap_or_default();
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(format!("value-{i}").as_str()), "key:{i}");
+    }
+    for name in ["s0", "s1", "s2"] {
+        let recovering = format!("keyway_server_recovering{{server=\"{name}\"}}");
+        assert!(
+            wait_until(Duration::from_secs(10), || series(&proxy, &recovering)
+                == 0.0),
+            "{name} still recovering"
+        );
+    }
+}
