@@ -378,7 +378,9 @@ fn send_split(cx: &Context<'_>, split: Split<'_, '_>, args: Args<'_>) -> Pending
             let metrics = &shared.metrics;
             match snapshot(&topo, pick, &reads).await {
                 Some(Ok(frames)) => {
-                    metrics.snapshot_read("validated");
+                    if reads.len() > 1 {
+                        metrics.snapshot_read("validated");
+                    }
                     merge::split(how, frames, &owner)
                 }
                 Some(Err(e)) => Err(e),
@@ -992,7 +994,9 @@ async fn snapshot(
                 Err(e) => return Some(Err(e)),
             }
         }
-        if !met_lock && before.as_ref().is_some_and(|b| *b == frames) {
+        // One server's part is atomic by itself (one command of one server).
+        let single = reads.len() == 1;
+        if single || (!met_lock && before.as_ref().is_some_and(|b| *b == frames)) {
             return Some(Ok(frames.into_iter().map(Ok).collect()));
         }
         before = Some(frames);
