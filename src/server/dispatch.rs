@@ -1033,19 +1033,28 @@ impl LockedRead {
         if !array {
             return Ok(reply);
         }
-        // EXEC's array of GET replies is MGET's, but for a key of another type (an error
-        // there, a null from MGET).
+        // EXEC's array of GET replies is MGET's, but for a key of another type (WRONGTYPE
+        // there, a null from MGET). Any other error (a read that got no result) is the
+        // reply: a null in its place would claim the key is absent.
         match Value::parse(&reply) {
             Ok(Value::Array(items)) if items.iter().any(Value::is_error) => {
                 let null = match pick.proto {
                     crate::protocol::Proto::Resp3 => Value::Null,
                     crate::protocol::Proto::Resp2 => Value::Nil,
                 };
+                let mut out = BytesMut::new();
+                let other = items.iter().find(|v| match v {
+                    Value::Error(text) | Value::BlobError(text) => !text.starts_with(b"WRONGTYPE"),
+                    _ => false,
+                });
+                if let Some(error) = other {
+                    error.encode(&mut out);
+                    return Ok(out.freeze());
+                }
                 let items = items
                     .into_iter()
                     .map(|v| if v.is_error() { null.clone() } else { v })
                     .collect();
-                let mut out = BytesMut::new();
                 Value::Array(items).encode(&mut out);
                 Ok(out.freeze())
             }
