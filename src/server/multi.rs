@@ -377,7 +377,8 @@ pub(crate) fn two_phase_plan(
                 let set = topo.replica_set(slot_of(first));
                 if spec.is_write() {
                     writes = true;
-                    match txn::plan::keyed(spec, args, &keys, set) {
+                    let counted = super::plan::counted_first(topo, slot_of(first));
+                    match txn::plan::keyed(spec, args, &keys, &counted) {
                         Ok(plan) => plan,
                         Err(e) => return Some(Err(e)),
                     }

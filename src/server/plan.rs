@@ -367,7 +367,7 @@ fn keyed<'r, 't>(
     let write = spec.is_write();
     if write && topo.write == WriteMode::TwoPhase {
         // Blocking writes are refused here: they cannot run inside a script.
-        return match txn::plan::keyed(spec, args, keys, topo.replica_set(slot)) {
+        return match txn::plan::keyed(spec, args, keys, &counted_first(topo, slot)) {
             Ok(plan) => Plan::TwoPhase(plan),
             Err(e) => Plan::Refuse(e),
         };
@@ -461,6 +461,27 @@ pub(crate) fn route<'t>(
         Some(alternate) => Route::Read { server, alternate },
         None => Route::One(server),
     })
+}
+
+/// A slot's replica set for a two-phase write, the replica whose results make the client's reply
+/// first: the slot's primary, unless it is recovering (restarted, being resynced: a value its
+/// resync restores may be older than one a commit applied, so its read-back could repeat a
+/// count) and another replica is readable; then that one. Allocates only in that case.
+pub(crate) fn counted_first(topo: &Topology, slot: Slot) -> std::borrow::Cow<'_, [u16]> {
+    let set = topo.replica_set(slot);
+    match set.first() {
+        Some(&first) if !topo.is_readable(first) => {
+            match set.iter().position(|&i| topo.is_readable(i)) {
+                Some(at) => {
+                    let mut set = set.to_vec();
+                    set.swap(0, at);
+                    std::borrow::Cow::Owned(set)
+                }
+                None => std::borrow::Cow::Borrowed(set),
+            }
+        }
+        _ => std::borrow::Cow::Borrowed(set),
+    }
 }
 
 /// Where a write to a slot's replica set `set` goes under `primary`, `all` or `quorum`, failing

@@ -692,6 +692,21 @@ fn two_phase_writes_become_transactions_over_the_replica_sets() {
             assert_eq!(steps, 6);
         },
     );
+    // A recovering primary replica (being resynced) does not make the reply: the other does.
+    if let Some(s) = topo.server(set[0]) {
+        s.pool.health().set_recovering(true);
+    }
+    with_plan(&mut f, &["INCR", "k"], |_, plan| {
+        let Plan::TwoPhase(tx) = plan else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(tx.primary, set[1]);
+        assert!(tx.parts[&set[1]].steps[0].counts);
+        assert!(!tx.parts[&set[0]].steps[0].counts);
+    });
+    if let Some(s) = topo.server(set[0]) {
+        s.pool.health().set_recovering(false);
+    }
     // Reads are not transactions: they check their keys' locks first.
     with_plan(&mut f, &["GET", "k"], |_, plan| {
         assert!(
